@@ -1,0 +1,283 @@
+package imagefmt
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sync/errgroup"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// ErrUnsupportedLayer reports a layer media type the converter cannot read.
+var ErrUnsupportedLayer = errors.New("imagefmt: unsupported layer media type")
+
+type options struct {
+	fs          FSType
+	chunkSize   int
+	compression Compression
+	fallback    bool
+	tempDir     string
+	log         *slog.Logger
+}
+
+// Option configures Convert.
+type Option func(*options) error
+
+// WithFS picks the filesystem; erofs by default because it is read-only by
+// design, compact, and written here without root or external tools.
+func WithFS(t FSType) Option {
+	return func(o *options) error {
+		if t != FSErofs && t != FSExt4 {
+			return fmt.Errorf("imagefmt: unknown filesystem %v", t)
+		}
+		o.fs = t
+		return nil
+	}
+}
+
+// WithChunkSize sets the chunk size (DefaultChunkSize: 4 MiB balances one
+// demand miss's latency against request count for multi-GiB images).
+func WithChunkSize(n int) Option {
+	return func(o *options) error {
+		if err := ValidChunkSize(n); err != nil {
+			return err
+		}
+		o.chunkSize = n
+		return nil
+	}
+}
+
+// WithCompression sets chunk compression (CompressionAuto by default).
+func WithCompression(c Compression) Option {
+	return func(o *options) error {
+		if _, err := ParseCompression(string(c)); err != nil {
+			return err
+		}
+		o.compression = c
+		return nil
+	}
+}
+
+// WithoutFallback omits the squashed layer stock runtimes unpack; the image
+// then runs only through lazyblk.
+func WithoutFallback() Option {
+	return func(o *options) error { o.fallback = false; return nil }
+}
+
+// WithTempDir places the spool and blobs (os.TempDir by default). It needs
+// room for the image's uncompressed file data plus its stored chunks.
+func WithTempDir(dir string) Option {
+	return func(o *options) error { o.tempDir = dir; return nil }
+}
+
+// WithLogger sets the logger (discarded by default).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error { o.log = l; return nil }
+}
+
+// Result is a converted image, ready to push. Its blobs live in temporary
+// files until Close.
+type Result struct {
+	Index       *Index
+	IndexBlob   []byte
+	IndexDigest v1.Hash
+	// Image is what to push: an image index holding the runnable manifest
+	// and the lazyblk artifact manifest (see doc.go).
+	Image v1.ImageIndex
+	dir   string
+}
+
+// Close removes the temporary files.
+func (r *Result) Close() error { return os.RemoveAll(r.dir) }
+
+// Convert flattens src's layers into one filesystem image, chunks it and
+// lays it out for a registry. On error nothing is left behind.
+func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err error) {
+	o := options{fs: FSErofs, chunkSize: DefaultChunkSize, compression: CompressionAuto, fallback: true,
+		log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := os.MkdirTemp(o.tempDir, "lazyblk-convert-*")
+	if err != nil {
+		return nil, fmt.Errorf("imagefmt: temp dir: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, os.RemoveAll(dir))
+		}
+	}()
+	sp, err := newSpool(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, sp.close()) }()
+
+	cfg, err := src.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("imagefmt: read image config: %w", err)
+	}
+	t := newTree(sp)
+	if err := applyLayers(ctx, t, src, cfg, o.log); err != nil {
+		return nil, err
+	}
+
+	var (
+		idx = &Index{FS: o.fs, ChunkSize: uint32(o.chunkSize)}
+		fb  fallbackBlob
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	if o.fallback {
+		g.Go(func() error {
+			var err error
+			fb, err = writeFile(filepath.Join(dir, fallbackFile), func(w io.Writer) (fallbackBlob, error) {
+				return writeFallback(t, w)
+			})
+			return err
+		})
+	}
+	g.Go(func() error {
+		_, err := writeFile(filepath.Join(dir, dataFile), func(w io.Writer) (struct{}, error) {
+			return struct{}{}, buildImage(gctx, t, idx, w, o, dir)
+		})
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	blob, err := idx.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Index: idx, IndexBlob: blob, IndexDigest: sha256Hash(blob), dir: dir}
+	if res.Image, err = layoutImage(cfg, res, o.fallback, fb); err != nil {
+		return nil, err
+	}
+	o.log.Info("converted", "fs", o.fs, "image_size", idx.ImageSize, "chunks", len(idx.Chunks), "stored", idx.DataSize)
+	return res, nil
+}
+
+const (
+	dataFile     = "data"
+	fallbackFile = "fallback.tar.gz"
+)
+
+// buildImage writes the filesystem image through a chunker into w.
+func buildImage(ctx context.Context, t *tree, idx *Index, w io.Writer, o options, dir string) error {
+	k := newChunker(ctx, w, o.chunkSize, o.compression)
+	defer k.close()
+	var err error
+	switch o.fs {
+	case FSErofs:
+		err = writeErofs(t, k)
+	case FSExt4:
+		err = writeExt4(ctx, t, k, dir)
+	}
+	if err != nil {
+		return err
+	}
+	size := k.size
+	chunks, data, dataSize, err := k.finish()
+	if err != nil {
+		return err
+	}
+	idx.ImageSize, idx.Chunks, idx.Data, idx.DataSize = uint64(size), chunks, data, dataSize
+	return nil
+}
+
+// applyLayers applies every layer in order, checking each against the
+// digest the manifest names and the diff ID the config names.
+func applyLayers(ctx context.Context, t *tree, src v1.Image, cfg *v1.ConfigFile, log *slog.Logger) error {
+	layers, err := src.Layers()
+	if err != nil {
+		return fmt.Errorf("imagefmt: list layers: %w", err)
+	}
+	if len(layers) != len(cfg.RootFS.DiffIDs) {
+		return fmt.Errorf("imagefmt: manifest has %d layers, config names %d diff IDs", len(layers), len(cfg.RootFS.DiffIDs))
+	}
+	for i, l := range layers {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		dgst, err := l.Digest()
+		if err != nil {
+			return fmt.Errorf("imagefmt: layer %d: %w", i, err)
+		}
+		if err := applyLayer(t, i, l, cfg.RootFS.DiffIDs[i]); err != nil {
+			return fmt.Errorf("imagefmt: layer %d (%s): %w", i, dgst, err)
+		}
+		log.Debug("applied layer", "digest", dgst, "layer", i)
+	}
+	return nil
+}
+
+func applyLayer(t *tree, i int, l v1.Layer, diffID v1.Hash) error {
+	mt, err := l.MediaType()
+	if err != nil {
+		return err
+	}
+	if !readableLayer(mt) {
+		return fmt.Errorf("%w: %s", ErrUnsupportedLayer, mt)
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	r := io.TeeReader(rc, h)
+	if err := t.applyLayer(i, r); err != nil {
+		return err
+	}
+	// Drain the tar's padding: the digest checks run at end of stream.
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != diffID.String() {
+		return fmt.Errorf("%w: uncompressed content is %s, config names diff ID %s", ErrBadLayer, got, diffID)
+	}
+	return nil
+}
+
+func readableLayer(mt types.MediaType) bool {
+	switch mt {
+	case types.DockerLayer, types.DockerUncompressedLayer, types.OCILayer, types.OCILayerZStd,
+		types.OCIUncompressedLayer, types.OCIRestrictedLayer, types.OCIUncompressedRestrictedLayer:
+		return true
+	}
+	return false
+}
+
+// writeFile creates name, runs fill on it and syncs it.
+func writeFile[T any](name string, fill func(io.Writer) (T, error)) (T, error) {
+	var zero T
+	f, err := os.Create(name)
+	if err != nil {
+		return zero, err
+	}
+	v, err := fill(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return zero, err
+	}
+	return v, nil
+}
+
+func sha256Hash(b []byte) v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sha256.Sum256(b))}
+}

@@ -1,0 +1,102 @@
+package imagefmt
+
+import (
+	"archive/tar"
+	"fmt"
+	"io"
+	"io/fs"
+
+	erofs "github.com/erofs/go-erofs"
+)
+
+// writeErofs serialises the tree as an erofs image into out. Block size is
+// 4 KiB, the page size every kernel that mounts it will have.
+func writeErofs(t *tree, out io.WriteSeeker) error {
+	w := erofs.Create(out, erofs.WithBlockSize(4096), erofs.WithBuildTime(0, 0))
+	first := map[*inode]string{} // where each inode was first written
+	err := t.walk(func(p string, n *node) error {
+		ino := n.ino
+		if prev, ok := first[ino]; ok {
+			return w.Link(prev, p)
+		}
+		first[ino] = p
+		var err error
+		switch ino.typ {
+		case tar.TypeDir:
+			err = w.Mkdir(p, 0o755)
+		case tar.TypeReg:
+			err = w.AddFile(p, ino.size, t.spool.reader(ino.dataOff, ino.size))
+		case tar.TypeSymlink:
+			err = w.Symlink(ino.linkname, p)
+		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+			err = w.Mknod(p, unixType(ino.typ)|uint16(ino.mode&0o7777), newEncodeDev(ino.major, ino.minor))
+		default:
+			err = fmt.Errorf("unexpected type %q", ino.typ)
+		}
+		if err != nil {
+			return fmt.Errorf("erofs: %s: %w", p, err)
+		}
+		return setErofsMeta(w, p, ino)
+	})
+	if err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("erofs: write image: %w", err)
+	}
+	return nil
+}
+
+func setErofsMeta(w *erofs.Writer, p string, ino *inode) error {
+	if ino.typ != tar.TypeSymlink {
+		if err := w.Chmod(p, goMode(ino.mode)); err != nil {
+			return err
+		}
+	}
+	if err := w.Chown(p, ino.uid, ino.gid); err != nil {
+		return err
+	}
+	if err := w.Chtimes(p, ino.mtime, ino.mtime); err != nil {
+		return err
+	}
+	for k, v := range ino.xattrs {
+		if err := w.Setxattr(p, k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// goMode turns unix permission bits (with setuid, setgid, sticky) into an
+// fs.FileMode's permission part.
+func goMode(m int64) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}
+
+func unixType(typ byte) uint16 {
+	switch typ {
+	case tar.TypeChar:
+		return 0o020000
+	case tar.TypeBlock:
+		return 0o060000
+	case tar.TypeFifo:
+		return 0o010000
+	}
+	return 0
+}
+
+// newEncodeDev packs a device number the way Linux's new_encode_dev does;
+// erofs stores rdev in that 32-bit form.
+func newEncodeDev(major, minor int64) uint32 {
+	return uint32(minor&0xff) | uint32(major&0xfff)<<8 | uint32(minor&^0xff)<<12
+}

@@ -1,0 +1,103 @@
+package imagefmt
+
+import (
+	"archive/tar"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+
+	"github.com/klauspost/compress/gzip"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// fallbackBlob is the squashed gzip layer a stock runtime unpacks.
+type fallbackBlob struct {
+	Digest, DiffID v1.Hash
+	Size           int64
+}
+
+// writeFallback writes the tree as one gzip-compressed layer tar. Hardlink
+// groups become TypeLink entries naming the first path, like docker save.
+func writeFallback(t *tree, out io.Writer) (fallbackBlob, error) {
+	compressed := &countingHash{h: sha256.New(), w: out}
+	zw, err := gzip.NewWriterLevel(compressed, gzip.BestSpeed)
+	if err != nil {
+		return fallbackBlob{}, err
+	}
+	uncompressed := &countingHash{h: sha256.New(), w: zw}
+	tw := tar.NewWriter(uncompressed)
+	first := map[*inode]string{}
+	err = t.walk(func(p string, n *node) error {
+		if p == "/" {
+			return nil // the root's metadata is the runtime's to choose
+		}
+		name := strings.TrimPrefix(p, "/")
+		hdr := tarHeader(n.ino, name)
+		if prev, ok := first[n.ino]; ok {
+			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, prev, 0
+		} else {
+			first[n.ino] = name
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return fmt.Errorf("fallback layer: %s: %w", name, err)
+		}
+		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+			if _, err := io.Copy(tw, t.spool.reader(n.ino.dataOff, n.ino.size)); err != nil {
+				return fmt.Errorf("fallback layer: %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	if err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
+		return fallbackBlob{}, err
+	}
+	return fallbackBlob{Digest: compressed.sum(), DiffID: uncompressed.sum(), Size: compressed.n}, nil
+}
+
+func tarHeader(ino *inode, name string) *tar.Header {
+	hdr := &tar.Header{
+		Typeflag: ino.typ, Name: name, Mode: ino.mode, Uid: ino.uid, Gid: ino.gid,
+		ModTime: ino.mtime, Linkname: ino.linkname, Devmajor: ino.major, Devminor: ino.minor,
+		Size: ino.size, Format: tar.FormatPAX,
+	}
+	if ino.typ == tar.TypeDir {
+		hdr.Name += "/"
+	}
+	if ino.typ != tar.TypeSymlink {
+		hdr.Linkname = ""
+	}
+	for k, v := range ino.xattrs {
+		if hdr.PAXRecords == nil {
+			hdr.PAXRecords = map[string]string{}
+		}
+		hdr.PAXRecords["SCHILY.xattr."+k] = v
+	}
+	return hdr
+}
+
+// countingHash hashes and counts what passes through to w.
+type countingHash struct {
+	h hash.Hash
+	w io.Writer
+	n int64
+}
+
+func (c *countingHash) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.h.Write(p[:n])
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingHash) sum() v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", c.h.Sum(nil))}
+}
