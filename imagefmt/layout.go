@@ -1,7 +1,6 @@
 package imagefmt
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -125,9 +124,9 @@ type rawImage struct {
 	layers   []v1.Layer
 }
 
-func (i *rawImage) RawConfigFile() ([]byte, error)     { return []byte("{}"), nil }
+func (i *rawImage) RawConfigFile() ([]byte, error)      { return []byte("{}"), nil }
 func (i *rawImage) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
-func (i *rawImage) RawManifest() ([]byte, error)       { return i.manifest, nil }
+func (i *rawImage) RawManifest() ([]byte, error)        { return i.manifest, nil }
 func (i *rawImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 	for _, l := range i.layers {
 		if d, _ := l.Digest(); d == h {
@@ -172,16 +171,4 @@ func (b *fileBlob) Uncompressed() (io.ReadCloser, error) {
 func mustMT(l v1.Layer) types.MediaType {
 	mt, _ := l.MediaType()
 	return mt
-}
-
-// DecodeIndexFrom reads and decodes an index blob, bounded by max bytes.
-func DecodeIndexFrom(r io.Reader, max int64) (*Index, error) {
-	var buf bytes.Buffer
-	if _, err := io.Copy(&buf, io.LimitReader(r, max+1)); err != nil {
-		return nil, err
-	}
-	if int64(buf.Len()) > max {
-		return nil, fmt.Errorf("%w: larger than %d bytes", ErrInvalidIndex, max)
-	}
-	return DecodeIndex(buf.Bytes())
 }

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/urfave/cli/v2"
+	"log/slog"
+
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
+)
+
+func convertCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "convert",
+		Usage:     "convert an OCI image into a lazyblk block image and push it",
+		ArgsUsage: "SRC DST",
+		Description: `Flattens SRC's layers into one read-only filesystem, cuts it into chunks
+(sha256-verified, zstd where that pays), and writes DST as an image index with:
+  - a runnable manifest (one squashed layer) that stock containerd and Docker
+    still pull and run, unless --no-fallback;
+  - a lazyblk artifact manifest holding the chunk index and the data blob.
+Nothing is pushed until the conversion has succeeded; the tag is written last.
+
+Examples:
+  lazyblk convert docker.io/library/python:3.12 registry.local/python:3.12-lazyblk
+  lazyblk convert --plain-http 127.0.0.1:5000/app:v1 127.0.0.1:5000/app:v1-lazyblk
+  lazyblk convert --fs ext4 --compression none oci:./app-layout:v1 oci:./out:v1`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "fs", Value: "erofs", Usage: "filesystem of the block image: erofs or ext4 (ext4 needs root and mkfs.ext4)"},
+			&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "chunk size, a power of two from 64KiB to 64MiB"},
+			&cli.StringFlag{Name: "compression", Value: "auto", Usage: "auto (zstd only where it saves >= 10% of a chunk), zstd or none"},
+			&cli.BoolFlag{Name: "no-fallback", Usage: "omit the squashed layer stock runtimes unpack (the image then runs only through lazyblk)"},
+			&cli.StringFlag{Name: "platform", Usage: "platform to convert from a multi-platform SRC, e.g. linux/arm64 (default linux/amd64)"},
+			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registries (loopback test registries)"},
+			&cli.StringFlag{Name: "tmp-dir", Usage: "directory for temporary files (needs room for the unpacked image)", EnvVars: []string{"TMPDIR"}},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+		},
+		Action: runConvert,
+	}
+}
+
+func runConvert(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return cli.Exit("convert needs SRC and DST (see lazyblk convert --help)", 2)
+	}
+	opts, err := convertOptions(c)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	var platform *v1.Platform
+	if p := c.String("platform"); p != "" {
+		if platform, err = v1.ParsePlatform(p); err != nil {
+			return cli.Exit(fmt.Sprintf("--platform %q: %v", p, err), 2)
+		}
+	}
+	src, err := fetcher.ParseLocation(c.Args().Get(0), c.Bool("plain-http"))
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	dst, err := fetcher.ParseLocation(c.Args().Get(1), c.Bool("plain-http"))
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	progress := newStages(c.App.ErrWriter, !c.Bool("json"))
+
+	progress.start("resolving " + src.String())
+	img, err := fetcher.Image(c.Context, src, platform)
+	if err != nil {
+		return err
+	}
+	progress.start("flattening layers and writing the block image")
+	res, err := imagefmt.Convert(c.Context, img, opts...)
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	progress.start("pushing to " + dst.String())
+	if err := fetcher.Push(c.Context, dst, res.Image); err != nil {
+		return err
+	}
+	digest, err := res.Image.Digest()
+	if err != nil {
+		return err
+	}
+	progress.done()
+	sum := summarize(dst.String(), digest, res.IndexDigest, res.Index)
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, sum)
+	}
+	sum.print(c.App.Writer)
+	return nil
+}
+
+func convertOptions(c *cli.Context) ([]imagefmt.Option, error) {
+	fsType, err := imagefmt.ParseFSType(c.String("fs"))
+	if err != nil {
+		return nil, fmt.Errorf("--fs: %w", err)
+	}
+	size, err := parseSize(c.String("chunk-size"))
+	if err != nil {
+		return nil, fmt.Errorf("--chunk-size: %w", err)
+	}
+	if err := imagefmt.ValidChunkSize(int(size)); err != nil {
+		return nil, fmt.Errorf("--chunk-size: %w", err)
+	}
+	comp, err := imagefmt.ParseCompression(c.String("compression"))
+	if err != nil {
+		return nil, fmt.Errorf("--compression: %w", err)
+	}
+	opts := []imagefmt.Option{imagefmt.WithFS(fsType), imagefmt.WithChunkSize(int(size)),
+		imagefmt.WithCompression(comp), imagefmt.WithLogger(slog.Default())}
+	if d := c.String("tmp-dir"); d != "" {
+		opts = append(opts, imagefmt.WithTempDir(d))
+	}
+	if c.Bool("no-fallback") {
+		opts = append(opts, imagefmt.WithoutFallback())
+	}
+	return opts, nil
+}
+
+// parseSize reads 4194304, 4MiB, 4M, 64KiB or 64K.
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}}
+	mult := int64(1)
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = v, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size like 4MiB", s)
+	}
+	return n * mult, nil
+}
+
+// stages prints one line per long step with its duration.
+type stages struct {
+	w     io.Writer
+	on    bool
+	name  string
+	begun time.Time
+}
+
+func newStages(w io.Writer, on bool) *stages { return &stages{w: w, on: on} }
+
+func (s *stages) start(name string) {
+	s.done()
+	s.name, s.begun = name, time.Now()
+	if s.on {
+		fmt.Fprintf(s.w, "%s ...\n", name)
+	}
+}
+
+func (s *stages) done() {
+	if s.on && s.name != "" {
+		fmt.Fprintf(s.w, "  done in %s\n", time.Since(s.begun).Round(time.Millisecond))
+	}
+	s.name = ""
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

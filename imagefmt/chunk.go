@@ -1,0 +1,93 @@
+package imagefmt
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// ErrChunkCorrupt reports stored chunk bytes that do not decode to the
+// digest the index names.
+var ErrChunkCorrupt = errors.New("imagefmt: chunk digest mismatch")
+
+// decoder is shared: DecodeAll is safe for concurrent use, and one decoder
+// with bounded concurrency keeps memory flat however many readers there are.
+var decoder = sync.OnceValues(func() (*zstd.Decoder, error) {
+	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize))
+})
+
+// DecodeChunk turns chunk i's stored bytes into its content in dst, which
+// must hold ChunkLen(i) bytes, and verifies the content's digest. No byte of
+// dst may be used when it fails.
+func (x *Index) DecodeChunk(i int, stored, dst []byte) error {
+	c := x.Chunks[i]
+	n := x.ChunkLen(i)
+	if len(dst) != n {
+		return fmt.Errorf("imagefmt: chunk %d: buffer of %d bytes, want %d", i, len(dst), n)
+	}
+	if len(stored) != int(c.Length) {
+		return fmt.Errorf("%w: chunk %d: %d stored bytes, want %d", ErrChunkCorrupt, i, len(stored), c.Length)
+	}
+	switch c.Encoding {
+	case EncodingHole:
+		clear(dst)
+		return nil
+	case EncodingRaw:
+		copy(dst, stored)
+	case EncodingZstd:
+		d, err := decoder()
+		if err != nil {
+			return err
+		}
+		out, err := d.DecodeAll(stored, dst[:0])
+		if err != nil {
+			return fmt.Errorf("%w: chunk %d: zstd: %v", ErrChunkCorrupt, i, err)
+		}
+		if len(out) != n || &out[0] != &dst[0] {
+			return fmt.Errorf("%w: chunk %d: decoded %d bytes, want %d", ErrChunkCorrupt, i, len(out), n)
+		}
+	}
+	if sha256.Sum256(dst) != c.Digest {
+		return fmt.Errorf("%w: chunk %d", ErrChunkCorrupt, i)
+	}
+	return nil
+}
+
+// WriteImage reassembles the whole filesystem image from a data blob into
+// w, verifying every chunk (holes become sparse regions when w is a file).
+func (x *Index) WriteImage(data io.ReaderAt, w io.WriterAt) error {
+	buf := make([]byte, x.ChunkSize)
+	stored := make([]byte, 0, x.ChunkSize)
+	for i, c := range x.Chunks {
+		if c.Encoding == EncodingHole {
+			continue
+		}
+		if cap(stored) < int(c.Length) {
+			stored = make([]byte, 0, c.Length)
+		}
+		stored = stored[:c.Length]
+		if _, err := data.ReadAt(stored, int64(c.Offset)); err != nil {
+			return fmt.Errorf("imagefmt: chunk %d: read data blob: %w", i, err)
+		}
+		dst := buf[:x.ChunkLen(i)]
+		if err := x.DecodeChunk(i, stored, dst); err != nil {
+			return err
+		}
+		if _, err := w.WriteAt(dst, int64(i)*int64(x.ChunkSize)); err != nil {
+			return err
+		}
+	}
+	if f, ok := w.(interface{ Truncate(int64) error }); ok {
+		return f.Truncate(int64(x.ImageSize))
+	}
+	return nil
+}
+
+// OpenData opens the converted data blob.
+func (r *Result) OpenData() (*os.File, error) { return os.Open(filepath.Join(r.dir, dataFile)) }
