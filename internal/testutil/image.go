@@ -127,8 +127,10 @@ type blobLayer struct {
 	raw    []byte
 }
 
-func (l *blobLayer) DiffID() (v1.Hash, error)             { return l.diffID, nil }
-func (l *blobLayer) Uncompressed() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l.raw)), nil }
+func (l *blobLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
+func (l *blobLayer) Uncompressed() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(l.raw)), nil
+}
 
 // Image stacks layers into an image for linux/amd64.
 func Image(t testing.TB, docker bool, layers ...v1.Layer) v1.Image {

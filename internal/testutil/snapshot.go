@@ -237,4 +237,3 @@ func fileDigest(t testing.TB, open func() (io.ReadCloser, error)) string {
 	}
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
-

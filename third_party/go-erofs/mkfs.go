@@ -773,13 +773,13 @@ type fsEntry struct {
 	fileClosed   bool      // true after File.Close() is called
 	directData   io.Reader // bypasses spool; set by add() for source-provided data
 
-	removed      bool // true if removed by a whiteout in a merge layer
+	removed bool // true if removed by a whiteout in a merge layer
 
 	// lazyblk patch: hardlinks. hardlinkTo names the entry whose inode
 	// this directory entry shares; er memoizes the entry's erofsEntry so
 	// every link resolves to the same inode.
-	hardlinkTo *fsEntry
-	er         *erofsEntry
+	hardlinkTo   *fsEntry
+	er           *erofsEntry
 	metadataOnly bool // from a metadata-only CopyFrom; use chunk-based layout
 }
 
