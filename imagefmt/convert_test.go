@@ -56,7 +56,7 @@ func TestFlattenRules(t *testing.T) {
 	for _, docker := range []bool{false, true} {
 		name := map[bool]string{false: "oci", true: "docker"}[docker]
 		t.Run(name, func(t *testing.T) {
-			img := testutil.Image(t, docker, testutil.CaseLayers(t, docker)...)
+			img := testutil.Image(t, docker, testutil.CaseLayers(t, docker, !docker)...)
 			_, p := convertImage(t, img)
 			tree := openErofs(t, p)
 			checks := []struct {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,6 +43,9 @@ func writeExt4(ctx context.Context, t *tree, out io.Writer, dir string) error {
 	cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME=1") // reproducible superblock times
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("ext4: mkfs.ext4: %w: %s", err, msg)
+	}
+	if err := restoreNanoseconds(ctx, t, img, dir); err != nil {
+		return err
 	}
 	if err := os.RemoveAll(stage); err != nil {
 		return err
@@ -139,4 +143,36 @@ func stageMeta(dst string, ino *inode) error {
 	}
 	ts := []unix.Timespec{unix.NsecToTimespec(ino.mtime.UnixNano()), unix.NsecToTimespec(ino.mtime.UnixNano())}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// restoreNanoseconds sets mtime's nanoseconds, which e2fsprogs 1.47.0's
+// populate code drops (it copies whole seconds), in one debugfs batch.
+func restoreNanoseconds(ctx context.Context, t *tree, img, dir string) error {
+	var cmds strings.Builder
+	seen := map[*inode]bool{}
+	_ = t.walk(func(p string, n *node) error {
+		ns := n.ino.mtime.Nanosecond()
+		if ns == 0 || seen[n.ino] || strings.ContainsAny(p, "\"\n") {
+			return nil
+		}
+		seen[n.ino] = true
+		// i_mtime_extra: nanoseconds above two epoch-extension bits.
+		sec := n.ino.mtime.Unix()
+		epoch := ((sec - int64(int32(sec))) >> 32) & 3
+		fmt.Fprintf(&cmds, "sif \"%s\" mtime_extra %d\n", p, int64(ns)<<2|epoch)
+		return nil
+	})
+	if cmds.Len() == 0 {
+		return nil
+	}
+	script := filepath.Join(dir, "debugfs.cmds")
+	if err := os.WriteFile(script, []byte(cmds.String()), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(script)
+	out, err := exec.CommandContext(ctx, "debugfs", "-w", "-f", script, img).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ext4: debugfs: %w: %s", err, out)
+	}
+	return nil
 }

@@ -30,8 +30,9 @@ func owned(e Entry, uid, gid int) Entry {
 // across layers, to files later replaced), symlinks of every kind, a
 // directory replaced by a file and back, special mode bits, large ids,
 // mtimes, xattrs, device nodes and fifos, PAX long names, empty files,
-// files with zero runs, empty layers, and gzip / zstd / uncompressed blobs.
-func CaseLayers(t testing.TB, docker bool) []v1.Layer {
+// files with zero runs, empty layers, and gzip / zstd (when zstd is set) /
+// uncompressed blobs.
+func CaseLayers(t testing.TB, docker, zstd bool) []v1.Layer {
 	long := strings.Repeat("n", 200)
 	deep := strings.Repeat("d/", 60) + "deepfile"
 	var deepDirs []Entry
@@ -82,7 +83,7 @@ func CaseLayers(t testing.TB, docker bool) []v1.Layer {
 		File("whited", 0o644, "back"),
 	}
 	return []v1.Layer{
-		Layer(t, l0, Gzip, docker), Layer(t, l1, map[bool]Compression{true: Gzip, false: Zstd}[docker], docker),
+		Layer(t, l0, Gzip, docker), Layer(t, l1, map[bool]Compression{false: Gzip, true: Zstd}[zstd], docker),
 		Layer(t, l2, Uncompressed, docker), Layer(t, l3, Uncompressed, docker),
 	}
 }
