@@ -1,0 +1,33 @@
+# lazyblk. `sudo make demo` and `sudo make test` set up everything they need.
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+BIN     := bin/lazyblk
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all build deps demo test lint bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/lazyblk
+
+deps:
+	./scripts/install-deps.sh
+
+demo: deps build
+	./scripts/demo.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: deps lint build
+	$(GO) test -race -count=1 ./...
+
+fuzz:
+	$(GO) test ./imagefmt -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s
+
+bench: deps build
+	./scripts/bench/convert.sh
+
+clean:
+	rm -rf bin
