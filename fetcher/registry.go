@@ -149,11 +149,14 @@ func pickPlatform(idx v1.ImageIndex, platform *v1.Platform, l Location) (v1.Imag
 // Index returns what l names as an image index (converted images are one).
 func Index(ctx context.Context, l Location) (v1.ImageIndex, error) {
 	if l.Ref != nil {
-		idx, err := remote.Index(l.Ref, remoteOptions(ctx)...)
+		desc, err := remote.Get(l.Ref, remoteOptions(ctx)...)
 		if err != nil {
 			return nil, fmt.Errorf("fetcher: %s: %w", l, err)
 		}
-		return idx, nil
+		if !desc.MediaType.IsIndex() {
+			return nil, fmt.Errorf("%w: %s is a %s, not an image index", ErrNotBlockImage, l, desc.MediaType)
+		}
+		return desc.ImageIndex()
 	}
 	root, err := layout.ImageIndexFromPath(l.Dir)
 	if err != nil {
@@ -162,6 +165,9 @@ func Index(ctx context.Context, l Location) (v1.ImageIndex, error) {
 	desc, err := layoutEntry(root, l)
 	if err != nil {
 		return nil, err
+	}
+	if !desc.MediaType.IsIndex() {
+		return nil, fmt.Errorf("%w: %s is a %s, not an image index", ErrNotBlockImage, l, desc.MediaType)
 	}
 	return root.ImageIndex(desc.Digest)
 }

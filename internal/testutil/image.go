@@ -166,3 +166,19 @@ func sha(b []byte) v1.Hash {
 	h, _, _ := v1.SHA256(bytes.NewReader(b))
 	return h
 }
+
+// RawLayer is a layer blob of exactly b, claiming media type mt and diff
+// ID diffID: how tests build corrupt or unusual layers.
+func RawLayer(b []byte, mt types.MediaType, diffID v1.Hash) v1.Layer {
+	return &blobLayer{Layer: static.NewLayer(b, mt), diffID: diffID, raw: b}
+}
+
+// GzipBytes compresses b.
+func GzipBytes(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	write(t, gzip.NewWriter(&buf), b)
+	return buf.Bytes()
+}
+
+// SHA256 is the digest of b.
+func SHA256(b []byte) v1.Hash { return sha(b) }
