@@ -66,8 +66,8 @@ func push(t *testing.T, ref string, img v1.Image) {
 
 type inspected struct {
 	Digest, FS, IndexDigest, DataDigest, RunnableManifest string
-	ImageSize, DataSize                                  uint64
-	Chunks, Holes, Raw, Zstd                             int
+	ImageSize, DataSize                                   uint64
+	Chunks, Holes, Raw, Zstd                              int
 }
 
 // TestConvertRegistries converts an image covering every flattening case
