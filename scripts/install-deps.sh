@@ -10,6 +10,7 @@ packages=(
   e2fsprogs                       # mkfs.ext4 -d and debugfs for --fs ext4
   libnbd-bin nbdkit fuse3         # NBD clients and the reference server
   util-linux                      # mount, losetup
+  bc time curl                    # benchmark arithmetic, peak RSS, registry readiness
 )
 
 if [ "$(id -u)" -ne 0 ]; then

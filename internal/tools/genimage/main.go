@@ -17,23 +17,23 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 func main() {
 	weights := flag.Int64("weights", 256<<20, "bytes of random weights")
 	text := flag.Int64("text", 64<<20, "bytes of compressible text")
 	dir := flag.String("dir", os.TempDir(), "where to stage layer tars")
+	layoutDir := flag.String("layout", "", "write an OCI layout with uncompressed layers here (tag v1) instead of pushing to REF")
 	flag.Parse()
-	if flag.NArg() != 1 {
-		log.Fatal("usage: genimage [-weights N] [-text N] REF")
+	if (flag.NArg() != 1) == (*layoutDir == "") {
+		log.Fatal("usage: genimage [-weights N] [-text N] [-dir D] (REF | -layout DIR)")
 	}
-	ref, err := name.ParseReference(flag.Arg(0), name.Insecure)
-	if err != nil {
-		log.Fatal(err)
-	}
+	raw = *layoutDir != ""
 	base := layer(*dir, "base", func(tw *tar.Writer) {
 		for _, d := range []string{"etc/", "usr/", "usr/bin/", "usr/lib/", "models/"} {
 			hdr(tw, &tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755})
@@ -69,10 +69,41 @@ func main() {
 	if img, err = mutate.ConfigFile(img, cfg); err != nil {
 		log.Fatal(err)
 	}
+	if raw {
+		p, err := layout.Write(*layoutDir, empty.Index)
+		if err == nil {
+			err = p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "v1"}))
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	ref, err := name.ParseReference(flag.Arg(0), name.Insecure)
+	if err != nil {
+		log.Fatal(err)
+	}
 	if err := remote.Write(ref, img); err != nil {
 		log.Fatal(err)
 	}
 }
+
+// raw: layers stay uncompressed tar files (fast to make at many GiB).
+var raw bool
+
+// rawLayer is an uncompressed layer backed by a file.
+type rawLayer struct {
+	path   string
+	digest v1.Hash
+	size   int64
+}
+
+func (l *rawLayer) Digest() (v1.Hash, error)             { return l.digest, nil }
+func (l *rawLayer) DiffID() (v1.Hash, error)             { return l.digest, nil }
+func (l *rawLayer) Size() (int64, error)                 { return l.size, nil }
+func (l *rawLayer) MediaType() (types.MediaType, error)  { return types.OCIUncompressedLayer, nil }
+func (l *rawLayer) Compressed() (io.ReadCloser, error)   { return os.Open(l.path) }
+func (l *rawLayer) Uncompressed() (io.ReadCloser, error) { return os.Open(l.path) }
 
 func strings(s string) []byte { return []byte(s) }
 
@@ -103,6 +134,18 @@ func layer(dir, name string, fill func(*tar.Writer)) v1.Layer {
 	}
 	f.Close()
 	path := f.Name()
+	if raw {
+		f, err := os.Open(path)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer f.Close()
+		h, n, err := v1.SHA256(f)
+		if err != nil {
+			log.Fatal(err)
+		}
+		return &rawLayer{path: path, digest: h, size: n}
+	}
 	l, err := tarball.LayerFromFile(path)
 	if err != nil {
 		log.Fatal(err)
