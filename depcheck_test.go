@@ -1,0 +1,40 @@
+package lazyblk_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestImportDirection keeps dependencies flowing one way:
+// cmd → snapshotter → blockdev → fetcher, cache → imagefmt.
+func TestImportDirection(t *testing.T) {
+	allowed := map[string][]string{
+		"imagefmt":    {},
+		"cache":       {"imagefmt"},
+		"fetcher":     {"imagefmt", "cache"},
+		"blockdev":    {"fetcher", "cache", "imagefmt"},
+		"snapshotter": {"blockdev", "fetcher", "cache", "imagefmt"},
+	}
+	const mod = "github.com/lazyblk/lazyblk/"
+	for pkg, ok := range allowed {
+		out, err := exec.Command("go", "list", "-deps", "./"+pkg).Output()
+		if err != nil {
+			t.Fatalf("go list %s: %v", pkg, err)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			rest, found := strings.CutPrefix(dep, mod)
+			if !found || rest == pkg {
+				continue
+			}
+			top := strings.Split(rest, "/")[0]
+			good := false
+			for _, a := range ok {
+				good = good || a == top
+			}
+			if !good {
+				t.Errorf("%s imports %s, which the dependency direction forbids", pkg, dep)
+			}
+		}
+	}
+}

@@ -1,0 +1,3 @@
+// Package lazyblk holds repository-wide tests; the code lives in the
+// packages below (see README.md).
+package lazyblk
