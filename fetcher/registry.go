@@ -90,11 +90,7 @@ func Image(ctx context.Context, l Location, platform *v1.Platform) (v1.Image, er
 		}
 		return img, nil
 	}
-	idx, err := layout.ImageIndexFromPath(l.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("fetcher: %s: %w", l, err)
-	}
-	desc, err := layoutEntry(idx, l)
+	idx, desc, err := openLayout(l)
 	if err != nil {
 		return nil, err
 	}
@@ -106,6 +102,16 @@ func Image(ctx context.Context, l Location, platform *v1.Platform) (v1.Image, er
 		return pickPlatform(child, platform, l)
 	}
 	return idx.Image(desc.Digest)
+}
+
+// openLayout opens l's layout and finds its tagged entry.
+func openLayout(l Location) (v1.ImageIndex, v1.Descriptor, error) {
+	idx, err := layout.ImageIndexFromPath(l.Dir)
+	if err != nil {
+		return nil, v1.Descriptor{}, fmt.Errorf("fetcher: %s: %w", l, err)
+	}
+	desc, err := layoutEntry(idx, l)
+	return idx, desc, err
 }
 
 // layoutEntry finds the tagged entry (or the only one) in a layout.
@@ -158,11 +164,7 @@ func Index(ctx context.Context, l Location) (v1.ImageIndex, error) {
 		}
 		return desc.ImageIndex()
 	}
-	root, err := layout.ImageIndexFromPath(l.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("fetcher: %s: %w", l, err)
-	}
-	desc, err := layoutEntry(root, l)
+	root, desc, err := openLayout(l)
 	if err != nil {
 		return nil, err
 	}
