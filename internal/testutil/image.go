@@ -6,6 +6,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"fmt"
+	"slices"
+	"strconv"
 	"io"
 	"testing"
 	"time"
@@ -23,6 +26,7 @@ import (
 type Entry struct {
 	Hdr  tar.Header
 	Data []byte
+	Raw  []byte // when set, these bytes go into the tar as they are
 }
 
 // T is a fixed timestamp so generated images are reproducible.
@@ -55,6 +59,13 @@ func Tar(t testing.TB, entries []Entry) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range entries {
+		if e.Raw != nil {
+			if err := tw.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			buf.Write(e.Raw)
+			continue
+		}
 		h := e.Hdr
 		if err := tw.WriteHeader(&h); err != nil {
 			t.Fatalf("tar header %s: %v", h.Name, err)
@@ -182,3 +193,66 @@ func GzipBytes(t testing.TB, b []byte) []byte {
 
 // SHA256 is the digest of b.
 func SHA256(b []byte) v1.Hash { return sha(b) }
+
+// SparseEntry is a regular file of size bytes that is zero except for the
+// given data segments, written as a PAX GNU sparse 1.0 entry so a layer
+// holding a file of many GiB stays small. archive/tar reads such entries
+// but will not write them, so the entry's bytes are built here.
+func SparseEntry(t testing.TB, name string, size int64, segments map[int64][]byte) Entry {
+	offsets := make([]int64, 0, len(segments))
+	for off := range segments {
+		offsets = append(offsets, off)
+	}
+	slices.Sort(offsets)
+	var body bytes.Buffer
+	fmt.Fprintf(&body, "%d\n", len(offsets))
+	for _, off := range offsets {
+		fmt.Fprintf(&body, "%d\n%d\n", off, len(segments[off]))
+	}
+	pad(&body)
+	for _, off := range offsets {
+		body.Write(segments[off])
+	}
+	var pax bytes.Buffer
+	for _, kv := range [][2]string{{"GNU.sparse.major", "1"}, {"GNU.sparse.minor", "0"},
+		{"GNU.sparse.name", name}, {"GNU.sparse.realsize", strconv.FormatInt(size, 10)}} {
+		rec := " " + kv[0] + "=" + kv[1] + "\n"
+		n := len(rec) + 1
+		for len(strconv.Itoa(n))+len(rec) != n {
+			n++
+		}
+		fmt.Fprintf(&pax, "%d%s", n, rec)
+	}
+	var raw bytes.Buffer
+	raw.Write(ustarHeader(t, "PaxHeaders.0/"+name, int64(pax.Len()), tar.TypeXHeader))
+	raw.Write(pax.Bytes())
+	pad(&raw)
+	raw.Write(ustarHeader(t, "GNUSparseFile.0/"+name, int64(body.Len()), tar.TypeReg))
+	raw.Write(body.Bytes())
+	pad(&raw)
+	return Entry{Raw: raw.Bytes()}
+}
+
+// ustarHeader returns one 512-byte ustar header block of the given type.
+func ustarHeader(t testing.TB, name string, size int64, typ byte) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644, ModTime: T.Truncate(time.Second), Format: tar.FormatUSTAR}); err != nil {
+		t.Fatal(err)
+	}
+	h := buf.Bytes()[:512]
+	h[156] = typ
+	copy(h[148:156], "        ")
+	sum := 0
+	for _, c := range h {
+		sum += int(c)
+	}
+	copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
+	return h
+}
+
+func pad(b *bytes.Buffer) {
+	for b.Len()%512 != 0 {
+		b.WriteByte(0)
+	}
+}
