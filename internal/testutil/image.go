@@ -7,9 +7,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
-	"io"
 	"testing"
 	"time"
 
