@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"runtime"
 	"strings"
 
-	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/pgzip"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -23,7 +24,13 @@ type fallbackBlob struct {
 // groups become TypeLink entries naming the first path, like docker save.
 func writeFallback(t *tree, out io.Writer) (fallbackBlob, error) {
 	compressed := &countingHash{h: sha256.New(), w: out}
-	zw, err := gzip.NewWriterLevel(compressed, gzip.BestSpeed)
+	// Parallel gzip: one 1 MiB block per core in flight, so the fallback
+	// layer, the slowest part of a default conversion, uses every core
+	// with bounded memory.
+	zw, err := pgzip.NewWriterLevel(compressed, pgzip.BestSpeed)
+	if err == nil {
+		err = zw.SetConcurrency(1<<20, 2*runtime.GOMAXPROCS(0))
+	}
 	if err != nil {
 		return fallbackBlob{}, err
 	}
