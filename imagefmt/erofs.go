@@ -2,6 +2,7 @@ package imagefmt
 
 import (
 	"archive/tar"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -12,6 +13,9 @@ import (
 // writeErofs serialises the tree as an erofs image into out. Block size is
 // 4 KiB, the page size every kernel that mounts it will have.
 func writeErofs(t *tree, out io.WriteSeeker) error {
+	if err := checkErofsLimits(t); err != nil {
+		return err
+	}
 	w := erofs.Create(out, erofs.WithBlockSize(4096), erofs.WithBuildTime(0, 0))
 	first := map[*inode]string{} // where each inode was first written
 	err := t.walk(func(p string, n *node) error {
@@ -63,6 +67,30 @@ func setErofsMeta(w *erofs.Writer, p string, ino *inode) error {
 		if err := w.Setxattr(p, k, v); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// ErrTooBig reports a tree the chosen filesystem cannot hold.
+var ErrTooBig = errors.New("imagefmt: tree too big for the filesystem")
+
+// erofsMaxBlocks: erofs addresses data by 32-bit block numbers, and
+// go-erofs would truncate larger addresses silently.
+const erofsMaxBlocks = 1<<32 - 1
+
+func checkErofsLimits(t *tree) error {
+	var blocks uint64
+	seen := map[*inode]bool{}
+	_ = t.walk(func(_ string, n *node) error {
+		if !seen[n.ino] {
+			seen[n.ino] = true
+			blocks += uint64(n.ino.size+4095)/4096 + 1
+		}
+		return nil
+	})
+	if blocks > erofsMaxBlocks {
+		return fmt.Errorf("%w: about %d GiB of 4 KiB blocks, erofs addresses at most %d GiB (use --fs ext4)",
+			ErrTooBig, blocks>>18, uint64(erofsMaxBlocks)>>18)
 	}
 	return nil
 }
