@@ -1,4 +1,36 @@
-// Package cache will be the node-wide chunk store keyed by chunk digest,
-// striped over several directories (one per volume), bounded and
-// crash-safe. Not implemented yet: see the fetcher/cache issue.
+// Package cache is the node-wide chunk store: chunks keyed by the sha256
+// of their uncompressed bytes (so identical chunks of different images are
+// stored once), striped over several directories, bounded in bytes,
+// crash-safe. It knows nothing of HTTP or NBD.
+//
+// # On disk
+//
+//	<dir 0>/chunks/ab/ab12…ef      one file per chunk, its uncompressed bytes
+//	<dir 0>/chunks/ab/.tmp-…       a write in progress (removed at Open)
+//	<dir 1>/chunks/…               chunk d lives in stripe d[0] % N
+//
+// Each directory is meant to be its own volume (RAID0-like): a sequential
+// fill writes consecutive chunks to every volume in turn, so N volumes
+// whose write ceiling is 125 MiB/s each (EBS gp3) absorb N times that.
+//
+// # Lifecycle and guarantees
+//
+// Put verifies the bytes against the digest, writes a temp file in the
+// chunk's directory, fsyncs it, renames it into place and fsyncs the
+// directory: a crash leaves nothing or the whole chunk. Open reuses what a
+// previous run left (temp files removed, the rest indexed, oldest first
+// for eviction) and Get verifies every chunk the first time it reads it
+// after Open, so a chunk corrupted on disk while no process watched is
+// removed and reported as a miss — refetched by the caller, never served.
+// Chunks written or verified by this process are trusted afterwards:
+// hashing every warm read would cost more than reading it.
+//
+// # Eviction
+//
+// A plain LRU over bytes, not ristretto: eviction must account bytes
+// exactly against the configured capacity and must never refuse a chunk
+// just fetched (TinyLFU admission would drop it and force a refetch on
+// the very next read). Chunks being read are pinned and skipped. An
+// evicted chunk is simply fetched again. Metadata is updated before files
+// are removed.
 package cache

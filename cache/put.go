@@ -1,0 +1,151 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Put stores chunk d. data is verified against d before anything is
+// written; the file appears under its name only complete and synced (temp
+// file, fsync, rename, fsync of the directory), so a crash leaves either
+// nothing or the whole chunk. Putting a chunk already present is a no-op.
+func (s *Store) Put(ctx context.Context, d Digest, data []byte) error {
+	if sha256.Sum256(data) != d {
+		return fmt.Errorf("%w: put %s", ErrCorrupt, d)
+	}
+	size := int64(len(data))
+	if size > s.capacity {
+		return fmt.Errorf("cache: chunk %s of %d bytes exceeds capacity %d", d, size, s.capacity)
+	}
+	s.mu.Lock()
+	if _, ok := s.entries[d]; ok {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	st := s.stripeOf(d)
+	final := s.path(st, d)
+	if err := writeAtomic(final, data); err != nil {
+		return fmt.Errorf("cache: put %s: %w", d, err)
+	}
+	s.stripes[st].written.Add(size)
+
+	s.mu.Lock()
+	if _, ok := s.entries[d]; ok { // a concurrent Put won
+		s.mu.Unlock()
+		return nil
+	}
+	e := &entry{d: d, size: size, stripe: st}
+	s.entries[d] = s.lru.PushFront(e)
+	s.used += size
+	s.stripes[st].bytes.Add(size)
+	victims := s.evictLocked(0)
+	s.mu.Unlock()
+	s.verified.Store(d, struct{}{})
+	s.remove(victims)
+	return nil
+}
+
+func writeAtomic(final string, data []byte) (err error) {
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), final); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}
+
+// evictLocked unlinks least recently used, unpinned entries until used
+// fits capacity minus extra, and returns them for file removal outside the
+// lock. Metadata goes first, data after (a crash in between leaves an
+// orphan file that Open indexes again, never an index naming no file).
+func (s *Store) evictLocked(extra int64) []*entry {
+	var victims []*entry
+	for el := s.lru.Back(); el != nil && s.used > s.capacity-extra; {
+		prev := el.Prev()
+		e := el.Value.(*entry)
+		if e.pins == 0 {
+			s.lru.Remove(el)
+			delete(s.entries, e.d)
+			s.used -= e.size
+			s.stripes[e.stripe].bytes.Add(-e.size)
+			victims = append(victims, e)
+		}
+		el = prev
+	}
+	return victims
+}
+
+func (s *Store) remove(victims []*entry) {
+	for _, e := range victims {
+		s.verified.Delete(e.d)
+		if err := os.Remove(s.path(e.stripe, e.d)); err != nil && !os.IsNotExist(err) {
+			s.log.Warn("remove evicted chunk", "digest", e.d.String(), "err", err)
+		}
+		s.evictions.Add(1)
+	}
+}
+
+// Stats is a snapshot of the store's counters.
+type Stats struct {
+	Hits, Misses, Evictions, Corrupt int64
+	Chunks                           int
+	Used, Capacity                   int64
+	Stripes                          []StripeStats
+}
+
+// StripeStats is one volume's share.
+type StripeStats struct {
+	Dir          string
+	Bytes        int64 // held now
+	BytesWritten int64 // written since Open
+}
+
+// Stats returns the current counters.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	st := Stats{Chunks: len(s.entries), Used: s.used, Capacity: s.capacity}
+	s.mu.Unlock()
+	st.Hits, st.Misses, st.Evictions, st.Corrupt = s.hits.Load(), s.misses.Load(), s.evictions.Load(), s.corrupt.Load()
+	for _, sp := range s.stripes {
+		st.Stripes = append(st.Stripes, StripeStats{Dir: sp.dir, Bytes: sp.bytes.Load(), BytesWritten: sp.written.Load()})
+	}
+	return st
+}

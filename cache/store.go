@@ -1,0 +1,229 @@
+package cache
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// ErrCorrupt reports chunk bytes that do not match their digest.
+var ErrCorrupt = errors.New("cache: chunk digest mismatch")
+
+// Digest names a chunk by the sha256 of its uncompressed bytes.
+type Digest [sha256.Size]byte
+
+func (d Digest) String() string { return hex.EncodeToString(d[:]) }
+
+// Store is a node-wide chunk store striped over several directories.
+type Store struct {
+	stripes  []*stripe
+	capacity int64
+	log      *slog.Logger
+
+	mu       sync.Mutex // guards entries, lru, used
+	entries  map[Digest]*list.Element
+	lru      *list.List // front: most recently used *entry
+	used     int64
+	verified sync.Map // Digest -> struct{}: checked since Open
+
+	hits, misses, evictions, corrupt atomic.Int64
+}
+
+type entry struct {
+	d      Digest
+	size   int64
+	stripe int
+	pins   int // reads in progress; a pinned entry is not evicted
+}
+
+type stripe struct {
+	dir     string
+	bytes   atomic.Int64
+	written atomic.Int64
+}
+
+// Option configures Open.
+type Option func(*Store) error
+
+// WithLogger sets the logger (discarded by default).
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Store) error { s.log = l; return nil }
+}
+
+// Open opens (creating) a store over dirs, one per volume, bounded by
+// capacity bytes. What a previous run left is reused: temp files are
+// removed, complete chunks are indexed oldest-first for eviction, and each
+// is verified the first time it is read.
+func Open(dirs []string, capacity int64, opts ...Option) (*Store, error) {
+	if len(dirs) == 0 {
+		return nil, errors.New("cache: no directories")
+	}
+	if capacity <= 0 {
+		return nil, fmt.Errorf("cache: capacity %d must be positive", capacity)
+	}
+	s := &Store{capacity: capacity, entries: map[Digest]*list.Element{}, lru: list.New(),
+		log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		if err := o(s); err != nil {
+			return nil, err
+		}
+	}
+	type found struct {
+		e     *entry
+		mtime int64
+	}
+	var all []found
+	for i, dir := range dirs {
+		if err := os.MkdirAll(filepath.Join(dir, chunkDir), 0o700); err != nil {
+			return nil, fmt.Errorf("cache: stripe %s: %w", dir, err)
+		}
+		s.stripes = append(s.stripes, &stripe{dir: dir})
+		err := filepath.WalkDir(filepath.Join(dir, chunkDir), func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			if strings.HasPrefix(d.Name(), tmpPrefix) {
+				return os.Remove(p) // a write a crash interrupted
+			}
+			dg, ok := parseDigest(d.Name())
+			info, ierr := d.Info()
+			if !ok || ierr != nil {
+				return os.Remove(p)
+			}
+			all = append(all, found{&entry{d: dg, size: info.Size(), stripe: i}, info.ModTime().UnixNano()})
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("cache: scan %s: %w", dir, err)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].mtime > all[j].mtime })
+	for _, f := range all {
+		if _, dup := s.entries[f.e.d]; dup {
+			continue
+		}
+		s.entries[f.e.d] = s.lru.PushBack(f.e)
+		s.used += f.e.size
+		s.stripes[f.e.stripe].bytes.Add(f.e.size)
+	}
+	s.mu.Lock()
+	victims := s.evictLocked(0)
+	s.mu.Unlock()
+	s.remove(victims)
+	return s, nil
+}
+
+const (
+	chunkDir  = "chunks"
+	tmpPrefix = ".tmp-"
+)
+
+func parseDigest(name string) (Digest, bool) {
+	var d Digest
+	b, err := hex.DecodeString(name)
+	if err != nil || len(b) != len(d) {
+		return d, false
+	}
+	copy(d[:], b)
+	return d, true
+}
+
+// stripeOf spreads chunks over stripes by digest, so writes of a sequential
+// fill land on every volume in turn.
+func (s *Store) stripeOf(d Digest) int { return int(d[0]) % len(s.stripes) }
+
+func (s *Store) path(st int, d Digest) string {
+	h := d.String()
+	return filepath.Join(s.stripes[st].dir, chunkDir, h[:2], h)
+}
+
+// ReadAt reads len(p) bytes at off of chunk d, whose full size is size,
+// and reports whether the chunk was cached. A cached chunk is read whole
+// and verified the first time it is read after Open; a corrupt one is
+// removed and reported as a miss.
+func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off int64) (bool, error) {
+	if off < 0 || off+int64(len(p)) > size {
+		return false, fmt.Errorf("cache: read [%d,+%d) outside chunk %s of %d bytes", off, len(p), d, size)
+	}
+	s.mu.Lock()
+	el, ok := s.entries[d]
+	if !ok {
+		s.mu.Unlock()
+		s.misses.Add(1)
+		return false, nil
+	}
+	e := el.Value.(*entry)
+	s.lru.MoveToFront(el)
+	e.pins++
+	s.mu.Unlock()
+	defer s.unpin(e)
+
+	f, err := os.Open(s.path(e.stripe, d))
+	if err != nil || e.size != size {
+		if f != nil {
+			f.Close()
+		}
+		s.drop(e)
+		s.misses.Add(1)
+		return false, nil
+	}
+	defer f.Close()
+	if _, ok := s.verified.Load(d); !ok {
+		whole := make([]byte, size)
+		if _, err := f.ReadAt(whole, 0); err != nil || sha256.Sum256(whole) != d {
+			s.corrupt.Add(1)
+			s.log.Warn("corrupt cached chunk removed", "digest", d.String())
+			s.drop(e)
+			s.misses.Add(1)
+			return false, nil
+		}
+		s.verified.Store(d, struct{}{})
+		copy(p, whole[off:])
+		s.hits.Add(1)
+		return true, nil
+	}
+	if _, err := f.ReadAt(p, off); err != nil {
+		return false, fmt.Errorf("cache: read chunk %s: %w", d, err)
+	}
+	s.hits.Add(1)
+	return true, nil
+}
+
+// Has reports whether chunk d is cached, without counting a hit or miss.
+func (s *Store) Has(d Digest) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.entries[d]
+	return ok
+}
+
+func (s *Store) unpin(e *entry) {
+	s.mu.Lock()
+	e.pins--
+	s.mu.Unlock()
+}
+
+// drop forgets an entry and deletes its file: metadata first, then data.
+func (s *Store) drop(e *entry) {
+	s.mu.Lock()
+	if el, ok := s.entries[e.d]; ok && el.Value == e {
+		s.lru.Remove(el)
+		delete(s.entries, e.d)
+		s.used -= e.size
+		s.stripes[e.stripe].bytes.Add(-e.size)
+	}
+	s.mu.Unlock()
+	s.verified.Delete(e.d)
+	_ = os.Remove(s.path(e.stripe, e.d))
+}

@@ -1,0 +1,173 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+func chunk(i, size int) ([]byte, Digest) {
+	b := bytes.Repeat([]byte(fmt.Sprintf("chunk %06d|", i)), size/12+1)[:size]
+	return b, sha256.Sum256(b)
+}
+
+func mustGet(t *testing.T, s *Store, d Digest, size int) ([]byte, bool) {
+	t.Helper()
+	buf := make([]byte, size)
+	ok, err := s.ReadAt(context.Background(), d, int64(size), buf, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf, ok
+}
+
+func TestPutGet(t *testing.T) {
+	s, err := Open([]string{t.TempDir()}, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, d := chunk(1, 4096)
+	if _, ok := mustGet(t, s, d, 4096); ok {
+		t.Fatal("hit on an empty store")
+	}
+	if err := s.Put(context.Background(), d, b); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := mustGet(t, s, d, 4096)
+	if !ok || !bytes.Equal(got, b) {
+		t.Fatal("miss or wrong bytes after Put")
+	}
+	bad := append([]byte(nil), b...)
+	bad[0] ^= 1
+	if err := s.Put(context.Background(), sha256.Sum256([]byte("other")), bad); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Put of bytes not matching the digest: %v", err)
+	}
+	st := s.Stats()
+	if st.Hits != 1 || st.Misses != 1 || st.Chunks != 1 || st.Used != 4096 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestRestart: a reopened store reuses valid chunks, removes temp files,
+// and detects a chunk corrupted while no process ran.
+func TestRestart(t *testing.T) {
+	dirs := []string{t.TempDir(), t.TempDir()}
+	s, err := Open(dirs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []Digest
+	for i := range 8 {
+		b, d := chunk(i, 8192)
+		if err := s.Put(context.Background(), d, b); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	bad := s.path(s.stripeOf(ds[3]), ds[3])
+	if err := os.WriteFile(bad, bytes.Repeat([]byte("x"), 8192), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(filepath.Dir(bad), tmpPrefix+"torn")
+	if err := os.WriteFile(tmp, []byte("half a chunk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s2, err := Open(dirs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Error("torn temp file survived Open")
+	}
+	for i, d := range ds {
+		want, _ := chunk(i, 8192)
+		got, ok := mustGet(t, s2, d, 8192)
+		switch {
+		case i == 3 && ok:
+			t.Error("corrupted chunk served after restart")
+		case i != 3 && (!ok || !bytes.Equal(got, want)):
+			t.Errorf("chunk %d not reused after restart", i)
+		}
+	}
+	if s2.Stats().Corrupt != 1 {
+		t.Errorf("corrupt count %d, want 1", s2.Stats().Corrupt)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Error("corrupt chunk file not removed")
+	}
+}
+
+func TestEvictionAndStripes(t *testing.T) {
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()}
+	const size, capacity = 4096, 10 * 4096
+	s, err := Open(dirs, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []Digest
+	for i := range 40 {
+		b, d := chunk(i, size)
+		if err := s.Put(context.Background(), d, b); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+		if i == 5 { // keep an early chunk hot
+			mustGet(t, s, ds[0], size)
+		}
+	}
+	st := s.Stats()
+	if st.Used > capacity || st.Chunks != 10 || st.Evictions != 30 {
+		t.Errorf("after 40 puts into room for 10: %+v", st)
+	}
+	if _, ok := mustGet(t, s, ds[39], size); !ok {
+		t.Error("most recent chunk evicted")
+	}
+	var onDisk int
+	for i, sp := range st.Stripes {
+		if sp.BytesWritten == 0 {
+			t.Errorf("stripe %d received no writes", i)
+		}
+		n, _ := filepath.Glob(filepath.Join(dirs[i], chunkDir, "*", "*"))
+		onDisk += len(n)
+	}
+	if onDisk != 10 {
+		t.Errorf("%d chunk files on disk, want 10", onDisk)
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	s, err := Open([]string{t.TempDir(), t.TempDir()}, 32*4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				b, d := chunk((g+i)%48, 4096)
+				if err := s.Put(context.Background(), d, b); err != nil {
+					t.Error(err)
+					return
+				}
+				got := make([]byte, 1000)
+				if ok, err := s.ReadAt(context.Background(), d, 4096, got, 96); err != nil || (ok && !bytes.Equal(got, b[96:1096])) {
+					t.Errorf("get: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if st := s.Stats(); st.Used > st.Capacity {
+		t.Errorf("over capacity: %+v", st)
+	}
+}
