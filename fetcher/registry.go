@@ -73,8 +73,8 @@ func remoteOptions(ctx context.Context, extra ...remote.Option) []remote.Option 
 		remote.WithTransport(http.DefaultTransport)}, extra...)
 }
 
-// Image resolves l to one image, picking platform from an index.
-func Image(ctx context.Context, l Location, platform *v1.Platform) (v1.Image, error) {
+// ResolveImage resolves l to one image, picking platform from an index.
+func ResolveImage(ctx context.Context, l Location, platform *v1.Platform) (v1.Image, error) {
 	if l.Ref != nil {
 		var opts []remote.Option
 		if platform != nil {

@@ -71,7 +71,7 @@ func runConvert(c *cli.Context) error {
 	progress := newStages(c.App.ErrWriter, !c.Bool("json"))
 
 	progress.start("resolving " + src.String())
-	img, err := fetcher.Image(c.Context, src, platform)
+	img, err := fetcher.ResolveImage(c.Context, src, platform)
 	if err != nil {
 		return err
 	}

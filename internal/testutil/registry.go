@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,4 +58,21 @@ func DockerRegistry(t testing.TB) string {
 	}
 	t.Fatalf("docker-registry on %s did not answer", addr)
 	return ""
+}
+
+// StoppableRegistry is GGCRRegistry with a stop function that makes it
+// refuse every later request, as a registry that went away.
+func StoppableRegistry(t testing.TB) (string, func()) {
+	t.Helper()
+	var down atomic.Bool
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "registry stopped", http.StatusServiceUnavailable)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), func() { down.Store(true) }
 }

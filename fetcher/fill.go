@@ -1,0 +1,113 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/imagefmt"
+)
+
+// ErrNoCache reports background work asked of an image opened without a
+// cache: it would fetch bytes only to drop them.
+var ErrNoCache = errors.New("fetcher: prefetch and fill need a cache")
+
+// Prefetch fetches the given chunks, in the given order, into the cache.
+// It runs below demand reads: it uses only background connection slots,
+// so a demand miss never queues behind it. Adjacent chunks are coalesced
+// into large ranges; the fill rate cap applies.
+func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
+	if im.o.cache == nil {
+		return ErrNoCache
+	}
+	var limiter *rate.Limiter
+	if im.o.fillRate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(im.o.fillRate), im.o.maxCoalesce)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	for k := 0; k < len(chunks); k++ {
+		i := chunks[k]
+		if i < 0 || i >= len(im.index.Chunks) {
+			return errors.Join(fmt.Errorf("fetcher: prefetch chunk %d outside 0..%d", i, len(im.index.Chunks)-1), g.Wait())
+		}
+		// Hold a background slot before claiming chunks, so a demand
+		// reader that finds them in flight never waits for a slot.
+		select {
+		case im.background <- struct{}{}:
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), g.Wait())
+		}
+		run, cl := im.claim(i, chunks[k:], true)
+		if cl == nil {
+			<-im.background
+			continue
+		}
+		k += len(run) - 1 // the run covered the next chunks of the list too
+		g.Go(func() error {
+			defer func() { <-im.background }()
+			im.fetch(ctx, run, cl, nil)
+			for _, j := range run {
+				if err := cl.errs[j]; err != nil {
+					return fmt.Errorf("fetcher: prefetch chunk %d: %w", j, err)
+				}
+			}
+			if limiter != nil {
+				return limiter.WaitN(ctx, min(im.runBytes(run), im.o.maxCoalesce))
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// Fill fetches every chunk not yet cached, in image order, and returns
+// when the image is complete.
+func (im *Image) Fill(ctx context.Context) error {
+	all := make([]int, len(im.index.Chunks))
+	for i := range all {
+		all[i] = i
+	}
+	return im.Prefetch(ctx, all)
+}
+
+// Complete reports whether every non-hole chunk is cached.
+func (im *Image) Complete() bool {
+	if im.o.cache == nil {
+		return false
+	}
+	for _, c := range im.index.Chunks {
+		if c.Encoding != imagefmt.EncodingHole && !im.o.cache.Has(cache.Digest(c.Digest)) {
+			return false
+		}
+	}
+	return true
+}
+
+// claim registers a background fetch for chunk i and the chunks after it
+// in want that extend it back to back; nil when i needs no fetch.
+func (im *Image) claim(i int, want []int, background bool) ([]int, *call) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	c := im.index.Chunks[i]
+	if _, busy := im.inflight[i]; busy || c.Encoding == imagefmt.EncodingHole || im.o.cache.Has(cache.Digest(c.Digest)) {
+		return nil, nil
+	}
+	last := i
+	for k := 1; k < len(want) && want[k] == last+1; k++ {
+		last++
+	}
+	run := im.runLocked(i, last)
+	return run, im.startLocked(run, background)
+}
+
+func (im *Image) runBytes(run []int) int {
+	n := 0
+	for _, j := range run {
+		n += int(im.index.Chunks[j].Length)
+	}
+	return n
+}

@@ -1,0 +1,313 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/imagefmt"
+)
+
+// ErrChunkCorrupt reports a chunk whose fetched bytes failed verification
+// twice (fetched, refetched): the registry serves bad data.
+var ErrChunkCorrupt = imagefmt.ErrChunkCorrupt
+
+var errConnReset = syscall.ECONNRESET
+
+// Image is one block image opened for reading. ReadAt is safe for
+// concurrent use.
+type Image struct {
+	loc   Location
+	index *imagefmt.Index
+	src   source
+	o     options
+
+	demand     chan struct{} // semaphore: demand requests in flight
+	background chan struct{} // semaphore: prefetch and fill requests in flight
+
+	mu       sync.Mutex // guards inflight, lastMiss
+	inflight map[int]*call
+	lastMiss int // chunk of the last demand miss, for sequential detection
+
+	stats counters
+}
+
+// call is one range fetch covering a run of chunks; readers of any chunk
+// in the run wait on it.
+type call struct {
+	background bool // a prefetch or fill: its cancellation is not a reader's error
+	done       chan struct{}
+	chunks     map[int][]byte // decoded, verified chunk contents
+	errs       map[int]error
+}
+
+// Open resolves l, fetches and verifies its chunk index and returns the
+// image ready for reads.
+func Open(ctx context.Context, l Location, opts ...Option) (*Image, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	d, err := Describe(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	return OpenIndex(ctx, l, d.Index, opts...)
+}
+
+// OpenIndex opens an image whose index the caller already verified.
+func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Option) (*Image, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	var src source
+	var err error
+	if l.Ref != nil {
+		src, err = newRegistrySource(ctx, l, x.Data, o.transport)
+	} else {
+		src, err = newLayoutSource(l, x.Data)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastMiss: -2,
+		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background)}, nil
+}
+
+// Size is the filesystem image size in bytes.
+func (im *Image) Size() int64 { return int64(im.index.ImageSize) }
+
+// Index returns the verified chunk index.
+func (im *Image) Index() *imagefmt.Index { return im.index }
+
+// Close releases the image's source.
+func (im *Image) Close() error {
+	if s, ok := im.src.(*layoutSource); ok {
+		return s.f.Close()
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off. It returns only verified bytes, and
+// fails once the read deadline passes (DefaultReadTimeout) rather than
+// wait without bound.
+func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 || off > im.Size() {
+		return 0, fmt.Errorf("fetcher: read at %d outside image of %d bytes", off, im.Size())
+	}
+	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)
+	defer cancel()
+	cs := int64(im.index.ChunkSize)
+	n := int(min(int64(len(p)), im.Size()-off))
+	last := int((off + int64(n) - 1) / cs)
+	for done := 0; done < n; {
+		pos := off + int64(done)
+		i := int(pos / cs)
+		within := pos - int64(i)*cs
+		m := int(min(int64(n-done), int64(im.index.ChunkLen(i))-within))
+		if err := im.readChunk(ctx, i, last, p[done:done+m], within); err != nil {
+			return done, fmt.Errorf("fetcher: %s: read at %d: %w", im.loc, pos, err)
+		}
+		done += m
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readChunk fills p from chunk i at within, fetching on a miss. last is the
+// last chunk the current read needs, so one request can cover them all.
+func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within int64) error {
+	c := im.index.Chunks[i]
+	if c.Encoding == imagefmt.EncodingHole {
+		clear(p)
+		return nil
+	}
+	size := int64(im.index.ChunkLen(i))
+	if im.o.cache != nil {
+		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
+		if err != nil {
+			return err
+		}
+		if hit {
+			im.stats.hits.Add(1)
+			return nil
+		}
+	}
+	im.stats.misses.Add(1)
+	for {
+		cl := im.join(ctx, i, last)
+		select {
+		case <-cl.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		err := cl.errs[i]
+		if cl.background && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			continue // the prefetch was stopped, not this read: fetch on demand
+		}
+		if err != nil {
+			return err
+		}
+		copy(p, cl.chunks[i][within:])
+		return nil
+	}
+}
+
+// join returns the fetch that will deliver chunk i, starting one when
+// none is in flight. Sequential misses grow the run ahead (readahead).
+func (im *Image) join(ctx context.Context, i, last int) *call {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if cl, ok := im.inflight[i]; ok {
+		return cl
+	}
+	if im.lastMiss == i-1 {
+		last = len(im.index.Chunks) - 1 // sequential: coalesce up to the cap
+	}
+	im.lastMiss = i
+	run := im.runLocked(i, last)
+	cl := im.startLocked(run, false)
+	go im.fetch(context.WithoutCancel(ctx), run, cl, im.demand)
+	return cl
+}
+
+// startLocked registers a fetch of run so readers of its chunks join it.
+func (im *Image) startLocked(run []int, background bool) *call {
+	cl := &call{background: background, done: make(chan struct{}), chunks: map[int][]byte{}, errs: map[int]error{}}
+	for _, j := range run {
+		im.inflight[j] = cl
+	}
+	return cl
+}
+
+// runLocked picks chunks i..last that one range request can fetch: not
+// holes, not cached, not in flight, stored back to back, within the cap.
+func (im *Image) runLocked(i, last int) []int {
+	x := im.index
+	run := []int{i}
+	end := x.Chunks[i].Offset + uint64(x.Chunks[i].Length)
+	bytes := uint64(x.Chunks[i].Length)
+	for j := i + 1; j <= last && j < len(x.Chunks); j++ {
+		c := x.Chunks[j]
+		if c.Encoding == imagefmt.EncodingHole || c.Offset != end || bytes+uint64(c.Length) > uint64(im.o.maxCoalesce) {
+			break
+		}
+		if _, busy := im.inflight[j]; busy || (im.o.cache != nil && im.o.cache.Has(cache.Digest(c.Digest))) {
+			break
+		}
+		run = append(run, j)
+		end += uint64(c.Length)
+		bytes += uint64(c.Length)
+	}
+	return run
+}
+
+// fetch runs one range request for run under a connection slot, decodes
+// and verifies every chunk (refetching a bad one once), caches it, and
+// wakes the waiters.
+func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}) {
+	defer func() {
+		im.mu.Lock()
+		for _, j := range run {
+			if im.inflight[j] == cl {
+				delete(im.inflight, j)
+			}
+		}
+		im.mu.Unlock()
+		close(cl.done)
+	}()
+	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)
+	defer cancel()
+	if slots != nil { // nil: the caller holds a slot already
+		select {
+		case slots <- struct{}{}:
+			defer func() { <-slots }()
+		case <-ctx.Done():
+			for _, j := range run {
+				cl.errs[j] = ctx.Err()
+			}
+			return
+		}
+	}
+	x := im.index
+	first := x.Chunks[run[0]]
+	lastc := x.Chunks[run[len(run)-1]]
+	stored := make([]byte, lastc.Offset+uint64(lastc.Length)-first.Offset)
+	err := im.get(ctx, stored, int64(first.Offset))
+	for _, j := range run {
+		if err != nil {
+			cl.errs[j] = err
+			continue
+		}
+		c := x.Chunks[j]
+		part := stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
+		cl.chunks[j], cl.errs[j] = im.decode(ctx, j, part)
+	}
+}
+
+// get fetches stored bytes with retries, counting traffic.
+func (im *Image) get(ctx context.Context, p []byte, off int64) error {
+	err := retry(ctx, &im.o, func(error) { im.stats.retries.Add(1) }, func(ctx context.Context) error {
+		im.stats.requests.Add(1)
+		return im.src.readRange(ctx, p, off)
+	})
+	if err == nil {
+		im.stats.bytesFetched.Add(int64(len(p)))
+	}
+	return err
+}
+
+// decode verifies chunk j; a failure is refetched once on its own before
+// it is reported. Verified chunks go to the cache.
+func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, error) {
+	x := im.index
+	out := make([]byte, x.ChunkLen(j))
+	err := x.DecodeChunk(j, stored, out)
+	if errors.Is(err, imagefmt.ErrChunkCorrupt) {
+		im.stats.verifyFailures.Add(1)
+		im.o.log.Warn("chunk failed verification, refetching", "chunk", j, "ref", im.loc.String())
+		again := make([]byte, len(stored))
+		if err = im.get(ctx, again, int64(x.Chunks[j].Offset)); err == nil {
+			if err = x.DecodeChunk(j, again, out); errors.Is(err, imagefmt.ErrChunkCorrupt) {
+				im.stats.verifyFailures.Add(1)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if im.o.cache != nil {
+		if err := im.o.cache.Put(ctx, cache.Digest(x.Chunks[j].Digest), out); err != nil {
+			im.o.log.Warn("cache put failed", "chunk", j, "err", err)
+		}
+	}
+	return out, nil
+}
+
+// Stats is a snapshot of an image's counters.
+type Stats struct {
+	Hits, Misses, Requests, Retries, VerifyFailures, BytesFetched int64
+}
+
+type counters struct {
+	hits, misses, requests, retries, verifyFailures, bytesFetched atomic.Int64
+}
+
+// Stats returns the image's counters.
+func (im *Image) Stats() Stats {
+	s := &im.stats
+	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
+		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load()}
+}

@@ -1,0 +1,132 @@
+package fetcher_test
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+func openImage(t *testing.T, loc fetcher.Location, opts ...fetcher.Option) *fetcher.Image {
+	t.Helper()
+	im, err := fetcher.Open(context.Background(), loc, opts...)
+	if err != nil {
+		t.Fatalf("open %s: %v", loc, err)
+	}
+	t.Cleanup(func() { im.Close() })
+	return im
+}
+
+func newCache(t *testing.T, capacity int64, stripes int) *cache.Store {
+	t.Helper()
+	var dirs []string
+	for range stripes {
+		dirs = append(dirs, t.TempDir())
+	}
+	c, err := cache.Open(dirs, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// readRandom does n reads of random offsets and lengths and compares each
+// with the image's true bytes.
+func readRandom(t *testing.T, im *fetcher.Image, want []byte, seed uint64, n int) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 1))
+	for range n {
+		off := r.Int64N(int64(len(want)))
+		ln := 1 + r.IntN(300<<10)
+		p := make([]byte, ln)
+		got, err := im.ReadAt(context.Background(), p, off)
+		wantN := min(ln, len(want)-int(off))
+		if got != wantN || (err != nil && got == ln) {
+			t.Fatalf("ReadAt(%d, %d) = %d, %v; want %d bytes", off, ln, got, err, wantN)
+		}
+		if !bytes.Equal(p[:got], want[off:off+int64(got)]) {
+			t.Fatalf("ReadAt(%d, %d): wrong bytes", off, ln)
+		}
+	}
+}
+
+// TestReadsMatchImage: random reads through both real registries return
+// exactly the image's bytes, with and without a cache.
+func TestReadsMatchImage(t *testing.T) {
+	for _, reg := range []struct {
+		name  string
+		start func(testing.TB) string
+	}{{"ggcr", testutil.GGCRRegistry}, {"docker-registry", testutil.DockerRegistry}} {
+		t.Run(reg.name, func(t *testing.T) {
+			loc, want := testutil.BlockImage(t, reg.start(t)+"/img:v1", 3<<20)
+			readRandom(t, openImage(t, loc), want, 1, 200)
+			c := newCache(t, 64<<20, 2)
+			im := openImage(t, loc, fetcher.WithCache(c))
+			readRandom(t, im, want, 2, 200)
+			readRandom(t, im, want, 2, 200) // same reads again: now from the cache
+			if st := im.Stats(); st.Hits == 0 || st.BytesFetched == 0 {
+				t.Errorf("stats %+v: want cache hits and fetched bytes", st)
+			}
+		})
+	}
+}
+
+// TestSequentialCoalesces: a sequential reader is served by few large
+// range requests, not one per chunk.
+func TestSequentialCoalesces(t *testing.T) {
+	loc, want := testutil.BlockImage(t, testutil.GGCRRegistry(t)+"/img:v1", 4<<20)
+	im := openImage(t, loc, fetcher.WithCache(newCache(t, 64<<20, 1)), fetcher.WithMaxCoalesce(1<<20))
+	p := make([]byte, 128<<10)
+	for off := int64(0); off < int64(len(want)); off += int64(len(p)) {
+		n, _ := im.ReadAt(context.Background(), p, off)
+		if !bytes.Equal(p[:n], want[off:off+int64(n)]) {
+			t.Fatalf("wrong bytes at %d", off)
+		}
+	}
+	st := im.Stats()
+	chunks := len(im.Index().Chunks)
+	if st.Requests*4 > int64(chunks) {
+		t.Errorf("%d requests for %d chunks read sequentially: not coalesced", st.Requests, chunks)
+	}
+}
+
+// TestConcurrentReaders: 64 readers at once (run under -race).
+func TestConcurrentReaders(t *testing.T) {
+	loc, want := testutil.BlockImage(t, testutil.GGCRRegistry(t)+"/img:v1", 3<<20)
+	im := openImage(t, loc, fetcher.WithCache(newCache(t, 2<<20, 3)))
+	var wg sync.WaitGroup
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			readRandom(t, im, want, uint64(g), 20)
+		}()
+	}
+	wg.Wait()
+}
+
+// TestFillThenOffline: after Fill the image reads completely from the
+// cache, with the registry gone.
+func TestFillThenOffline(t *testing.T) {
+	host, stop := testutil.StoppableRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	c := newCache(t, 64<<20, 2)
+	im := openImage(t, loc, fetcher.WithCache(c), fetcher.WithFillRate(512<<20))
+	if err := im.Fill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !im.Complete() {
+		t.Fatal("not complete after Fill")
+	}
+	stop()
+	fetched := im.Stats().BytesFetched
+	readRandom(t, im, want, 3, 100)
+	if im.Stats().BytesFetched != fetched {
+		t.Error("reads after a complete fill went to the registry")
+	}
+}

@@ -1,0 +1,155 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/lazyblk/lazyblk/cache"
+)
+
+// The model of time, in one place. Every fetch attempt has its own
+// timeout; failed attempts are retried with jittered exponential backoff
+// up to a bounded count; and every ReadAt has a deadline after which it
+// fails (the block layer answers EIO) whatever is still in flight. Shared
+// fetches run under context.WithoutCancel plus the attempt timeout, so one
+// impatient reader never cancels the fetch others wait on, and nothing
+// waits forever.
+const (
+	// DefaultAttemptTimeout bounds one range request: 32 MiB at a slow
+	// 10 MB/s still fits.
+	DefaultAttemptTimeout = 10 * time.Second
+	// DefaultAttempts bounds tries per fetch (1 + 3 retries).
+	DefaultAttempts = 4
+	// DefaultReadTimeout bounds one ReadAt, retries included.
+	DefaultReadTimeout = 60 * time.Second
+	// DefaultConnections bounds parallel demand requests per image; enough
+	// to fill a 10 Gb/s link with 4 MiB chunks at 20 ms RTT.
+	DefaultConnections = 8
+	// DefaultBackgroundConnections bounds prefetch and fill requests,
+	// which never take a demand slot.
+	DefaultBackgroundConnections = 2
+	// DefaultMaxCoalesce caps one range request made for a sequential
+	// reader or for prefetch.
+	DefaultMaxCoalesce = 32 << 20
+
+	backoffBase = 100 * time.Millisecond
+	backoffMax  = 2 * time.Second
+)
+
+type options struct {
+	cache          *cache.Store
+	transport      http.RoundTripper
+	attemptTimeout time.Duration
+	attempts       int
+	readTimeout    time.Duration
+	connections    int
+	background     int
+	maxCoalesce    int
+	fillRate       int64 // bytes per second, 0 = unlimited
+	log            *slog.Logger
+}
+
+// Option configures Open.
+type Option func(*options) error
+
+// WithCache stores fetched chunks in c (by default nothing is cached and
+// every read fetches).
+func WithCache(c *cache.Store) Option { return func(o *options) error { o.cache = c; return nil } }
+
+// WithTransport sets the base HTTP transport (http.DefaultTransport).
+func WithTransport(t http.RoundTripper) Option {
+	return func(o *options) error { o.transport = t; return nil }
+}
+
+// WithTimeouts sets the per-attempt timeout, the attempts per fetch and
+// the per-read deadline.
+func WithTimeouts(attempt time.Duration, attempts int, read time.Duration) Option {
+	return func(o *options) error {
+		if attempt <= 0 || read <= 0 || attempts < 1 {
+			return fmt.Errorf("fetcher: timeouts must be positive and attempts at least 1")
+		}
+		o.attemptTimeout, o.attempts, o.readTimeout = attempt, attempts, read
+		return nil
+	}
+}
+
+// WithConnections bounds parallel demand and background requests.
+func WithConnections(demand, background int) Option {
+	return func(o *options) error {
+		if demand < 1 || background < 1 {
+			return fmt.Errorf("fetcher: connections must be at least 1")
+		}
+		o.connections, o.background = demand, background
+		return nil
+	}
+}
+
+// WithMaxCoalesce caps a coalesced range request in bytes.
+func WithMaxCoalesce(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("fetcher: max coalesce must be positive")
+		}
+		o.maxCoalesce = n
+		return nil
+	}
+}
+
+// WithFillRate caps background fill and prefetch in bytes per second.
+func WithFillRate(bps int64) Option {
+	return func(o *options) error { o.fillRate = bps; return nil }
+}
+
+// WithLogger sets the logger (discarded by default).
+func WithLogger(l *slog.Logger) Option { return func(o *options) error { o.log = l; return nil } }
+
+func defaultOptions() options {
+	return options{transport: http.DefaultTransport, attemptTimeout: DefaultAttemptTimeout,
+		attempts: DefaultAttempts, readTimeout: DefaultReadTimeout, connections: DefaultConnections,
+		background: DefaultBackgroundConnections, maxCoalesce: DefaultMaxCoalesce,
+		log: slog.New(slog.DiscardHandler)}
+}
+
+// retry runs fn up to attempts times, each under its own timeout, with
+// jittered exponential backoff between tries; it stops early on ctx or on
+// an error that retrying cannot fix.
+func retry(ctx context.Context, o *options, onRetry func(error), fn func(ctx context.Context) error) error {
+	var err error
+	for attempt := 0; attempt < o.attempts; attempt++ {
+		if attempt > 0 {
+			onRetry(err)
+			d := min(backoffBase<<(attempt-1), backoffMax)
+			d = d/2 + rand.N(d) // jitter in [d/2, 3d/2)
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return errors.Join(err, ctx.Err())
+			case <-t.C:
+			}
+		}
+		actx, cancel := context.WithTimeout(ctx, o.attemptTimeout)
+		err = fn(actx)
+		cancel()
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+func retryable(err error) bool {
+	var he *HTTPError
+	if errors.As(err, &he) {
+		return he.retryable()
+	}
+	var ne net.Error
+	return errors.Is(err, ErrShortBody) || errors.Is(err, ErrChunkCorrupt) || errors.As(err, &ne) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errConnReset)
+}

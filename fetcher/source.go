@@ -1,0 +1,146 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// ErrShortBody reports a response that ended before the range it promised.
+var ErrShortBody = errors.New("fetcher: truncated response body")
+
+// HTTPError is a failed blob request. URL carries no credentials or query
+// string (redirect URLs to blob storage carry signatures there).
+type HTTPError struct {
+	Status int
+	URL    string
+}
+
+func (e *HTTPError) Error() string {
+	return fmt.Sprintf("fetcher: GET %s: %d %s", e.URL, e.Status, http.StatusText(e.Status))
+}
+
+// retryable: server trouble, throttling, and a 403 from blob storage after
+// a redirect (the signed URL expired: asking the registry again gets a
+// fresh one). Anything else 4xx is final.
+func (e *HTTPError) retryable() bool {
+	return e.Status >= 500 || e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout ||
+		e.Status == http.StatusForbidden && strings.Contains(e.URL, "(redirected)")
+}
+
+func redact(u *url.URL) string {
+	c := *u
+	c.User, c.RawQuery, c.Fragment = nil, "", ""
+	return c.String()
+}
+
+// source reads byte ranges of one blob.
+type source interface {
+	readRange(ctx context.Context, p []byte, off int64) error
+}
+
+// registrySource reads a blob with closed HTTP range requests. Its client
+// carries go-containerregistry's auth transport: credentials from the
+// docker keychain, bearer tokens refreshed when the registry answers 401
+// (so a token expiring mid-run does not break reads), and no credentials
+// sent along redirects to other hosts.
+type registrySource struct {
+	client *http.Client
+	url    *url.URL
+	host   string
+}
+
+func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, base http.RoundTripper) (*registrySource, error) {
+	repo := l.Ref.Context()
+	auth, err := authn.DefaultKeychain.Resolve(repo)
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: credentials for %s: %w", repo.RegistryStr(), err)
+	}
+	tr, err := transport.NewWithContext(ctx, repo.Registry, auth, base, []string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: %s: %w", repo.RegistryStr(), err)
+	}
+	u := &url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), digest)}
+	return &registrySource{client: &http.Client{Transport: tr}, url: u, host: u.Host}, nil
+}
+
+func (s *registrySource) readRange(ctx context.Context, p []byte, off int64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url.String(), nil)
+	if err != nil {
+		return err
+	}
+	// Closed ranges only: go-containerregistry's registry answers open and
+	// suffix ranges with 416.
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1))
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	where := redact(resp.Request.URL)
+	if resp.Request.URL.Host != s.host {
+		where += " (redirected)"
+	}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		if err := checkContentRange(resp.Header.Get("Content-Range"), off, len(p)); err != nil {
+			return err
+		}
+	case http.StatusOK:
+		// A server that ignores Range sends the whole blob: skip to off.
+		if _, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
+			return fmt.Errorf("%w: %v", ErrShortBody, err)
+		}
+	default:
+		return &HTTPError{Status: resp.StatusCode, URL: where}
+	}
+	if _, err := io.ReadFull(resp.Body, p); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrShortBody, where, err)
+	}
+	return nil
+}
+
+// checkContentRange insists the server sent exactly the range asked for.
+func checkContentRange(h string, off int64, n int) error {
+	var start, end int64
+	spec, ok := strings.CutPrefix(h, "bytes ")
+	if ok {
+		rng, _, _ := strings.Cut(spec, "/")
+		a, b, found := strings.Cut(rng, "-")
+		var err1, err2 error
+		start, err1 = strconv.ParseInt(a, 10, 64)
+		end, err2 = strconv.ParseInt(b, 10, 64)
+		ok = found && err1 == nil && err2 == nil
+	}
+	if !ok || start != off || end != off+int64(n)-1 {
+		return fmt.Errorf("fetcher: Content-Range %q, asked for bytes %d-%d", h, off, off+int64(n)-1)
+	}
+	return nil
+}
+
+// layoutSource reads a blob of an OCI image layout on disk.
+type layoutSource struct{ f *os.File }
+
+func newLayoutSource(l Location, digest v1.Hash) (*layoutSource, error) {
+	f, err := os.Open(filepath.Join(l.Dir, "blobs", digest.Algorithm, digest.Hex))
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: %s: %w", l, err)
+	}
+	return &layoutSource{f: f}, nil
+}
+
+func (s *layoutSource) readRange(_ context.Context, p []byte, off int64) error {
+	_, err := s.f.ReadAt(p, off)
+	return err
+}

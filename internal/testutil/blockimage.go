@@ -1,0 +1,64 @@
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
+)
+
+// BlockImage converts a generated image (random bytes that stay raw, text
+// that compresses, zero runs that become holes) with small chunks so tests
+// see many of them, pushes it to ref, and returns the filesystem image's
+// exact bytes: what every read must return.
+func BlockImage(t testing.TB, ref string, randomBytes int) (fetcher.Location, []byte) {
+	t.Helper()
+	rnd := make([]byte, randomBytes)
+	r := rand.New(rand.NewChaCha8([32]byte{7}))
+	for i := range rnd {
+		rnd[i] = byte(r.Uint32())
+	}
+	text := bytes.Repeat([]byte("lazyblk reads lazily, verified. "), 1<<15)
+	zeros := make([]byte, 1<<20)
+	layer := Layer(t, []Entry{
+		File("random.bin", 0o644, string(rnd)), File("text.txt", 0o644, string(text)),
+		File("zeros.bin", 0o644, string(zeros)), File("small", 0o644, "small"),
+	}, Gzip, false)
+	res, err := imagefmt.Convert(context.Background(), Image(t, false, layer),
+		imagefmt.WithChunkSize(imagefmt.MinChunkSize), imagefmt.WithTempDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	loc, err := fetcher.ParseLocation(ref, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fetcher.Push(context.Background(), loc, res.Image); err != nil {
+		t.Fatal(err)
+	}
+	data, err := res.OpenData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer data.Close()
+	p := filepath.Join(t.TempDir(), "image")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := res.Index.WriteImage(data, f); err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc, want
+}
