@@ -1,0 +1,145 @@
+package fetcher_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+// viaProxy names the same repository through another host.
+func viaProxy(t *testing.T, loc fetcher.Location, proxy string) fetcher.Location {
+	t.Helper()
+	ref := strings.Replace(loc.String(), loc.Ref.Context().RegistryStr(), proxy, 1)
+	l, err := fetcher.ParseLocation(ref, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// fast keeps fault tests quick: short attempts, a short read deadline.
+var fast = fetcher.WithTimeouts(300*time.Millisecond, 4, 3*time.Second)
+
+// TestTransientFaults: every kind of transient failure on the first
+// requests is retried away; the reads return exactly the image's bytes.
+func TestTransientFaults(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	for _, f := range []struct {
+		name  string
+		fault testutil.Fault
+	}{
+		{"503", testutil.Status503}, {"reset", testutil.Reset}, {"truncated", testutil.Truncate},
+		{"flipped", testutil.Flip}, {"hang", testutil.Hang}, {"latency", testutil.Slow},
+	} {
+		t.Run(f.name, func(t *testing.T) {
+			var seen atomic.Int64
+			proxy := testutil.FaultProxy(t, host, func(n int64, _ *http.Request) testutil.Fault {
+				seen.Add(1)
+				if n%3 == 0 { // every third request fails; its retry passes
+					return f.fault
+				}
+				return testutil.Pass
+			})
+			c := newCache(t, 64<<20, 1)
+			im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(c), fast)
+			readRandom(t, im, want, 5, 60)
+			st := im.Stats()
+			switch f.fault {
+			case testutil.Slow:
+			case testutil.Flip:
+				if st.VerifyFailures == 0 {
+					t.Errorf("flipped bytes never failed verification: %+v", st)
+				}
+			case testutil.Reset:
+				// net/http retries an idempotent GET whose connection closed
+				// before any response; either layer may absorb it.
+				if st.Retries == 0 && seen.Load() <= st.Requests {
+					t.Errorf("resets were neither retried nor re-sent: %+v, proxy saw %d", st, seen.Load())
+				}
+			default:
+				if st.Retries == 0 {
+					t.Errorf("no retries counted: %+v", st)
+				}
+			}
+		})
+	}
+}
+
+// TestCorruptNeverServed: a registry that always corrupts one chunk's
+// bytes gets a typed error for reads of that chunk — after one refetch —
+// and the chunk is never cached; the other chunks read fine.
+func TestCorruptNeverServed(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	im0 := openImage(t, loc)
+	x := im0.Index()
+	bad := 3 // a raw chunk of random.bin
+	for x.Chunks[bad].Length == 0 {
+		bad++
+	}
+	badRange := rangeHeader(x.Chunks[bad].Offset, x.Chunks[bad].Length)
+	proxy := testutil.FaultProxy(t, host, func(_ int64, r *http.Request) testutil.Fault {
+		if r.Header.Get("Range") == badRange {
+			return testutil.Flip
+		}
+		return testutil.Pass
+	})
+	c := newCache(t, 64<<20, 1)
+	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(c), fast)
+	cs := int64(x.ChunkSize)
+	p := make([]byte, 100)
+	n, err := im.ReadAt(context.Background(), p, int64(bad)*cs+10)
+	if !errors.Is(err, fetcher.ErrChunkCorrupt) || n != 0 {
+		t.Fatalf("read of the corrupted chunk: n=%d err=%v, want ErrChunkCorrupt", n, err)
+	}
+	if c.Has(cache.Digest(x.Chunks[bad].Digest)) {
+		t.Error("corrupted chunk was cached")
+	}
+	if st := im.Stats(); st.VerifyFailures != 2 {
+		t.Errorf("verify failures %d, want 2 (fetch and one refetch)", st.VerifyFailures)
+	}
+	next := int64(bad+1) * cs
+	if _, err := im.ReadAt(context.Background(), p, next); err != nil || string(p) != string(want[next:next+100]) {
+		t.Errorf("neighbouring chunk: %v", err)
+	}
+}
+
+func rangeHeader(off uint64, n uint32) string {
+	return fmt.Sprintf("bytes=%d-%d", off, off+uint64(n)-1)
+}
+
+// TestStoppedServerFailsInTime: a registry that stops answering makes a
+// read fail once its deadline passes instead of hanging.
+func TestStoppedServerFailsInTime(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, _ := testutil.BlockImage(t, host+"/img:v1", 1<<20)
+	proxy := testutil.FaultProxy(t, host, func(int64, *http.Request) testutil.Fault { return testutil.Hang })
+	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithTimeouts(100*time.Millisecond, 2, 500*time.Millisecond))
+	_, err := im.ReadAt(context.Background(), make([]byte, 10), 0)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("read against a hung registry: %v, want a deadline error", err)
+	}
+}
+
+// TestTokenExpiry: bearer tokens that expire every few requests are
+// refreshed by the auth transport; reads never notice.
+func TestTokenExpiry(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	proxy, issued := testutil.TokenProxy(t, host, 5)
+	im := openImage(t, viaProxy(t, loc, proxy), fast)
+	readRandom(t, im, want, 9, 60)
+	if issued.Load() < 3 {
+		t.Errorf("only %d tokens issued: expiry was not exercised", issued.Load())
+	}
+}

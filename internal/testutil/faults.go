@@ -1,0 +1,115 @@
+package testutil
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Fault is what FaultProxy does to one blob range request.
+type Fault int
+
+const (
+	Pass      Fault = iota
+	Status503       // answer 503
+	Reset           // close the connection without a response
+	Truncate        // send the headers and half the body, then close
+	Flip            // flip one byte in the middle of the body
+	Hang            // never answer (until the client gives up)
+	Slow            // add 20 ms before answering
+)
+
+// FaultProxy forwards to the registry at host and lets decide pick a fault
+// for every range request of a blob (n counts them from 0); manifests and
+// whole-blob reads pass untouched. It returns the proxy's host:port.
+func FaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) string {
+	t.Helper()
+	target, _ := url.Parse("http://" + host)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/blobs/") || r.Header.Get("Range") == "" {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		switch f := decide(n.Add(1)-1, r); f {
+		case Status503:
+			http.Error(w, "injected", http.StatusServiceUnavailable)
+		case Reset:
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("hijack: %v", err)
+				return
+			}
+			conn.Close()
+		case Hang:
+			<-r.Context().Done()
+		case Slow:
+			time.Sleep(20 * time.Millisecond) // injected latency, not synchronisation
+			rp.ServeHTTP(w, r)
+		case Truncate, Flip:
+			rec := httptest.NewRecorder()
+			rp.ServeHTTP(rec, r)
+			body := rec.Body.Bytes()
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			if f == Truncate {
+				// Fewer bytes than Content-Length: net/http closes the
+				// connection and the client sees an unexpected EOF.
+				w.Write(body[:len(body)/2])
+				return
+			}
+			if len(body) > 0 {
+				body[len(body)/2] ^= 0xff
+			}
+			w.Write(body)
+		default:
+			rp.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TokenProxy forwards to the registry at host but demands bearer tokens
+// from its own token endpoint, each good for uses requests: a registry
+// whose tokens expire while reads go on. issued counts tokens handed out.
+func TokenProxy(t testing.TB, host string, uses int64) (proxy string, issued *atomic.Int64) {
+	t.Helper()
+	target, _ := url.Parse("http://" + host)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	issued = &atomic.Int64{}
+	var srv *httptest.Server
+	var current atomic.Value // the one valid token -> uses left
+	current.Store(map[string]*atomic.Int64{})
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			tok := "tok-" + strings.Repeat("x", int(issued.Add(1)))
+			left := &atomic.Int64{}
+			left.Store(uses)
+			m := map[string]*atomic.Int64{tok: left}
+			current.Store(m)
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte(`{"token":"` + tok + `","expires_in":3600}`))
+			return
+		}
+		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		left := current.Load().(map[string]*atomic.Int64)[tok]
+		if left == nil || left.Add(-1) < 0 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+srv.URL+`/token",service="lazyblk-test",scope="repository:img:pull"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}`, http.StatusUnauthorized)
+			return
+		}
+		r.Header.Del("Authorization")
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), issued
+}
