@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -128,5 +130,43 @@ func TestFillThenOffline(t *testing.T) {
 	readRandom(t, im, want, 3, 100)
 	if im.Stats().BytesFetched != fetched {
 		t.Error("reads after a complete fill went to the registry")
+	}
+}
+
+// TestRestartReusesCache: a new process (new cache handle, new image)
+// reuses the chunks on disk, and a chunk corrupted on disk in between is
+// detected, refetched and served correctly.
+func TestRestartReusesCache(t *testing.T) {
+	loc, want := testutil.BlockImage(t, testutil.GGCRRegistry(t)+"/img:v1", 2<<20)
+	dirs := []string{t.TempDir(), t.TempDir()}
+	c1, err := cache.Open(dirs, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im1 := openImage(t, loc, fetcher.WithCache(c1))
+	if err := im1.Fill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	victim := im1.Index().Chunks[5]
+	files, _ := filepath.Glob(filepath.Join(dirs[int(victim.Digest[0])%2], "chunks", "*", cache.Digest(victim.Digest).String()))
+	if len(files) != 1 {
+		t.Fatalf("chunk file not found: %v", files)
+	}
+	if err := os.WriteFile(files[0], bytes.Repeat([]byte("x"), im1.Index().ChunkLen(5)), 0o600); err != nil { // same size, wrong bytes
+		t.Fatal(err)
+	}
+
+	c2, err := cache.Open(dirs, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im2 := openImage(t, loc, fetcher.WithCache(c2))
+	p := make([]byte, len(want))
+	if _, err := im2.ReadAt(context.Background(), p, 0); err != nil || !bytes.Equal(p, want) {
+		t.Fatalf("read after restart: %v", err)
+	}
+	st := im2.Stats()
+	if st.Requests != 1 || st.BytesFetched != int64(victim.Length) {
+		t.Errorf("after restart fetched %d bytes in %d requests; want only the corrupted chunk (%d bytes)", st.BytesFetched, st.Requests, victim.Length)
 	}
 }
