@@ -30,9 +30,11 @@ type Image struct {
 	demand     chan struct{} // semaphore: demand requests in flight
 	background chan struct{} // semaphore: prefetch and fill requests in flight
 
-	mu       sync.Mutex // guards inflight, lastMiss
+	mu       sync.Mutex // guards inflight, lastMiss, lastRead, raNext
 	inflight map[int]*call
 	lastMiss int // chunk of the last demand miss, for sequential detection
+	lastRead int // chunk of the last read, for readahead
+	raNext   int // first chunk readahead has not started yet
 
 	stats counters
 }
@@ -80,7 +82,7 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	if err != nil {
 		return nil, err
 	}
-	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastMiss: -2,
+	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastMiss: -2, lastRead: -2,
 		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background)}, nil
 }
 
@@ -135,6 +137,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 		return nil
 	}
 	size := int64(im.index.ChunkLen(i))
+	im.readahead(ctx, i)
 	if im.o.cache != nil {
 		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
 		if err != nil {
@@ -181,6 +184,39 @@ func (im *Image) join(ctx context.Context, i, last int) *call {
 	cl := im.startLocked(run, false)
 	go im.fetch(context.WithoutCancel(ctx), run, cl, im.demand)
 	return cl
+}
+
+// readahead keeps the runs ahead of a sequential reader in flight, up to
+// two coalesced runs ahead, so reading streams like one long download
+// instead of waiting a round trip per run.
+func (im *Image) readahead(ctx context.Context, i int) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	sequential := im.lastRead == i-1 || im.lastRead == i
+	im.lastRead = i
+	if !sequential {
+		return
+	}
+	window := max(2, 2*im.o.maxCoalesce/int(im.index.ChunkSize))
+	j := max(im.raNext, i+1)
+	for ; j < len(im.index.Chunks) && j-i <= window; j++ {
+		c := im.index.Chunks[j]
+		if _, busy := im.inflight[j]; busy || c.Encoding == imagefmt.EncodingHole {
+			continue
+		}
+		if im.o.cache != nil && im.o.cache.Has(cache.Digest(c.Digest)) {
+			continue
+		}
+		break
+	}
+	im.raNext = j
+	if j >= len(im.index.Chunks) || j-i > window {
+		return
+	}
+	run := im.runLocked(j, len(im.index.Chunks)-1)
+	cl := im.startLocked(run, false)
+	go im.fetch(context.WithoutCancel(ctx), run, cl, im.demand)
+	im.raNext = run[len(run)-1] + 1
 }
 
 // startLocked registers a fetch of run so readers of its chunks join it.

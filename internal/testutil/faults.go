@@ -6,6 +6,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -87,22 +88,20 @@ func TokenProxy(t testing.TB, host string, uses int64) (proxy string, issued *at
 	rp := httputil.NewSingleHostReverseProxy(target)
 	issued = &atomic.Int64{}
 	var srv *httptest.Server
-	var current atomic.Value // the one valid token -> uses left
-	current.Store(map[string]*atomic.Int64{})
+	var tokens sync.Map // token -> *atomic.Int64 uses left; each stays valid for its uses
 	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/token" {
 			tok := "tok-" + strings.Repeat("x", int(issued.Add(1)))
 			left := &atomic.Int64{}
 			left.Store(uses)
-			m := map[string]*atomic.Int64{tok: left}
-			current.Store(m)
+			tokens.Store(tok, left)
 			w.Header().Set("Content-Type", "application/json")
 			w.Write([]byte(`{"token":"` + tok + `","expires_in":3600}`))
 			return
 		}
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		left := current.Load().(map[string]*atomic.Int64)[tok]
-		if left == nil || left.Add(-1) < 0 {
+		v, ok := tokens.Load(tok)
+		if !ok || v.(*atomic.Int64).Add(-1) < 0 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="`+srv.URL+`/token",service="lazyblk-test",scope="repository:img:pull"`)
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}`, http.StatusUnauthorized)
 			return
