@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/imagefmt"
@@ -19,6 +22,11 @@ var ErrChunkCorrupt = imagefmt.ErrChunkCorrupt
 
 var errConnReset = syscall.ECONNRESET
 
+// cacheWriters bounds runs being written to the cache at once; fetched
+// runs beyond it wait (holding their memory), so a slow disk throttles
+// fetching instead of letting memory grow.
+const cacheWriters = 4
+
 // Image is one block image opened for reading. ReadAt is safe for
 // concurrent use.
 type Image struct {
@@ -27,8 +35,9 @@ type Image struct {
 	src   source
 	o     options
 
-	demand     chan struct{} // semaphore: demand requests in flight
-	background chan struct{} // semaphore: prefetch and fill requests in flight
+	demand      chan struct{} // semaphore: demand requests in flight
+	background  chan struct{} // semaphore: prefetch and fill requests in flight
+	cacheWrites chan struct{} // semaphore: runs being written to the cache
 
 	mu       sync.Mutex // guards inflight, lastMiss, lastRead, raNext
 	inflight map[int]*call
@@ -37,6 +46,12 @@ type Image struct {
 	raNext   int // first chunk readahead has not started yet
 
 	stats counters
+
+	// life bounds the fetches readers start and outlives any one reader;
+	// Close cancels it and waits for them.
+	life   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // call is one range fetch covering a run of chunks; readers of any chunk
@@ -82,8 +97,10 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	if err != nil {
 		return nil, err
 	}
+	life, cancel := context.WithCancel(context.Background())
 	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastMiss: -2, lastRead: -2,
-		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background)}, nil
+		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background),
+		cacheWrites: make(chan struct{}, cacheWriters), life: life, cancel: cancel}, nil
 }
 
 // Size is the filesystem image size in bytes.
@@ -92,8 +109,11 @@ func (im *Image) Size() int64 { return int64(im.index.ImageSize) }
 // Index returns the verified chunk index.
 func (im *Image) Index() *imagefmt.Index { return im.index }
 
-// Close releases the image's source.
+// Close stops the image's fetches, waits for them, and releases its
+// source. Reads after Close fail.
 func (im *Image) Close() error {
+	im.cancel()
+	im.wg.Wait()
 	if s, ok := im.src.(*layoutSource); ok {
 		return s.f.Close()
 	}
@@ -137,7 +157,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 		return nil
 	}
 	size := int64(im.index.ChunkLen(i))
-	im.readahead(ctx, i)
+	im.readahead(i)
 	if im.o.cache != nil {
 		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
 		if err != nil {
@@ -150,7 +170,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	}
 	im.stats.misses.Add(1)
 	for {
-		cl := im.join(ctx, i, last)
+		cl := im.join(i, last)
 		select {
 		case <-cl.done:
 		case <-ctx.Done():
@@ -170,7 +190,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 
 // join returns the fetch that will deliver chunk i, starting one when
 // none is in flight. Sequential misses grow the run ahead (readahead).
-func (im *Image) join(ctx context.Context, i, last int) *call {
+func (im *Image) join(i, last int) *call {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if cl, ok := im.inflight[i]; ok {
@@ -182,14 +202,25 @@ func (im *Image) join(ctx context.Context, i, last int) *call {
 	im.lastMiss = i
 	run := im.runLocked(i, last)
 	cl := im.startLocked(run, false)
-	go im.fetch(context.WithoutCancel(ctx), run, cl, im.demand)
+	im.goFetch(run, cl)
 	return cl
+}
+
+// goFetch fetches run in a goroutine the image owns. Shared fetches run
+// under the image's lifetime, not a reader's context: one impatient
+// reader must not cancel what others wait on.
+func (im *Image) goFetch(run []int, cl *call) {
+	im.wg.Add(1)
+	go func() {
+		defer im.wg.Done()
+		im.fetch(im.life, run, cl, im.demand)
+	}()
 }
 
 // readahead keeps the runs ahead of a sequential reader in flight, up to
 // two coalesced runs ahead, so reading streams like one long download
 // instead of waiting a round trip per run.
-func (im *Image) readahead(ctx context.Context, i int) {
+func (im *Image) readahead(i int) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	sequential := im.lastRead == i-1 || im.lastRead == i
@@ -215,7 +246,7 @@ func (im *Image) readahead(ctx context.Context, i int) {
 	}
 	run := im.runLocked(j, len(im.index.Chunks)-1)
 	cl := im.startLocked(run, false)
-	go im.fetch(context.WithoutCancel(ctx), run, cl, im.demand)
+	im.goFetch(run, cl)
 	im.raNext = run[len(run)-1] + 1
 }
 
@@ -251,8 +282,10 @@ func (im *Image) runLocked(i, last int) []int {
 }
 
 // fetch runs one range request for run under a connection slot, decodes
-// and verifies every chunk (refetching a bad one once), caches it, and
-// wakes the waiters.
+// and verifies every chunk (refetching a bad one once), wakes the waiters,
+// and only then writes the chunks to the cache: readers never wait for a
+// disk sync, and the run stays registered until cached so nobody fetches
+// it again meanwhile.
 func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}) {
 	defer func() {
 		im.mu.Lock()
@@ -262,10 +295,31 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 			}
 		}
 		im.mu.Unlock()
-		close(cl.done)
 	}()
 	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)
 	defer cancel()
+	if !im.fetchRun(ctx, run, cl, slots) {
+		close(cl.done)
+		return
+	}
+	close(cl.done)
+	if im.o.cache == nil {
+		return
+	}
+	im.cacheWrites <- struct{}{}
+	defer func() { <-im.cacheWrites }()
+	for _, j := range run {
+		if cl.errs[j] != nil {
+			continue
+		}
+		if err := im.o.cache.Put(ctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
+			im.o.log.Warn("cache put failed", "chunk", j, "err", err)
+		}
+	}
+}
+
+// fetchRun fills cl for run; false when no chunk could be fetched.
+func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan struct{}) bool {
 	if slots != nil { // nil: the caller holds a slot already
 		select {
 		case slots <- struct{}{}:
@@ -274,23 +328,38 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 			for _, j := range run {
 				cl.errs[j] = ctx.Err()
 			}
-			return
+			return false
 		}
 	}
 	x := im.index
 	first := x.Chunks[run[0]]
 	lastc := x.Chunks[run[len(run)-1]]
 	stored := make([]byte, lastc.Offset+uint64(lastc.Length)-first.Offset)
-	err := im.get(ctx, stored, int64(first.Offset))
-	for _, j := range run {
-		if err != nil {
+	if err := im.get(ctx, stored, int64(first.Offset)); err != nil {
+		for _, j := range run {
 			cl.errs[j] = err
-			continue
 		}
+		return false
+	}
+	// Verify the run's chunks on every core: hashing is most of the CPU a
+	// cold read costs.
+	outs := make([][]byte, len(run))
+	errs := make([]error, len(run))
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for k, j := range run {
 		c := x.Chunks[j]
 		part := stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
-		cl.chunks[j], cl.errs[j] = im.decode(ctx, j, part)
+		g.Go(func() error {
+			outs[k], errs[k] = im.decode(ctx, j, part)
+			return nil
+		})
 	}
+	_ = g.Wait()
+	for k, j := range run {
+		cl.chunks[j], cl.errs[j] = outs[k], errs[k]
+	}
+	return true
 }
 
 // get fetches stored bytes with retries, counting traffic.
@@ -305,17 +374,23 @@ func (im *Image) get(ctx context.Context, p []byte, off int64) error {
 	return err
 }
 
-// decode verifies chunk j; a failure is refetched once on its own before
-// it is reported. Verified chunks go to the cache.
+// decode verifies chunk j (raw chunks in place, without a copy); a
+// failure is refetched once on its own before it is reported.
 func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, error) {
 	x := im.index
-	out := make([]byte, x.ChunkLen(j))
+	out := stored
+	if x.Chunks[j].Encoding != imagefmt.EncodingRaw {
+		out = make([]byte, x.ChunkLen(j))
+	}
 	err := x.DecodeChunk(j, stored, out)
 	if errors.Is(err, imagefmt.ErrChunkCorrupt) {
 		im.stats.verifyFailures.Add(1)
 		im.o.log.Warn("chunk failed verification, refetching", "chunk", j, "ref", im.loc.String())
 		again := make([]byte, len(stored))
 		if err = im.get(ctx, again, int64(x.Chunks[j].Offset)); err == nil {
+			if x.Chunks[j].Encoding == imagefmt.EncodingRaw {
+				out = again
+			}
 			if err = x.DecodeChunk(j, again, out); errors.Is(err, imagefmt.ErrChunkCorrupt) {
 				im.stats.verifyFailures.Add(1)
 			}
@@ -323,11 +398,6 @@ func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, erro
 	}
 	if err != nil {
 		return nil, err
-	}
-	if im.o.cache != nil {
-		if err := im.o.cache.Put(ctx, cache.Digest(x.Chunks[j].Digest), out); err != nil {
-			im.o.log.Warn("cache put failed", "chunk", j, "err", err)
-		}
 	}
 	return out, nil
 }

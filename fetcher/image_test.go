@@ -14,7 +14,7 @@ import (
 	"github.com/lazyblk/lazyblk/internal/testutil"
 )
 
-func openImage(t *testing.T, loc fetcher.Location, opts ...fetcher.Option) *fetcher.Image {
+func openImage(t testing.TB, loc fetcher.Location, opts ...fetcher.Option) *fetcher.Image {
 	t.Helper()
 	im, err := fetcher.Open(context.Background(), loc, opts...)
 	if err != nil {
@@ -24,7 +24,7 @@ func openImage(t *testing.T, loc fetcher.Location, opts ...fetcher.Option) *fetc
 	return im
 }
 
-func newCache(t *testing.T, capacity int64, stripes int) *cache.Store {
+func newCache(t testing.TB, capacity int64, stripes int) *cache.Store {
 	t.Helper()
 	var dirs []string
 	for range stripes {

@@ -17,7 +17,7 @@ import (
 // timeout; failed attempts are retried with jittered exponential backoff
 // up to a bounded count; and every ReadAt has a deadline after which it
 // fails (the block layer answers EIO) whatever is still in flight. Shared
-// fetches run under context.WithoutCancel plus the attempt timeout, so one
+// fetches run under the image's lifetime plus the attempt timeout, so one
 // impatient reader never cancels the fetch others wait on, and nothing
 // waits forever.
 const (

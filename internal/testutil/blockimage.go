@@ -14,9 +14,9 @@ import (
 
 // BlockImage converts a generated image (random bytes that stay raw, text
 // that compresses, zero runs that become holes) with small chunks so tests
-// see many of them, pushes it to ref, and returns the filesystem image's
+// see many of them (opts may override), pushes it to ref, and returns the filesystem image's
 // exact bytes: what every read must return.
-func BlockImage(t testing.TB, ref string, randomBytes int) (fetcher.Location, []byte) {
+func BlockImage(t testing.TB, ref string, randomBytes int, opts ...imagefmt.Option) (fetcher.Location, []byte) {
 	t.Helper()
 	rnd := make([]byte, randomBytes)
 	r := rand.New(rand.NewChaCha8([32]byte{7}))
@@ -28,9 +28,9 @@ func BlockImage(t testing.TB, ref string, randomBytes int) (fetcher.Location, []
 	layer := Layer(t, []Entry{
 		File("random.bin", 0o644, string(rnd)), File("text.txt", 0o644, string(text)),
 		File("zeros.bin", 0o644, string(zeros)), File("small", 0o644, "small"),
-	}, Gzip, false)
-	res, err := imagefmt.Convert(context.Background(), Image(t, false, layer),
-		imagefmt.WithChunkSize(imagefmt.MinChunkSize), imagefmt.WithTempDir(t.TempDir()))
+	}, Uncompressed, false)
+	opts = append([]imagefmt.Option{imagefmt.WithChunkSize(imagefmt.MinChunkSize), imagefmt.WithTempDir(t.TempDir())}, opts...)
+	res, err := imagefmt.Convert(context.Background(), Image(t, false, layer), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
