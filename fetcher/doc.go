@@ -1,10 +1,39 @@
 // Package fetcher is the only package that speaks HTTP. It resolves image
 // locations — registry references through go-containerregistry (docker
-// config.json credentials and helpers, plain HTTP for loopback) or OCI
-// image layouts on disk (oci:DIR[:TAG]) — pushes converted images (blobs
-// first, tag last), and fetches and verifies chunk indexes.
+// config.json credentials and helpers, bearer tokens refreshed on 401,
+// plain HTTP for loopback) or OCI image layouts on disk (oci:DIR[:TAG]) —
+// pushes converted images (blobs first, tag last), and reads block images
+// lazily.
 //
-// The lazy read path (ReadAt per image, demand misses, coalescing,
-// prefetch and fill, the one model of time) is the fetcher/cache issue's
-// work and will live here.
+// # Reading
+//
+// Open fetches and verifies an image's chunk index and returns an *Image
+// whose ReadAt serves any byte range:
+//
+//	ReadAt(off, len) ─► chunks ─► hole? zeros
+//	                           ─► cache hit? read the needed part of the chunk file
+//	                           ─► in flight? wait for that fetch (own ctx)
+//	                           ─► miss: one closed range request for a run of
+//	                              chunks stored back to back ─► verify each
+//	                              (sha256; a bad one is refetched once, then
+//	                              ErrChunkCorrupt) ─► wake readers ─► cache
+//
+// Concurrent misses on a chunk share one fetch. A sequential reader's
+// misses grow runs up to the coalescing cap (32 MiB) and readahead keeps
+// two runs in flight ahead of it. Demand requests use their own connection
+// slots (8); Prefetch and Fill use separate background slots (2), claim
+// chunks only while holding a slot, and can be rate-capped, so a demand
+// miss never queues behind them; a demand reader whose chunk sits in a
+// cancelled prefetch fetches it itself.
+//
+// The one model of time (per-attempt timeout, bounded jittered retries,
+// per-read deadline) is documented in options.go beside its defaults.
+//
+// # Ownership
+//
+// Fetches started for readers belong to the Image, not to the reader that
+// triggered them: they run under the image's lifetime, and Close cancels
+// and waits for them. Verified chunks are written to the cache after the
+// readers are woken, by at most four runs at once, so a slow disk slows
+// fetching instead of growing memory.
 package fetcher
