@@ -143,3 +143,24 @@ func TestTokenExpiry(t *testing.T) {
 		t.Errorf("only %d tokens issued: expiry was not exercised", issued.Load())
 	}
 }
+
+// TestRedirectToBlobStorage: range reads follow redirects to blob storage
+// without credentials; an expired signed URL (403) is re-resolved through
+// the registry; errors never show the signature.
+func TestRedirectToBlobStorage(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 1<<20)
+	proxy, redirects := testutil.RedirectProxy(t, host, 2)
+	im := openImage(t, viaProxy(t, loc, proxy), fast)
+	readRandom(t, im, want, 11, 30)
+	if st := im.Stats(); st.Retries < 2 || redirects.Load() < 3 {
+		t.Errorf("stats %+v, %d redirects: want the two expired URLs retried through the registry", st, redirects.Load())
+	}
+
+	deny, _ := testutil.RedirectProxy(t, host, 1000)
+	im2 := openImage(t, viaProxy(t, loc, deny), fast)
+	_, err := im2.ReadAt(context.Background(), make([]byte, 10), 0)
+	if err == nil || strings.Contains(err.Error(), "secret") || !strings.Contains(err.Error(), "403") {
+		t.Errorf("always-expired storage: %v; want a 403 error without the signature", err)
+	}
+}

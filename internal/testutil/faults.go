@@ -112,3 +112,37 @@ func TokenProxy(t testing.TB, host string, uses int64) (proxy string, issued *at
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), issued
 }
+
+// RedirectProxy answers every blob range request of the registry at host
+// with a 307 to a separate "blob storage" server carrying a signed-URL
+// style query. Blob storage answers 403 to the first expired requests
+// (a signature that expired) and serves the bytes otherwise.
+func RedirectProxy(t testing.TB, host string, expired int64) (proxy string, redirects *atomic.Int64) {
+	t.Helper()
+	target, _ := url.Parse("http://" + host)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var denied atomic.Int64
+	redirects = &atomic.Int64{}
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			t.Errorf("credentials sent to blob storage")
+		}
+		if denied.Add(1) <= expired {
+			http.Error(w, "Request has expired", http.StatusForbidden)
+			return
+		}
+		r.URL.RawQuery = ""
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(storage.Close)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") != "" {
+			redirects.Add(1)
+			http.Redirect(w, r, storage.URL+r.URL.Path+"?X-Signature=secret&expires=soon", http.StatusTemporaryRedirect)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), redirects
+}
