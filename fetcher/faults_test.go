@@ -164,3 +164,42 @@ func TestRedirectToBlobStorage(t *testing.T) {
 		t.Errorf("always-expired storage: %v; want a 403 error without the signature", err)
 	}
 }
+
+// TestMirrors: a mirror that serves takes the reads; one that fails, or
+// serves corrupt bytes, is passed over for the origin and reads stay exact.
+func TestMirrors(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 1<<20)
+	for _, c := range []struct {
+		name        string
+		fault       testutil.Fault
+		originReads bool
+	}{
+		{"serving", testutil.Pass, false},
+		{"failing", testutil.Status503, true},
+		{"corrupt", testutil.Flip, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var mirrorHits, originHits atomic.Int64
+			mirror := testutil.FaultProxy(t, host, func(int64, *http.Request) testutil.Fault {
+				mirrorHits.Add(1)
+				return c.fault
+			})
+			origin := testutil.FaultProxy(t, host, func(int64, *http.Request) testutil.Fault {
+				originHits.Add(1)
+				return testutil.Pass
+			})
+			im := openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithMirrors("http://"+mirror))
+			readRandom(t, im, want, 13, 30)
+			if mirrorHits.Load() == 0 {
+				t.Error("mirror never asked")
+			}
+			if got := originHits.Load() > 0; got != c.originReads {
+				t.Errorf("origin range reads: %d, want origin used = %v", originHits.Load(), c.originReads)
+			}
+			if st := im.Stats(); c.fault == testutil.Flip && st.VerifyFailures == 0 {
+				t.Errorf("corrupt mirror not detected: %+v", st)
+			}
+		})
+	}
+}

@@ -90,7 +90,7 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	var src source
 	var err error
 	if l.Ref != nil {
-		src, err = newRegistrySource(ctx, l, x.Data, o.transport)
+		src, err = newRegistrySource(ctx, l, x.Data, o.transport, o.mirrors)
 	} else {
 		src, err = newLayoutSource(l, x.Data)
 	}
@@ -335,7 +335,7 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	first := x.Chunks[run[0]]
 	lastc := x.Chunks[run[len(run)-1]]
 	stored := make([]byte, lastc.Offset+uint64(lastc.Length)-first.Offset)
-	if err := im.get(ctx, stored, int64(first.Offset)); err != nil {
+	if err := im.get(ctx, stored, int64(first.Offset), false); err != nil {
 		for _, j := range run {
 			cl.errs[j] = err
 		}
@@ -362,11 +362,12 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	return true
 }
 
-// get fetches stored bytes with retries, counting traffic.
-func (im *Image) get(ctx context.Context, p []byte, off int64) error {
+// get fetches stored bytes with retries, counting traffic; originOnly
+// bypasses mirrors.
+func (im *Image) get(ctx context.Context, p []byte, off int64, originOnly bool) error {
 	err := retry(ctx, &im.o, func(error) { im.stats.retries.Add(1) }, func(ctx context.Context) error {
 		im.stats.requests.Add(1)
-		return im.src.readRange(ctx, p, off)
+		return im.src.readRange(ctx, p, off, originOnly)
 	})
 	if err == nil {
 		im.stats.bytesFetched.Add(int64(len(p)))
@@ -387,7 +388,7 @@ func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, erro
 		im.stats.verifyFailures.Add(1)
 		im.o.log.Warn("chunk failed verification, refetching", "chunk", j, "ref", im.loc.String())
 		again := make([]byte, len(stored))
-		if err = im.get(ctx, again, int64(x.Chunks[j].Offset)); err == nil {
+		if err = im.get(ctx, again, int64(x.Chunks[j].Offset), true); err == nil {
 			if x.Chunks[j].Encoding == imagefmt.EncodingRaw {
 				out = again
 			}

@@ -52,6 +52,7 @@ type options struct {
 	background     int
 	maxCoalesce    int
 	fillRate       int64 // bytes per second, 0 = unlimited
+	mirrors        []string
 	log            *slog.Logger
 }
 
@@ -104,6 +105,15 @@ func WithMaxCoalesce(n int) Option {
 // WithFillRate caps background fill and prefetch in bytes per second.
 func WithFillRate(bps int64) Option {
 	return func(o *options) error { o.fillRate = bps; return nil }
+}
+
+// WithMirrors lists registry hosts (host[:port], or http://host[:port]
+// for plain HTTP) that serve the same
+// repositories — pull-through caches, P2P agents — tried in order before
+// the origin for chunk reads. A mirror that fails or serves bytes that
+// fail verification is passed over for the origin.
+func WithMirrors(hosts ...string) Option {
+	return func(o *options) error { o.mirrors = append(o.mirrors, hosts...); return nil }
 }
 
 // WithLogger sets the logger (discarded by default).

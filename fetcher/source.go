@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
@@ -45,9 +46,10 @@ func redact(u *url.URL) string {
 	return c.String()
 }
 
-// source reads byte ranges of one blob.
+// source reads byte ranges of one blob. originOnly skips mirrors: the
+// refetch of a chunk that failed verification goes to the origin.
 type source interface {
-	readRange(ctx context.Context, p []byte, off int64) error
+	readRange(ctx context.Context, p []byte, off int64, originOnly bool) error
 }
 
 // registrySource reads a blob with closed HTTP range requests. Its client
@@ -55,27 +57,74 @@ type source interface {
 // docker keychain, bearer tokens refreshed when the registry answers 401
 // (so a token expiring mid-run does not break reads), and no credentials
 // sent along redirects to other hosts.
+//
+// Mirrors (pull-through caches, P2P agents) are tried first, in order; a
+// mirror that fails sends the read on to the next and finally the origin.
 type registrySource struct {
+	mirrors []*endpoint
+	origin  *endpoint
+}
+
+// endpoint is one host serving the blob.
+type endpoint struct {
 	client *http.Client
 	url    *url.URL
 	host   string
 }
 
-func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, base http.RoundTripper) (*registrySource, error) {
+func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, base http.RoundTripper, mirrors []string) (*registrySource, error) {
 	repo := l.Ref.Context()
-	auth, err := authn.DefaultKeychain.Resolve(repo)
+	origin, err := newEndpoint(ctx, repo, repo.Registry, digest, base)
 	if err != nil {
-		return nil, fmt.Errorf("fetcher: credentials for %s: %w", repo.RegistryStr(), err)
+		return nil, err
 	}
-	tr, err := transport.NewWithContext(ctx, repo.Registry, auth, base, []string{repo.Scope(transport.PullScope)})
-	if err != nil {
-		return nil, fmt.Errorf("fetcher: %s: %w", repo.RegistryStr(), err)
+	s := &registrySource{origin: origin}
+	for _, m := range mirrors {
+		// "http://host" marks a plain-HTTP mirror; bare hosts use TLS.
+		var opts []name.Option
+		host, plain := strings.CutPrefix(m, "http://")
+		if plain {
+			opts = append(opts, name.Insecure)
+		}
+		reg, err := name.NewRegistry(strings.TrimPrefix(host, "https://"), opts...)
+		if err != nil {
+			return nil, fmt.Errorf("fetcher: mirror %q: %w", m, err)
+		}
+		e, err := newEndpoint(ctx, repo, reg, digest, base)
+		if err != nil {
+			return nil, fmt.Errorf("fetcher: mirror %s: %w", m, err)
+		}
+		s.mirrors = append(s.mirrors, e)
 	}
-	u := &url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), digest)}
-	return &registrySource{client: &http.Client{Transport: tr}, url: u, host: u.Host}, nil
+	return s, nil
 }
 
-func (s *registrySource) readRange(ctx context.Context, p []byte, off int64) error {
+func newEndpoint(ctx context.Context, repo name.Repository, reg name.Registry, digest v1.Hash, base http.RoundTripper) (*endpoint, error) {
+	auth, err := authn.DefaultKeychain.Resolve(reg)
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: credentials for %s: %w", reg.RegistryStr(), err)
+	}
+	scoped := reg.Repo(repo.RepositoryStr())
+	tr, err := transport.NewWithContext(ctx, reg, auth, base, []string{scoped.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: %s: %w", reg.RegistryStr(), err)
+	}
+	u := &url.URL{Scheme: reg.Scheme(), Host: reg.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), digest)}
+	return &endpoint{client: &http.Client{Transport: tr}, url: u, host: u.Host}, nil
+}
+
+func (s *registrySource) readRange(ctx context.Context, p []byte, off int64, originOnly bool) error {
+	if !originOnly {
+		for _, m := range s.mirrors {
+			if err := m.readRange(ctx, p, off); err == nil || ctx.Err() != nil {
+				return err
+			}
+		}
+	}
+	return s.origin.readRange(ctx, p, off)
+}
+
+func (s *endpoint) readRange(ctx context.Context, p []byte, off int64) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url.String(), nil)
 	if err != nil {
 		return err
@@ -140,7 +189,7 @@ func newLayoutSource(l Location, digest v1.Hash) (*layoutSource, error) {
 	return &layoutSource{f: f}, nil
 }
 
-func (s *layoutSource) readRange(_ context.Context, p []byte, off int64) error {
+func (s *layoutSource) readRange(_ context.Context, p []byte, off int64, _ bool) error {
 	_, err := s.f.ReadAt(p, off)
 	return err
 }
