@@ -308,11 +308,14 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	}
 	im.cacheWrites <- struct{}{}
 	defer func() { <-im.cacheWrites }()
+	// Finish writing what was fetched and verified even when Close cancels
+	// the image: it is bounded by cacheWriters and cheaper than a refetch.
+	wctx := context.WithoutCancel(ctx)
 	for _, j := range run {
 		if cl.errs[j] != nil {
 			continue
 		}
-		if err := im.o.cache.Put(ctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
+		if err := im.o.cache.Put(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
 			im.o.log.Warn("cache put failed", "chunk", j, "err", err)
 		}
 	}

@@ -170,3 +170,28 @@ func TestRestartReusesCache(t *testing.T) {
 		t.Errorf("after restart fetched %d bytes in %d requests; want only the corrupted chunk (%d bytes)", st.BytesFetched, st.Requests, victim.Length)
 	}
 }
+
+// TestCloseKeepsFetchedChunks: everything a read fetched is in the cache
+// once Close returns, so the next open of the image fetches nothing.
+func TestCloseKeepsFetchedChunks(t *testing.T) {
+	loc, want := testutil.BlockImage(t, testutil.GGCRRegistry(t)+"/img:v1", 8<<20)
+	c := newCache(t, 64<<20, 2)
+	im, err := fetcher.Open(context.Background(), loc, fetcher.WithCache(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, len(want))
+	if _, err := im.ReadAt(context.Background(), p, 0); err != nil || !bytes.Equal(p, want) {
+		t.Fatalf("cold read: %v", err)
+	}
+	if err := im.Close(); err != nil {
+		t.Fatal(err)
+	}
+	im2 := openImage(t, loc, fetcher.WithCache(c))
+	if _, err := im2.ReadAt(context.Background(), p, 0); err != nil || !bytes.Equal(p, want) {
+		t.Fatalf("warm read: %v", err)
+	}
+	if st := im2.Stats(); st.Requests != 0 {
+		t.Errorf("warm read after Close made %d requests", st.Requests)
+	}
+}
