@@ -93,3 +93,14 @@ func (x *Index) WriteImage(data io.ReaderAt, w io.WriterAt) error {
 
 // OpenData opens the converted data blob.
 func (r *Result) OpenData() (*os.File, error) { return os.Open(filepath.Join(r.dir, dataFile)) }
+
+// WriteImage reassembles the converted filesystem image into w, verifying
+// every chunk.
+func (r *Result) WriteImage(w io.WriterAt) error {
+	data, err := r.OpenData()
+	if err != nil {
+		return err
+	}
+	defer data.Close()
+	return r.Index.WriteImage(data, w)
+}

@@ -141,7 +141,7 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 		g.Go(func() error {
 			var err error
 			fb, err = writeFile(filepath.Join(dir, fallbackFile), func(w io.Writer) (fallbackBlob, error) {
-				return writeFallback(t, w)
+				return writeFallback(gctx, t, w)
 			})
 			return err
 		})
@@ -258,7 +258,8 @@ func readableLayer(mt types.MediaType) bool {
 	return false
 }
 
-// writeFile creates name, runs fill on it and syncs it.
+// writeFile creates name and runs fill on it. No fsync: these are
+// temporary blobs, pushed and removed by this process.
 func writeFile[T any](name string, fill func(io.Writer) (T, error)) (T, error) {
 	var zero T
 	f, err := os.Create(name)
@@ -266,9 +267,6 @@ func writeFile[T any](name string, fill func(io.Writer) (T, error)) (T, error) {
 		return zero, err
 	}
 	v, err := fill(f)
-	if err == nil {
-		err = f.Sync()
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

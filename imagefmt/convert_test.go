@@ -23,18 +23,13 @@ func convertImage(t *testing.T, img v1.Image, opts ...imagefmt.Option) (*imagefm
 		t.Fatalf("convert: %v", err)
 	}
 	t.Cleanup(func() { res.Close() })
-	data, err := res.OpenData()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer data.Close()
 	out := filepath.Join(t.TempDir(), "image.fs")
 	f, err := os.Create(out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := res.Index.WriteImage(data, f); err != nil {
+	if err := res.WriteImage(f); err != nil {
 		t.Fatalf("reassemble: %v", err)
 	}
 	return res, out

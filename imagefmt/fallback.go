@@ -2,6 +2,7 @@ package imagefmt
 
 import (
 	"archive/tar"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"hash"
@@ -22,7 +23,7 @@ type fallbackBlob struct {
 
 // writeFallback writes the tree as one gzip-compressed layer tar. Hardlink
 // groups become TypeLink entries naming the first path, like docker save.
-func writeFallback(t *tree, out io.Writer) (fallbackBlob, error) {
+func writeFallback(ctx context.Context, t *tree, out io.Writer) (fallbackBlob, error) {
 	compressed := &countingHash{h: sha256.New(), w: out}
 	// Parallel gzip: one 1 MiB block per core in flight, so the fallback
 	// layer, the slowest part of a default conversion, uses every core
@@ -38,6 +39,9 @@ func writeFallback(t *tree, out io.Writer) (fallbackBlob, error) {
 	tw := tar.NewWriter(uncompressed)
 	first := map[*inode]string{}
 	err = t.walk(func(p string, n *node) error {
+		if err := ctx.Err(); err != nil {
+			return err // the block image failed: stop early
+		}
 		if p == "/" {
 			return nil // the root's metadata is the runtime's to choose
 		}

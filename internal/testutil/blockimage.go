@@ -42,18 +42,13 @@ func BlockImage(t testing.TB, ref string, randomBytes int, opts ...imagefmt.Opti
 	if err := fetcher.Push(context.Background(), loc, res.Image); err != nil {
 		t.Fatal(err)
 	}
-	data, err := res.OpenData()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer data.Close()
 	p := filepath.Join(t.TempDir(), "image")
 	f, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := res.Index.WriteImage(data, f); err != nil {
+	if err := res.WriteImage(f); err != nil {
 		t.Fatal(err)
 	}
 	want, err := os.ReadFile(p)
