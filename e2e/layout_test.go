@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/lazyblk/lazyblk/internal/testutil"
@@ -30,6 +31,15 @@ func TestConvertLayout(t *testing.T) {
 		if got.Raw != 0 || got.Zstd == 0 || got.Chunks < 100 {
 			t.Errorf("tag %s: --compression zstd --chunk-size 64KiB gave %+v", tag, got)
 		}
+	}
+	// lazyblk cat streams the filesystem image through the fetcher.
+	stdout, stderr, code := run(t, "cat", "--cache-dir", t.TempDir(), "oci:"+out+":a")
+	if code != 0 {
+		t.Fatalf("cat: exit %d: %s", code, stderr)
+	}
+	tree := testutil.SnapshotErofs(t, strings.NewReader(stdout))
+	if tree["usr/bin/a"].Hardlinks == "" || tree["opq/new"].Size != 3 {
+		t.Errorf("cat output is not the converted filesystem: %v %v", tree["usr/bin/a"], tree["opq/new"])
 	}
 	if _, err := os.Stat(filepath.Join(out, "index.json")); err != nil {
 		t.Fatal(err)

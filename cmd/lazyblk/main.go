@@ -53,6 +53,6 @@ image layouts on disk (oci:DIR or oci:DIR:TAG).`,
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
-		Commands: []*cli.Command{convertCommand(), inspectCommand()},
+		Commands: []*cli.Command{convertCommand(), inspectCommand(), catCommand()},
 	}
 }
