@@ -56,7 +56,7 @@ func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
 				}
 			}
 			if limiter != nil {
-				return limiter.WaitN(ctx, min(im.runBytes(run), im.o.maxCoalesce))
+				return limiter.WaitN(ctx, min(im.runStored(run), im.o.maxCoalesce))
 			}
 			return nil
 		})
@@ -102,12 +102,4 @@ func (im *Image) claim(i int, want []int, background bool) ([]int, *call) {
 	}
 	run := im.runLocked(i, last)
 	return run, im.startLocked(run, background)
-}
-
-func (im *Image) runBytes(run []int) int {
-	n := 0
-	for _, j := range run {
-		n += int(im.index.Chunks[j].Length)
-	}
-	return n
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/imagefmt"
@@ -35,9 +36,11 @@ type Image struct {
 	src   source
 	o     options
 
-	demand      chan struct{} // semaphore: demand requests in flight
-	background  chan struct{} // semaphore: prefetch and fill requests in flight
-	cacheWrites chan struct{} // semaphore: runs being written to the cache
+	demand      chan struct{}       // semaphore: demand requests in flight
+	background  chan struct{}       // semaphore: prefetch and fill requests in flight
+	cacheWrites chan struct{}       // semaphore: runs being written to the cache
+	demandMem   *semaphore.Weighted // bytes of demand runs fetched and not yet cached
+	bgMem       *semaphore.Weighted // the same for prefetch and fill
 
 	mu       sync.Mutex // guards inflight, lastMiss, lastRead, raNext
 	inflight map[int]*call
@@ -100,7 +103,8 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	life, cancel := context.WithCancel(context.Background())
 	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastMiss: -2, lastRead: -2,
 		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background),
-		cacheWrites: make(chan struct{}, cacheWriters), life: life, cancel: cancel}, nil
+		cacheWrites: make(chan struct{}, cacheWriters), life: life, cancel: cancel,
+		demandMem: semaphore.NewWeighted(o.memory), bgMem: semaphore.NewWeighted(o.memory / 2)}, nil
 }
 
 // Size is the filesystem image size in bytes.
@@ -265,10 +269,10 @@ func (im *Image) runLocked(i, last int) []int {
 	x := im.index
 	run := []int{i}
 	end := x.Chunks[i].Offset + uint64(x.Chunks[i].Length)
-	bytes := uint64(x.Chunks[i].Length)
+	cost := im.chunkCost(i)
 	for j := i + 1; j <= last && j < len(x.Chunks); j++ {
 		c := x.Chunks[j]
-		if c.Encoding == imagefmt.EncodingHole || c.Offset != end || bytes+uint64(c.Length) > uint64(im.o.maxCoalesce) {
+		if c.Encoding == imagefmt.EncodingHole || c.Offset != end || cost+im.chunkCost(j) > im.o.maxCoalesce {
 			break
 		}
 		if _, busy := im.inflight[j]; busy || (im.o.cache != nil && im.o.cache.Has(cache.Digest(c.Digest))) {
@@ -276,7 +280,7 @@ func (im *Image) runLocked(i, last int) []int {
 		}
 		run = append(run, j)
 		end += uint64(c.Length)
-		bytes += uint64(c.Length)
+		cost += im.chunkCost(j)
 	}
 	return run
 }
@@ -298,6 +302,21 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	}()
 	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)
 	defer cancel()
+	// Memory: a run's bytes are held from before its request until it is
+	// cached, so a source faster than the cache disk cannot pile up runs.
+	mem, budget := im.demandMem, im.o.memory
+	if cl.background {
+		mem, budget = im.bgMem, im.o.memory/2
+	}
+	size := min(int64(im.runCost(run)), budget) // one oversized run still proceeds alone
+	if err := mem.Acquire(ctx, size); err != nil {
+		for _, j := range run {
+			cl.errs[j] = err
+		}
+		close(cl.done)
+		return
+	}
+	defer mem.Release(size)
 	if !im.fetchRun(ctx, run, cl, slots) {
 		close(cl.done)
 		return
@@ -404,6 +423,35 @@ func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, erro
 		return nil, err
 	}
 	return out, nil
+}
+
+// chunkCost is the memory chunk i takes while fetched: its stored bytes,
+// plus its decoded bytes when those are a separate buffer (zstd). A run
+// of well-compressed chunks is capped by what it decodes to, not by its
+// few stored bytes.
+func (im *Image) chunkCost(i int) int {
+	c := im.index.Chunks[i]
+	if c.Encoding == imagefmt.EncodingZstd {
+		return int(c.Length) + im.index.ChunkLen(i)
+	}
+	return int(c.Length)
+}
+
+// runStored is the bytes a run's range request transfers.
+func (im *Image) runStored(run []int) int {
+	n := 0
+	for _, j := range run {
+		n += int(im.index.Chunks[j].Length)
+	}
+	return n
+}
+
+func (im *Image) runCost(run []int) int {
+	n := 0
+	for _, j := range run {
+		n += im.chunkCost(j)
+	}
+	return n
 }
 
 // Stats is a snapshot of an image's counters.

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,6 +19,11 @@ import (
 var version = "dev"
 
 func main() {
+	// LAZYBLK_PPROF=127.0.0.1:6060 serves net/http/pprof for profiling a
+	// running command; off unless set.
+	if addr := os.Getenv("LAZYBLK_PPROF"); addr != "" {
+		go func() { fmt.Fprintln(os.Stderr, "lazyblk: pprof:", http.ListenAndServe(addr, nil)) }()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newApp().RunContext(ctx, os.Args)
 	stop()
