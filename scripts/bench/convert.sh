@@ -3,18 +3,8 @@
 # measured in the same run, plus lazyblk's peak RSS.
 #   WEIGHTS=1GiB TEXT=256MiB scripts/bench/convert.sh
 # Sizes in bytes or with K/M/G suffixes (numfmt --from=iec).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-export PATH="$PATH:/usr/local/go/bin"
-weights=$(numfmt --from=iec "${WEIGHTS:-1G}")
-text=$(numfmt --from=iec "${TEXT:-256M}")
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/lazyblk-bench.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-go build -o "$work/genimage" ./internal/tools/genimage
-go build -o "$work/lazyblk" ./cmd/lazyblk
-echo "generating: $(numfmt --to=iec "$weights") random weights + $(numfmt --to=iec "$text") text"
-"$work/genimage" -dir "$work" -weights "$weights" -text "$text" -layout "$work/src"
-rm -f "$work"/genimage-*.tar
+default_weights=1G default_text=256M
+source "$(dirname "$0")/lib.sh"
 
 # Reference: the same tree, unpacked, packed by tar | gzip -1.
 mkdir "$work/tree"
