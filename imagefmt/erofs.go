@@ -17,13 +17,11 @@ func writeErofs(t *tree, out io.WriteSeeker) error {
 		return err
 	}
 	w := erofs.Create(out, erofs.WithBlockSize(4096), erofs.WithBuildTime(0, 0))
-	first := map[*inode]string{} // where each inode was first written
-	err := t.walk(func(p string, n *node) error {
+	err := t.walkInodes(func(p string, n *node, first string) error {
 		ino := n.ino
-		if prev, ok := first[ino]; ok {
-			return w.Link(prev, p)
+		if first != "" {
+			return w.Link(first, p)
 		}
-		first[ino] = p
 		var err error
 		switch ino.typ {
 		case tar.TypeDir:
@@ -80,10 +78,8 @@ const erofsMaxBlocks = 1<<32 - 1
 
 func checkErofsLimits(t *tree) error {
 	var blocks uint64
-	seen := map[*inode]bool{}
-	_ = t.walk(func(_ string, n *node) error {
-		if !seen[n.ino] {
-			seen[n.ino] = true
+	_ = t.walkInodes(func(_ string, n *node, first string) error {
+		if first == "" {
 			blocks += uint64(n.ino.size+4095)/4096 + 1
 		}
 		return nil

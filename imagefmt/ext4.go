@@ -65,15 +65,17 @@ type onlyWriter struct{ io.Writer }
 // stageTree materialises the tree under root with owners, modes, xattrs,
 // hardlinks and times, returning bytes and inodes used.
 func stageTree(t *tree, root string) (used, inodes int64, err error) {
-	first := map[*inode]string{}
-	var dirs []string
-	err = t.walk(func(p string, n *node) error {
+	type dir struct {
+		path string
+		ino  *inode
+	}
+	var dirs []dir
+	err = t.walkInodes(func(p string, n *node, first string) error {
 		dst := filepath.Join(root, p)
 		ino := n.ino
-		if prev, ok := first[ino]; ok {
-			return os.Link(prev, dst)
+		if first != "" {
+			return os.Link(filepath.Join(root, first), dst)
 		}
-		first[ino] = dst
 		inodes++
 		used += (ino.size + 4095) &^ 4095
 		var err error
@@ -83,7 +85,7 @@ func stageTree(t *tree, root string) (used, inodes int64, err error) {
 			if err = os.Mkdir(dst, 0o700); os.IsExist(err) && p == "/" {
 				err = nil
 			}
-			dirs = append(dirs, p)
+			dirs = append(dirs, dir{dst, ino})
 		case tar.TypeReg:
 			err = stageFile(dst, t.spool.reader(ino.dataOff, ino.size))
 		case tar.TypeSymlink:
@@ -105,11 +107,7 @@ func stageTree(t *tree, root string) (used, inodes int64, err error) {
 	// Directories last, deepest first, so adding children does not move
 	// their mtimes and a read-only mode does not block the walk.
 	for i := len(dirs) - 1; i >= 0; i-- {
-		var n *node
-		if n, err = t.resolveDir(dirs[i], nil); err != nil {
-			return 0, 0, err
-		}
-		if err = stageMeta(filepath.Join(root, dirs[i]), n.ino); err != nil {
+		if err = stageMeta(dirs[i].path, dirs[i].ino); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -149,13 +147,11 @@ func stageMeta(dst string, ino *inode) error {
 // populate code drops (it copies whole seconds), in one debugfs batch.
 func restoreNanoseconds(ctx context.Context, t *tree, img, dir string) error {
 	var cmds strings.Builder
-	seen := map[*inode]bool{}
-	_ = t.walk(func(p string, n *node) error {
+	_ = t.walkInodes(func(p string, n *node, first string) error {
 		ns := n.ino.mtime.Nanosecond()
-		if ns == 0 || seen[n.ino] || strings.ContainsAny(p, "\"\n") {
-			return nil
+		if ns == 0 || first != "" || strings.ContainsAny(p, "\"\n") {
+			return nil // debugfs cannot quote " or newline: such a name keeps whole seconds
 		}
-		seen[n.ino] = true
 		// i_mtime_extra: nanoseconds above two epoch-extension bits.
 		sec := n.ino.mtime.Unix()
 		epoch := ((sec - int64(int32(sec))) >> 32) & 3

@@ -37,8 +37,7 @@ func writeFallback(ctx context.Context, t *tree, out io.Writer) (fallbackBlob, e
 	}
 	uncompressed := &countingHash{h: sha256.New(), w: zw}
 	tw := tar.NewWriter(uncompressed)
-	first := map[*inode]string{}
-	err = t.walk(func(p string, n *node) error {
+	err = t.walkInodes(func(p string, n *node, first string) error {
 		if err := ctx.Err(); err != nil {
 			return err // the block image failed: stop early
 		}
@@ -47,10 +46,8 @@ func writeFallback(ctx context.Context, t *tree, out io.Writer) (fallbackBlob, e
 		}
 		name := strings.TrimPrefix(p, "/")
 		hdr := tarHeader(n.ino, name)
-		if prev, ok := first[n.ino]; ok {
-			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, prev, 0
-		} else {
-			first[n.ino] = name
+		if first != "" {
+			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, strings.TrimPrefix(first, "/"), 0
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return fmt.Errorf("fallback layer: %s: %w", name, err)

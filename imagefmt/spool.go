@@ -31,12 +31,13 @@ func newSpool(dir string) (*spool, error) {
 // add copies exactly n bytes of r and returns where they start.
 func (s *spool) add(r io.Reader, n int64) (int64, error) {
 	start := s.size
+	skipped := false // the last block was zeros and not written
 	for left := n; left > 0; {
 		b := s.buf[:min(int64(len(s.buf)), left)]
 		if _, err := io.ReadFull(r, b); err != nil {
 			return 0, fmt.Errorf("%w: file content: %v", ErrBadLayer, err)
 		}
-		if !isZero(b) {
+		if skipped = isZero(b); !skipped {
 			if _, err := s.f.WriteAt(b, s.size); err != nil {
 				return 0, fmt.Errorf("imagefmt: write spool: %w", err)
 			}
@@ -44,8 +45,10 @@ func (s *spool) add(r io.Reader, n int64) (int64, error) {
 		s.size += int64(len(b))
 		left -= int64(len(b))
 	}
-	if err := s.f.Truncate(s.size); err != nil {
-		return 0, fmt.Errorf("imagefmt: extend spool: %w", err)
+	if skipped { // a trailing hole: extend the file so reads see zeros
+		if err := s.f.Truncate(s.size); err != nil {
+			return 0, fmt.Errorf("imagefmt: extend spool: %w", err)
+		}
 	}
 	return start, nil
 }

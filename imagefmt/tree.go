@@ -236,6 +236,20 @@ func (t *tree) newInode(hdr *tar.Header) *inode {
 	return ino
 }
 
+// walkInodes is walk that also names, for every name after the first of
+// an inode, the path the inode was first visited at ("" the first time):
+// how each writer turns shared inodes into hardlinks.
+func (t *tree) walkInodes(fn func(p string, n *node, first string) error) error {
+	firstAt := map[*inode]string{}
+	return t.walk(func(p string, n *node) error {
+		first, seen := firstAt[n.ino]
+		if !seen {
+			firstAt[n.ino] = p
+		}
+		return fn(p, n, first)
+	})
+}
+
 // walk visits every name depth-first in sorted order, parents first.
 func (t *tree) walk(fn func(p string, n *node) error) error {
 	var visit func(p string, n *node) error
