@@ -169,11 +169,12 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 	s.mu.Unlock()
 	defer s.unpin(e)
 
-	f, err := os.Open(s.path(e.stripe, d))
-	if err != nil || e.size != size {
-		if f != nil {
-			f.Close()
-		}
+	var f *os.File
+	var err error
+	if e.size == size {
+		f, err = os.Open(s.path(e.stripe, d))
+	}
+	if e.size != size || err != nil { // wrong size or file gone: not this chunk
 		s.drop(e)
 		s.misses.Add(1)
 		return false, nil

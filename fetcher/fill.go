@@ -41,7 +41,7 @@ func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
 		case <-ctx.Done():
 			return errors.Join(ctx.Err(), g.Wait())
 		}
-		run, cl := im.claim(i, chunks[k:], true)
+		run, cl := im.claim(i, chunks[k:])
 		if cl == nil {
 			<-im.background
 			continue
@@ -56,7 +56,7 @@ func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
 				}
 			}
 			if limiter != nil {
-				return limiter.WaitN(ctx, min(im.runStored(run), im.o.maxCoalesce))
+				return limiter.WaitN(ctx, min(sum(run, im.storedLen), im.o.maxCoalesce))
 			}
 			return nil
 		})
@@ -89,7 +89,7 @@ func (im *Image) Complete() bool {
 
 // claim registers a background fetch for chunk i and the chunks after it
 // in want that extend it back to back; nil when i needs no fetch.
-func (im *Image) claim(i int, want []int, background bool) ([]int, *call) {
+func (im *Image) claim(i int, want []int) ([]int, *call) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	c := im.index.Chunks[i]
@@ -101,5 +101,5 @@ func (im *Image) claim(i int, want []int, background bool) ([]int, *call) {
 		last++
 	}
 	run := im.runLocked(i, last)
-	return run, im.startLocked(run, background)
+	return run, im.startLocked(run, true)
 }

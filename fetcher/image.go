@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
@@ -20,8 +19,6 @@ import (
 // ErrChunkCorrupt reports a chunk whose fetched bytes failed verification
 // twice (fetched, refetched): the registry serves bad data.
 var ErrChunkCorrupt = imagefmt.ErrChunkCorrupt
-
-var errConnReset = syscall.ECONNRESET
 
 // cacheWriters bounds runs being written to the cache at once; fetched
 // runs beyond it wait (holding their memory), so a slow disk throttles
@@ -42,10 +39,9 @@ type Image struct {
 	demandMem   *semaphore.Weighted // bytes of demand runs fetched and not yet cached
 	bgMem       *semaphore.Weighted // the same for prefetch and fill
 
-	mu       sync.Mutex // guards inflight, lastMiss, lastRead, raNext
+	mu       sync.Mutex // guards inflight, lastRead, raNext
 	inflight map[int]*call
-	lastMiss int // chunk of the last demand miss, for sequential detection
-	lastRead int // chunk of the last read, for readahead
+	lastRead int // chunk of the last read, for sequential detection
 	raNext   int // first chunk readahead has not started yet
 
 	stats counters
@@ -69,11 +65,8 @@ type call struct {
 // Open resolves l, fetches and verifies its chunk index and returns the
 // image ready for reads.
 func Open(ctx context.Context, l Location, opts ...Option) (*Image, error) {
-	o := defaultOptions()
-	for _, opt := range opts {
-		if err := opt(&o); err != nil {
-			return nil, err
-		}
+	if _, err := newOptions(opts); err != nil { // fail before any network
+		return nil, err
 	}
 	d, err := Describe(ctx, l)
 	if err != nil {
@@ -84,14 +77,11 @@ func Open(ctx context.Context, l Location, opts ...Option) (*Image, error) {
 
 // OpenIndex opens an image whose index the caller already verified.
 func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Option) (*Image, error) {
-	o := defaultOptions()
-	for _, opt := range opts {
-		if err := opt(&o); err != nil {
-			return nil, err
-		}
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
 	}
 	var src source
-	var err error
 	if l.Ref != nil {
 		src, err = newRegistrySource(ctx, l, x.Data, o.transport, o.mirrors)
 	} else {
@@ -101,7 +91,7 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 		return nil, err
 	}
 	life, cancel := context.WithCancel(context.Background())
-	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastMiss: -2, lastRead: -2,
+	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2,
 		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background),
 		cacheWrites: make(chan struct{}, cacheWriters), life: life, cancel: cancel,
 		demandMem: semaphore.NewWeighted(o.memory), bgMem: semaphore.NewWeighted(o.memory / 2)}, nil
@@ -192,18 +182,14 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	}
 }
 
-// join returns the fetch that will deliver chunk i, starting one when
-// none is in flight. Sequential misses grow the run ahead (readahead).
+// join returns the fetch that will deliver chunk i, starting one for i..last
+// when none is in flight (a sequential reader finds readahead's).
 func (im *Image) join(i, last int) *call {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if cl, ok := im.inflight[i]; ok {
 		return cl
 	}
-	if im.lastMiss == i-1 {
-		last = len(im.index.Chunks) - 1 // sequential: coalesce up to the cap
-	}
-	im.lastMiss = i
 	run := im.runLocked(i, last)
 	cl := im.startLocked(run, false)
 	im.goFetch(run, cl)
@@ -221,9 +207,9 @@ func (im *Image) goFetch(run []int, cl *call) {
 	}()
 }
 
-// readahead keeps the runs ahead of a sequential reader in flight, up to
-// two coalesced runs ahead, so reading streams like one long download
-// instead of waiting a round trip per run.
+// readahead keeps a sequential reader's chunk and the runs ahead of it in
+// flight, up to two coalesced runs ahead, so reading streams like one long
+// download instead of waiting a round trip per run.
 func (im *Image) readahead(i int) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
@@ -233,7 +219,7 @@ func (im *Image) readahead(i int) {
 		return
 	}
 	window := max(2, 2*im.o.maxCoalesce/int(im.index.ChunkSize))
-	j := max(im.raNext, i+1)
+	j := max(im.raNext, i)
 	for ; j < len(im.index.Chunks) && j-i <= window; j++ {
 		c := im.index.Chunks[j]
 		if _, busy := im.inflight[j]; busy || c.Encoding == imagefmt.EncodingHole {
@@ -308,7 +294,7 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	if cl.background {
 		mem, budget = im.bgMem, im.o.memory/2
 	}
-	size := min(int64(im.runCost(run)), budget) // one oversized run still proceeds alone
+	size := min(int64(sum(run, im.chunkCost)), budget) // one oversized run still proceeds alone
 	if err := mem.Acquire(ctx, size); err != nil {
 		for _, j := range run {
 			cl.errs[j] = err
@@ -317,12 +303,9 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 		return
 	}
 	defer mem.Release(size)
-	if !im.fetchRun(ctx, run, cl, slots) {
-		close(cl.done)
-		return
-	}
+	ok := im.fetchRun(ctx, run, cl, slots)
 	close(cl.done)
-	if im.o.cache == nil {
+	if !ok || im.o.cache == nil {
 		return
 	}
 	im.cacheWrites <- struct{}{}
@@ -437,19 +420,14 @@ func (im *Image) chunkCost(i int) int {
 	return int(c.Length)
 }
 
-// runStored is the bytes a run's range request transfers.
-func (im *Image) runStored(run []int) int {
-	n := 0
-	for _, j := range run {
-		n += int(im.index.Chunks[j].Length)
-	}
-	return n
-}
+// storedLen is the bytes chunk i's range request transfers.
+func (im *Image) storedLen(i int) int { return int(im.index.Chunks[i].Length) }
 
-func (im *Image) runCost(run []int) int {
+// sum adds f over a run's chunks.
+func sum(run []int, f func(int) int) int {
 	n := 0
 	for _, j := range run {
-		n += im.chunkCost(j)
+		n += f(j)
 	}
 	return n
 }

@@ -138,6 +138,17 @@ func WithMirrors(hosts ...string) Option {
 // WithLogger sets the logger (discarded by default).
 func WithLogger(l *slog.Logger) Option { return func(o *options) error { o.log = l; return nil } }
 
+// newOptions applies opts over the defaults.
+func newOptions(opts []Option) (options, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
 func defaultOptions() options {
 	return options{transport: http.DefaultTransport, attemptTimeout: DefaultAttemptTimeout,
 		attempts: DefaultAttempts, readTimeout: DefaultReadTimeout, connections: DefaultConnections,
@@ -178,7 +189,9 @@ func retryable(err error) bool {
 	if errors.As(err, &he) {
 		return he.retryable()
 	}
+	// Connection resets and refusals arrive as net.Error from the client,
+	// or as ErrShortBody when the body breaks off. Corrupt chunks are not
+	// retried here: decode refetches them exactly once.
 	var ne net.Error
-	return errors.Is(err, ErrShortBody) || errors.Is(err, ErrChunkCorrupt) || errors.As(err, &ne) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errConnReset)
+	return errors.Is(err, ErrShortBody) || errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded)
 }

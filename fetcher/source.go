@@ -26,10 +26,17 @@ var ErrShortBody = errors.New("fetcher: truncated response body")
 type HTTPError struct {
 	Status int
 	URL    string
+	// Redirected: the answer came from where the registry redirected to
+	// (blob storage), not from the registry itself.
+	Redirected bool
 }
 
 func (e *HTTPError) Error() string {
-	return fmt.Sprintf("fetcher: GET %s: %d %s", e.URL, e.Status, http.StatusText(e.Status))
+	via := ""
+	if e.Redirected {
+		via = " (redirected)"
+	}
+	return fmt.Sprintf("fetcher: GET %s%s: %d %s", e.URL, via, e.Status, http.StatusText(e.Status))
 }
 
 // retryable: server trouble, throttling, and a 403 from blob storage after
@@ -37,7 +44,7 @@ func (e *HTTPError) Error() string {
 // fresh one). Anything else 4xx is final.
 func (e *HTTPError) retryable() bool {
 	return e.Status >= 500 || e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout ||
-		e.Status == http.StatusForbidden && strings.Contains(e.URL, "(redirected)")
+		e.Status == http.StatusForbidden && e.Redirected
 }
 
 func redact(u *url.URL) string {
@@ -138,9 +145,7 @@ func (s *endpoint) readRange(ctx context.Context, p []byte, off int64) error {
 	}
 	defer resp.Body.Close()
 	where := redact(resp.Request.URL)
-	if resp.Request.URL.Host != s.host {
-		where += " (redirected)"
-	}
+	redirected := resp.Request.URL.Host != s.host
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		if err := checkContentRange(resp.Header.Get("Content-Range"), off, len(p)); err != nil {
@@ -152,7 +157,7 @@ func (s *endpoint) readRange(ctx context.Context, p []byte, off int64) error {
 			return fmt.Errorf("%w: %v", ErrShortBody, err)
 		}
 	default:
-		return &HTTPError{Status: resp.StatusCode, URL: where}
+		return &HTTPError{Status: resp.StatusCode, URL: where, Redirected: redirected}
 	}
 	if _, err := io.ReadFull(resp.Body, p); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrShortBody, where, err)
