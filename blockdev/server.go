@@ -1,0 +1,337 @@
+package blockdev
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pojntfx/go-nbd/pkg/protocol"
+	"golang.org/x/sync/semaphore"
+)
+
+// Backend is what an export serves: a read-only byte range. fetcher.Image
+// satisfies it; so does anything with a context-aware ReadAt.
+type Backend interface {
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	Size() int64
+}
+
+// Export is one named backend. The first export of a server is also the
+// default one, reached with the empty name.
+type Export struct {
+	Name        string
+	Description string
+	Backend     Backend
+}
+
+// Server serves exports over NBD: fixed-newstyle negotiation for clients
+// that connect (Serve, ServeConn), bare transmission for sockets handed to
+// the kernel (Transmit). Requests on one connection run concurrently and
+// are answered in whatever order they finish, matched by handle.
+type Server struct {
+	exports []*Export
+	opts    options
+	mem     *semaphore.Weighted
+	ctx     context.Context // cancelled by Close: ends every request
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // every connection goroutine
+
+	mu     sync.Mutex             // guards open and closed
+	open   map[io.Closer]struct{} // listeners and connections
+	closed bool
+
+	stats struct{ requests, bytes, errors atomic.Int64 }
+}
+
+// Stats counts what the server answered.
+type Stats struct {
+	Requests int64 // requests of any kind answered
+	Bytes    int64 // bytes returned by reads
+	Errors   int64 // reads answered with an error
+}
+
+// NewServer returns a server for exports, which must have distinct names.
+func NewServer(exports []Export, opts ...Option) (*Server, error) {
+	o, err := makeOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(exports) == 0 {
+		return nil, errors.New("blockdev: a server needs at least one export")
+	}
+	s := &Server{opts: o, mem: semaphore.NewWeighted(o.memory),
+		open: map[io.Closer]struct{}{}}
+	seen := map[string]bool{}
+	for i := range exports {
+		e := exports[i]
+		if seen[e.Name] {
+			return nil, fmt.Errorf("blockdev: two exports named %q", e.Name)
+		}
+		seen[e.Name] = true
+		s.exports = append(s.exports, &e)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+func (s *Server) lookup(name string) *Export {
+	if name == "" {
+		return s.exports[0]
+	}
+	for _, e := range s.exports {
+		if e.Name == name {
+			return e
+		}
+	}
+	return nil
+}
+
+// Serve accepts connections on l until Close, negotiating each. It
+// returns nil after Close, the accept error otherwise.
+func (s *Server) Serve(l net.Listener) error {
+	if !s.track(l) {
+		return net.ErrClosed
+	}
+	defer s.untrack(l)
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("blockdev: accept: %w", err)
+		}
+		go func() {
+			if err := s.ServeConn(conn); err != nil {
+				s.opts.log.Warn("nbd connection ended", "remote", conn.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+// ServeConn negotiates with a client and serves it until it disconnects.
+// It closes conn.
+func (s *Server) ServeConn(conn net.Conn) error {
+	return s.serve(conn, func(r *bufio.Reader) (*Export, error) { return s.negotiate(conn, r) })
+}
+
+// Transmit serves a socket whose other end the kernel owns: the kernel
+// skips negotiation and sends requests at once. It closes conn.
+func (s *Server) Transmit(conn net.Conn, name string) error {
+	return s.serve(conn, func(*bufio.Reader) (*Export, error) {
+		if e := s.lookup(name); e != nil {
+			return e, nil
+		}
+		return nil, fmt.Errorf("blockdev: no export named %q", name)
+	})
+}
+
+func (s *Server) serve(conn net.Conn, start func(*bufio.Reader) (*Export, error)) error {
+	if !s.track(conn) {
+		conn.Close()
+		return net.ErrClosed
+	}
+	s.wg.Add(1)
+	defer s.wg.Done()
+	defer s.untrack(conn)
+	defer conn.Close()
+	r := bufio.NewReaderSize(conn, 64<<10)
+	e, err := start(r)
+	if err != nil || e == nil {
+		return s.quiet(err)
+	}
+	return s.quiet(s.transmit(conn, r, e))
+}
+
+// quiet drops the errors of a connection that ended normally: the peer
+// hung up, or Close tore the connection down.
+func (s *Server) quiet(err error) error {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || s.ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// track registers something Close must close; false once closed.
+func (s *Server) track(c io.Closer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.open[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c io.Closer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.open, c)
+}
+
+// Close stops accepting, fails requests still running, closes every
+// connection and waits for their goroutines. Sockets held by the kernel
+// see a dead connection: a new server can hand it fresh ones
+// (Device.Reconfigure).
+func (s *Server) Close() error {
+	s.cancel() // first, so Serve sees why Accept failed
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.open {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// Stats returns the counters so far.
+func (s *Server) Stats() Stats {
+	return Stats{Requests: s.stats.requests.Load(), Bytes: s.stats.bytes.Load(), Errors: s.stats.errors.Load()}
+}
+
+// session is one connection in the transmission phase.
+type session struct {
+	s    *Server
+	e    *Export
+	conn net.Conn
+	wmu  sync.Mutex // guards writes to conn: one reply at a time
+}
+
+// transmit reads requests until NBD_CMD_DISC or the end of the stream.
+// Reads run in their own goroutines; everything else is answered inline.
+// It returns once every reply has been written.
+func (s *Server) transmit(conn net.Conn, r *bufio.Reader, e *Export) error {
+	c := &session{s: s, e: e, conn: conn}
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	slots := make(chan struct{}, s.opts.inflight)
+	hdr := make([]byte, requestSize)
+	for {
+		if _, err := io.ReadFull(r, hdr); err != nil {
+			return err
+		}
+		req, err := decodeRequest(hdr)
+		if err != nil {
+			return err
+		}
+		s.stats.requests.Add(1)
+		switch req.typ {
+		case protocol.TRANSMISSION_TYPE_REQUEST_READ:
+			if errno := c.check(req); errno != 0 {
+				c.reply(req.handle, errno)
+				continue
+			}
+			// Admission bounds memory: a request waits here, and stops
+			// the reading of further ones, until its buffer fits.
+			if err := s.mem.Acquire(s.ctx, int64(req.length)); err != nil {
+				return err
+			}
+			slots <- struct{}{}
+			inflight.Add(1)
+			go func() {
+				defer func() { <-slots; s.mem.Release(int64(req.length)); inflight.Done() }()
+				c.read(req)
+			}()
+		case protocol.TRANSMISSION_TYPE_REQUEST_WRITE:
+			// The payload follows the header; swallow it to stay in step.
+			if req.length > maxRequest {
+				return fmt.Errorf("%w: write of %d bytes", ErrProtocol, req.length)
+			}
+			if _, err := io.CopyN(io.Discard, r, int64(req.length)); err != nil {
+				return err
+			}
+			c.reply(req.handle, protocol.TRANSMISSION_ERROR_EPERM)
+		case cmdTrim, cmdWriteZeroes:
+			c.reply(req.handle, protocol.TRANSMISSION_ERROR_EPERM)
+		case cmdFlush:
+			c.reply(req.handle, 0)
+		case cmdCache:
+			c.reply(req.handle, c.check(req))
+		case protocol.TRANSMISSION_TYPE_REQUEST_DISC:
+			return nil
+		default:
+			c.reply(req.handle, protocol.TRANSMISSION_ERROR_EINVAL)
+		}
+	}
+}
+
+// check validates a read's range: EINVAL past the end, for an empty or an
+// oversized request.
+func (c *session) check(req request) uint32 {
+	size := uint64(c.e.Backend.Size())
+	if req.length == 0 || req.length > maxRequest || req.off > size || uint64(req.length) > size-req.off {
+		return protocol.TRANSMISSION_ERROR_EINVAL
+	}
+	return 0
+}
+
+func (c *session) read(req request) {
+	buf := getBuffer(16 + int(req.length))
+	defer putBuffer(buf)
+	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.opts.requestTimeout)
+	defer cancel()
+	start := time.Now()
+	n, err := c.e.Backend.ReadAt(ctx, (*buf)[16:], int64(req.off))
+	if n == int(req.length) && errors.Is(err, io.EOF) {
+		err = nil
+	}
+	if err == nil && n != int(req.length) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		c.s.stats.errors.Add(1)
+		errno := errEIO
+		if c.s.ctx.Err() != nil {
+			errno = errESHUTDOWN
+		}
+		c.s.opts.log.Warn("nbd read failed", "export", c.e.Name, "off", req.off, "len", req.length,
+			"took", time.Since(start).Round(time.Millisecond), "err", err)
+		c.reply(req.handle, errno)
+		return
+	}
+	c.s.stats.bytes.Add(int64(n))
+	replyHeader(*buf, req.handle, 0)
+	c.write(*buf)
+}
+
+func (c *session) reply(handle uint64, errno uint32) {
+	var b [16]byte
+	replyHeader(b[:], handle, errno)
+	c.write(b[:])
+}
+
+// write sends one whole reply. A failed write means the peer is gone; the
+// read loop sees the same and ends the session, so the error is dropped.
+func (c *session) write(b []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if _, err := c.conn.Write(b); err != nil {
+		c.s.opts.log.Debug("nbd reply not sent", "err", err)
+	}
+}
+
+// buffers recycles reply buffers up to 1 MiB, the sizes kernels and
+// nbdfuse send; larger ones are left to the garbage collector.
+var buffers sync.Pool
+
+func getBuffer(n int) *[]byte {
+	if b, ok := buffers.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func putBuffer(b *[]byte) {
+	if cap(*b) <= 1<<20+16 {
+		buffers.Put(b)
+	}
+}
