@@ -133,11 +133,17 @@ func (s *Server) Transmit(conn net.Conn, name string) error {
 }
 
 func (s *Server) serve(conn net.Conn, start func(*bufio.Reader) (*Export, error)) error {
-	if !s.track(conn) {
+	// Registered and counted under one lock, so Close either sees the
+	// connection or refuses it; never a wg.Add racing its Wait.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
 		conn.Close()
 		return net.ErrClosed
 	}
+	s.open[conn] = struct{}{}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	defer s.wg.Done()
 	defer s.untrack(conn)
 	defer conn.Close()

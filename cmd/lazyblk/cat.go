@@ -6,9 +6,6 @@ import (
 	"io"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/lazyblk/lazyblk/cache"
-	"github.com/lazyblk/lazyblk/fetcher"
 )
 
 func catCommand() *cli.Command {
@@ -23,11 +20,7 @@ warming a cache, or to mount the result with a loop device.
 Examples:
   lazyblk cat --cache-dir /var/cache/lazyblk registry.local/app:v1-lazyblk > app.erofs
   lazyblk cat --plain-http 127.0.0.1:5000/app:v1-lazyblk | sha256sum`,
-		Flags: []cli.Flag{
-			&cli.StringSliceFlag{Name: "cache-dir", Usage: "cache directory, repeatable: one per stripe (default: no cache)"},
-			&cli.StringFlag{Name: "cache-size", Value: "10GiB", Usage: "cache capacity"},
-			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
-		},
+		Flags:  sourceFlags(),
 		Action: runCat,
 	}
 }
@@ -36,23 +29,11 @@ func runCat(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return cli.Exit("cat needs REF (see lazyblk cat --help)", 2)
 	}
-	loc, err := fetcher.ParseLocation(c.Args().First(), c.Bool("plain-http"))
+	src, err := sourceFromFlags(c)
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		return err
 	}
-	var opts []fetcher.Option
-	if dirs := c.StringSlice("cache-dir"); len(dirs) > 0 {
-		size, err := parseSize(c.String("cache-size"))
-		if err != nil {
-			return cli.Exit("--cache-size: "+err.Error(), 2)
-		}
-		store, err := cache.Open(dirs, size)
-		if err != nil {
-			return err
-		}
-		opts = append(opts, fetcher.WithCache(store))
-	}
-	im, err := fetcher.Open(c.Context, loc, opts...)
+	im, err := src.open(c.Context)
 	if err != nil {
 		return err
 	}

@@ -60,6 +60,7 @@ image layouts on disk (oci:DIR or oci:DIR:TAG).`,
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
-		Commands: []*cli.Command{convertCommand(), inspectCommand(), catCommand()},
+		Commands: []*cli.Command{convertCommand(), inspectCommand(), catCommand(), mountCommand(), umountCommand(),
+			reattachCommand(), serveCommand(), serveMountCommand()},
 	}
 }

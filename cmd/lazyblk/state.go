@@ -1,0 +1,99 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lazyblk/lazyblk/blockdev"
+)
+
+// defaultStateDir holds one directory per mount, named by a hash of the
+// mountpoint:
+//
+//	/run/lazyblk/mounts/<sha256(dir)[:16]>/
+//	    state.json    mountState: what was asked, what is set up, who serves it
+//	    serve.log     the serving process's log
+//	    nbd.sock      nbdfuse's NBD socket (nbdfuse only)
+//	    nbdfuse.pid   written by nbdfuse once ready
+//	    fuse/         nbdfuse's FUSE mountpoint; nothing else may live there
+//
+// /run is a tmpfs: after a reboot nothing is mounted and no state is left.
+const defaultStateDir = "/run/lazyblk"
+
+// mountState is state.json.
+type mountState struct {
+	Source      source          `json:"source"`
+	Dir         string          `json:"dir"`
+	Attach      string          `json:"attach"` // as asked: auto, netlink or nbdfuse
+	Connections int             `json:"connections"`
+	PID         int             `json:"pid,omitempty"` // the serving process
+	Mount       *blockdev.Mount `json:"mount,omitempty"`
+	Started     time.Time       `json:"started"`
+}
+
+func stateDirFor(root, dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Join(root, "mounts", hex.EncodeToString(sum[:8]))
+}
+
+func readState(work string) (*mountState, error) {
+	b, err := os.ReadFile(filepath.Join(work, "state.json"))
+	if err != nil {
+		return nil, err
+	}
+	var st mountState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(work, "state.json"), err)
+	}
+	return &st, nil
+}
+
+// write replaces state.json atomically: a crash leaves the old or the new.
+func (st *mountState) write(work string) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(work, ".state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(work, "state.json"))
+}
+
+// serverAlive reports whether the recorded serving process still runs: the
+// pid exists and is a lazyblk serving this state directory (a pid reused
+// after a crash is someone else's).
+func (st *mountState) serverAlive(work string) bool {
+	if st.PID <= 0 {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.PID))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	return len(args) >= 3 && args[1] == serveMountCmd && args[len(args)-1] == work
+}
+
+// absDir resolves a mountpoint argument to the absolute, symlink-free
+// path the kernel records, so every command finds the same state.
+func absDir(arg string) (string, error) {
+	abs, err := filepath.Abs(arg)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	return abs, nil
+}

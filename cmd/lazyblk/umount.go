@@ -1,0 +1,105 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+)
+
+// serverStopTimeout bounds the wait for a serving process to finish after
+// SIGTERM: it unmounts and detaches, which takes milliseconds unless the
+// kernel is stuck on a dead registry.
+const serverStopTimeout = 30 * time.Second
+
+func umountCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "umount",
+		Usage:     "unmount a lazyblk mount and stop everything behind it",
+		ArgsUsage: "DIR",
+		Description: `Unmounts DIR, detaches its block device (kernel NBD device, or nbdfuse and its
+loop device), stops the serving process and removes the state. Also cleans up
+after a server that crashed. Refuses, changing nothing, while DIR is busy.`,
+		Flags:  []cli.Flag{stateDirFlag()},
+		Action: runUmount,
+	}
+}
+
+func runUmount(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("umount needs DIR (see lazyblk umount --help)", 2)
+	}
+	dir, err := absDir(c.Args().First())
+	if err != nil {
+		return err
+	}
+	work := stateDirFor(c.String("state-dir"), dir)
+	st, err := readState(work)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("umount: %s is not a lazyblk mount (no state in %s)", dir, work)
+	}
+	if err != nil {
+		return err
+	}
+	// The filesystem first, so a busy mountpoint fails the command before
+	// anything else is touched.
+	if err := unix.Unmount(dir, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("umount: %s: %w", dir, err)
+	}
+	if st.serverAlive(work) {
+		if err := stopServer(st.PID); err != nil {
+			return err
+		}
+	}
+	return teardown(work, st)
+}
+
+// teardown removes whatever a mount still holds (device, nbdfuse, state);
+// safe when parts are already gone.
+func teardown(work string, st *mountState) error {
+	if st != nil && st.Mount != nil {
+		if err := st.Mount.Unmount(); err != nil {
+			return fmt.Errorf("umount %s: %w (state kept in %s)", st.Dir, err, work)
+		}
+	}
+	if err := os.RemoveAll(work); err != nil {
+		return err
+	}
+	os.Remove(filepath.Dir(work)) // the mounts directory, when this was the last
+	return nil
+}
+
+// stopServer sends SIGTERM and waits for the process to exit, then kills
+// it if it has not.
+func stopServer(pid int) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("umount: server pid %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil {
+		return nil // exited meanwhile
+	}
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(serverStopTimeout/time.Millisecond))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if n == 1 {
+			return nil
+		}
+		break
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("umount: kill server pid %d: %w", pid, err)
+	}
+	return nil
+}
