@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 		os.Stderr.Write(out)
 		os.Exit(1)
 	}
+	// The race runtime sleeps 1 s at every exit by default; mount cycles
+	// start and stop hundreds of lazyblk processes.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -9,6 +9,8 @@ packages=(
   erofs-utils                     # fsck.erofs, dump.erofs
   e2fsprogs                       # mkfs.ext4 -d and debugfs for --fs ext4
   libnbd-bin nbdkit fuse3         # NBD clients and the reference server
+  python3-libnbd qemu-utils       # libnbd from a script (EIO tests), qemu-img as an NBD client
+  qemu-system-x86 busybox-static  # a QEMU guest with the 6.12 kernel for kernel NBD tests
   util-linux                      # mount, losetup
   bc time curl                    # benchmark arithmetic, peak RSS, registry readiness
 )
@@ -16,6 +18,20 @@ packages=(
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (sudo make demo / sudo make test)" >&2
   exit 1
+fi
+
+# The guest kernel (6.12 cloud, with nbd.ko and ublk_drv.ko) comes from
+# bookworm-backports; scripts/vm-kernel.sh unpacks it without installing it.
+backports=/etc/apt/sources.list.d/lazyblk-backports.sources
+if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  cat >"$backports" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt-get update -qq
 fi
 
 missing=()
@@ -33,4 +49,5 @@ if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
   echo "install-deps: Go 1.26 is required (https://go.dev/dl); not found in PATH or /usr/local/go" >&2
   exit 1
 fi
+"$(dirname "$0")/vm-kernel.sh" >/dev/null
 echo "install-deps: all dependencies present"

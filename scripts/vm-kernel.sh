@@ -16,6 +16,7 @@ if [ -z "$pkg" ]; then
 fi
 tmp=$(mktemp -d "${dir%/*}/.vm.XXXXXX" 2>/dev/null || { mkdir -p "${dir%/*}"; mktemp -d "${dir%/*}/.vm.XXXXXX"; })
 trap 'rm -rf "$tmp"' EXIT
+chown _apt "$tmp" 2>/dev/null || true # apt downloads as _apt when it can
 (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null)
 dpkg-deb -x "$tmp"/*.deb "$tmp/root"
 mkdir -p "$tmp/out"
