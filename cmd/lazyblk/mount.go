@@ -46,6 +46,8 @@ Examples:
 		Flags: append(sourceFlags(),
 			&cli.StringFlag{Name: "attach", Value: "auto", Usage: "auto, netlink or nbdfuse"},
 			&cli.IntFlag{Name: "connections", Value: 4, Usage: "NBD connections serving the device"},
+			&cli.DurationFlag{Name: "io-timeout", Value: 30 * time.Second, Usage: "kernel NBD: a request unanswered this long is " +
+				"sent again on another connection; also how soon reads in flight resume after 'lazyblk reattach'"},
 			&cli.BoolFlag{Name: "json", Usage: "print the mount's state as JSON"},
 			stateDirFlag(),
 		),
@@ -69,6 +71,9 @@ func runMount(c *cli.Context) error {
 	if n := c.Int("connections"); n < 1 || n > 64 {
 		return cli.Exit(fmt.Sprintf("--connections %d: want 1 to 64", n), 2)
 	}
+	if d := c.Duration("io-timeout"); d < time.Second {
+		return cli.Exit(fmt.Sprintf("--io-timeout %v: want at least 1s", d), 2)
+	}
 	dir, err := absDir(c.Args().Get(1))
 	if err != nil {
 		return err
@@ -86,7 +91,8 @@ func runMount(c *cli.Context) error {
 	if err := os.MkdirAll(work, 0o700); err != nil {
 		return err
 	}
-	st := &mountState{Source: src, Dir: dir, Attach: attach, Connections: c.Int("connections"), Started: start}
+	st := &mountState{Source: src, Dir: dir, Attach: attach, Connections: c.Int("connections"),
+		IOTimeout: c.Duration("io-timeout"), Started: start}
 	if err := st.write(work); err != nil {
 		os.RemoveAll(work)
 		return err

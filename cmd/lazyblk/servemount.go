@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -14,14 +15,12 @@ import (
 	"github.com/lazyblk/lazyblk/fetcher"
 )
 
-// The kernel device's timeouts. A request unanswered for IOTimeout fails
-// with EIO (the fetcher gives up after 60 s, so this is a backstop); a
-// device whose server died keeps its requests queued DeadConnTimeout for
-// 'lazyblk reattach'.
-const (
-	deviceIOTimeout       = 120
-	deviceDeadConnTimeout = 300
-)
+// deviceDeadConnTimeout is how long a kernel device whose server died
+// keeps its requests queued for 'lazyblk reattach'. Requests already sent
+// to the dead server are not requeued at once: the kernel re-sends them
+// when their I/O timeout (--io-timeout) expires (observed on 6.12:
+// "Connection timed out, retrying").
+const deviceDeadConnTimeout = 5 * time.Minute
 
 // serveMountCommand is the background process behind one mount: started by
 // mount (or reattach) with the state directory as its argument and a pipe
@@ -108,7 +107,7 @@ func setUp(c *cli.Context, work string) (*blockdev.Server, *fetcher.Image, *moun
 		}
 		m, err := blockdev.MountImage(srv, st.Source.Ref, im.Size(), blockdev.MountConfig{
 			Dir: st.Dir, FS: im.Index().FS.String(), Attach: attach, Work: work, Connections: st.Connections,
-			Timeout: deviceIOTimeout * 1e9, DeadConnTimeout: deviceDeadConnTimeout * 1e9, Backend: st.Source.Ref,
+			Timeout: st.IOTimeout, DeadConnTimeout: deviceDeadConnTimeout, Backend: st.Source.Ref,
 		})
 		if err != nil {
 			return fail(fmt.Errorf("mount %s on %s: %w", st.Source.Ref, st.Dir, err))

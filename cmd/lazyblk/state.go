@@ -33,7 +33,8 @@ type mountState struct {
 	Dir         string          `json:"dir"`
 	Attach      string          `json:"attach"` // as asked: auto, netlink or nbdfuse
 	Connections int             `json:"connections"`
-	PID         int             `json:"pid,omitempty"` // the serving process
+	IOTimeout   time.Duration   `json:"ioTimeout,omitempty"` // kernel NBD only
+	PID         int             `json:"pid,omitempty"`       // the serving process
 	Mount       *blockdev.Mount `json:"mount,omitempty"`
 	Started     time.Time       `json:"started"`
 }

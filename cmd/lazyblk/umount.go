@@ -54,6 +54,10 @@ func runUmount(c *cli.Context) error {
 		if err := stopServer(st.PID); err != nil {
 			return err
 		}
+		// A server that stopped cleanly took everything down itself.
+		if st, err = readState(work); errors.Is(err, os.ErrNotExist) {
+			return teardown(work, nil)
+		}
 	}
 	return teardown(work, st)
 }

@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+// holdProxy forwards to a registry and lets the guest script stage a
+// crash with reads provably in flight: after GET /ctl/hold, blob range
+// requests wait; GET /ctl/held returns once one is waiting; GET
+// /ctl/release lets them go and stops holding.
+type holdProxy struct {
+	hold     atomic.Bool
+	heldOnce sync.Once
+	held     chan struct{}
+	release  chan struct{}
+	relOnce  sync.Once
+}
+
+func newHoldProxy(t *testing.T, host string) string {
+	p := &holdProxy{held: make(chan struct{}), release: make(chan struct{})}
+	target, _ := url.Parse("http://" + host)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ctl/hold":
+			p.hold.Store(true)
+			return
+		case "/ctl/held":
+			select {
+			case <-p.held:
+			case <-r.Context().Done():
+			}
+			return
+		case "/ctl/release":
+			p.hold.Store(false)
+			p.relOnce.Do(func() { close(p.release) })
+			return
+		}
+		if p.hold.Load() && strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") != "" {
+			p.heldOnce.Do(func() { close(p.held) })
+			select {
+			case <-p.release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		p.relOnce.Do(func() { close(p.release) })
+		srv.Close()
+	})
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestKernelNBD boots Debian's 6.12 kernel in QEMU and runs the production
+// path there: lazyblk mount attaches /dev/nbdN over netlink with two
+// connections and mounts erofs; the files read back exactly. Then, with a
+// read provably waiting on the registry, the serving process is killed
+// with SIGKILL and lazyblk reattach hands the live device new sockets: the
+// read in flight (re-sent by the kernel after --io-timeout) and later ones
+// complete correctly. umount leaves no nbd
+// device behind.
+func TestKernelNBD(t *testing.T) {
+	testutil.RequireVM(t)
+	host := testutil.GGCRRegistry(t)
+	ref := host + "/vm/img:v1"
+	_, image := testutil.BlockImage(t, ref, 8<<20)
+	want := testutil.SnapshotErofs(t, bytes.NewReader(image))
+	port := newHoldProxy(t, host)
+	port = port[strings.LastIndex(port, ":")+1:]
+
+	bin := filepath.Join(t.TempDir(), "lazyblk")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/lazyblk")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	ctl := "http://10.0.2.2:" + port + "/ctl/"
+	script := fmt.Sprintf(`
+REF=10.0.2.2:%s/vm/img:v1
+/lazyblk mount --plain-http --connections 2 --io-timeout 5s $REF /mnt
+grep ' /mnt ' /proc/mounts | sed 's/^/MOUNTS /'
+ls /sys/block | grep nbd | sed 's/^/DEV /'
+cd /mnt && sha256sum random.bin text.txt zeros.bin small | sed 's/^/SUM /' && cd /
+wget -q -O /dev/null %shold
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum /mnt/random.bin > /tmp/inflight 2>&1 &
+reader=$!
+wget -q -O /dev/null %sheld
+pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/lazyblk/mounts/*/state.json)
+kill -9 $pid
+wget -q -O /dev/null %srelease
+/lazyblk reattach /mnt
+wait $reader
+sed 's/^/INFLIGHT /' /tmp/inflight
+sha256sum /mnt/text.txt | sed 's/^/AFTER /'
+/lazyblk umount /mnt
+(ls /sys/block; ls /dev) | grep nbd | sed 's/^/LEFT /' || true
+grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
+`, port, ctl, ctl, ctl)
+	out := testutil.Guest{
+		Files:   map[string]string{"/lazyblk": bin},
+		Modules: []string{"failover", "net_failover", "virtio_net", "libcrc32c", "erofs", "nbd nbds_max=0"},
+		Script:  script,
+	}.Boot(t, 5*time.Minute)
+	logOnFailure := func() { t.Logf("console:\n%s", out) }
+
+	if !strings.Contains(out, "GUEST-EXIT 0") {
+		logOnFailure()
+		t.Fatal("the guest script failed")
+	}
+	if !regexp.MustCompile(`MOUNTS /dev/nbd\d+ /mnt erofs ro`).MatchString(out) || !strings.Contains(out, "via netlink") {
+		t.Errorf("not mounted from a kernel NBD device over netlink")
+	}
+	sums := map[string]string{}
+	for _, m := range regexp.MustCompile(`(SUM|INFLIGHT|AFTER) ([0-9a-f]{64})  (\S+)`).FindAllStringSubmatch(out, -1) {
+		sums[m[1]+" "+strings.TrimPrefix(m[3], "/mnt/")] = m[2]
+	}
+	for key, path := range map[string]string{
+		"SUM random.bin": "random.bin", "SUM text.txt": "text.txt", "SUM zeros.bin": "zeros.bin", "SUM small": "small",
+		"INFLIGHT random.bin": "random.bin", "AFTER text.txt": "text.txt",
+	} {
+		if got := sums[key]; got != want[path].Digest {
+			t.Errorf("%s: guest read sha256 %q, want %s", key, got, want[path].Digest)
+		}
+	}
+	if strings.Contains(out, "LEFT ") || !strings.Contains(out, "STILL-MOUNTED 0") {
+		t.Errorf("umount left a device or a mount behind")
+	}
+	if t.Failed() {
+		logOnFailure()
+	}
+}

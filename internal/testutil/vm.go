@@ -1,0 +1,153 @@
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// VMDir is where scripts/vm-kernel.sh unpacks the guest kernel.
+func VMDir() string {
+	if d := os.Getenv("LAZYBLK_VM_DIR"); d != "" {
+		return d
+	}
+	return "/var/cache/lazyblk/vm"
+}
+
+// RequireVM skips (outside CI) or fails (in CI) when the guest kernel or
+// QEMU is missing.
+func RequireVM(t testing.TB) {
+	t.Helper()
+	Require(t, true, "qemu-system-x86_64", "busybox", "xz")
+	if _, err := os.Stat(filepath.Join(VMDir(), "vmlinuz")); err != nil {
+		if InCI() {
+			t.Fatalf("CI must run this test but the guest kernel is missing: %v (scripts/vm-kernel.sh)", err)
+		}
+		t.Skipf("needs the guest kernel: %v (run scripts/vm-kernel.sh)", err)
+	}
+}
+
+// Guest describes one boot: files copied into the initramfs (guest path ->
+// host path), kernel modules to load in order (name -> insmod arguments),
+// and the shell script init runs once the network is up.
+type Guest struct {
+	Files   map[string]string
+	Modules []string // "nbd nbds_max=0": name, then parameters
+	Script  string
+}
+
+// Boot runs the guest under QEMU (software emulation, -cpu max for this
+// kernel; the host's 127.0.0.1 is 10.0.2.2 from inside) and returns the
+// console output once the guest powers off. The script's exit status is
+// printed as "GUEST-EXIT n".
+func (g Guest) Boot(t testing.TB, timeout time.Duration) string {
+	t.Helper()
+	root := t.TempDir()
+	mkdir := func(p string) {
+		if err := os.MkdirAll(filepath.Join(root, p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"bin", "proc", "sys", "dev", "run", "tmp", "mnt", "lib/modules"} {
+		mkdir(d)
+	}
+	copyFile(t, "/bin/busybox", filepath.Join(root, "bin/busybox"), 0o755)
+	for dst, src := range g.Files {
+		mkdir(filepath.Dir(dst))
+		copyFile(t, src, filepath.Join(root, dst), 0o755)
+	}
+	var insmod strings.Builder
+	for _, m := range g.Modules {
+		name, args, _ := strings.Cut(m, " ")
+		ko := findModule(t, name)
+		out, err := exec.Command("xz", "-dc", ko).Output()
+		if err != nil {
+			t.Fatalf("xz -dc %s: %v", ko, err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "lib/modules", name+".ko"), out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&insmod, "insmod /lib/modules/%s.ko %s || echo insmod %s failed\n", name, args, name)
+	}
+	initScript := `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs run /run
+mount -t tmpfs tmp /tmp
+` + insmod.String() + `
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+sh -e /test.sh
+echo "GUEST-EXIT $?"
+poweroff -f
+`
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(initScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "test.sh"), []byte(g.Script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
+	cpio := exec.Command("sh", "-c", "find . | busybox cpio -o -H newc > "+initrd)
+	cpio.Dir = root
+	if out, err := cpio.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v\n%s", err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var console bytes.Buffer
+	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-cpu", "max", "-smp", "2", "-m", "1024",
+		"-kernel", filepath.Join(VMDir(), "vmlinuz"), "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet", "-display", "none", "-serial", "stdio", "-no-reboot",
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+	qemu.Stdout, qemu.Stderr = &console, &console
+	err := qemu.Run()
+	out := strings.ReplaceAll(console.String(), "\r\n", "\n")
+	if ctx.Err() != nil {
+		t.Fatalf("guest still running after %v; console:\n%s", timeout, out)
+	}
+	if err != nil {
+		t.Fatalf("qemu: %v; console:\n%s", err, out)
+	}
+	return out
+}
+
+func findModule(t testing.TB, name string) string {
+	t.Helper()
+	var found string
+	filepath.WalkDir(filepath.Join(VMDir(), "modules"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == name+".ko.xz" {
+			found = p
+			return fs.SkipAll
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("module %s not in %s", name, VMDir())
+	}
+	return found
+}
+
+func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, mode); err != nil {
+		t.Fatal(err)
+	}
+}
