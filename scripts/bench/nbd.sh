@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Block-device benchmarks, as root (the kernel mounts):
+#  1. mount-ready: `lazyblk mount` start to the first `ls` of the root, for an
+#     image of WEIGHTS random bytes + TEXT of text in docker-registry on
+#     loopback (target <= 300 ms for 10 GiB);
+#  2. warm-cache sequential read of the whole filesystem image through
+#     nbdfuse: lazyblk's server (chunks in the cache) vs nbdkit's file plugin
+#     serving the same raw image, with the same client (nbdfuse, dd 1 MiB),
+#     page cache dropped before each (target ratio >= 1.0).
+#   WEIGHTS=1G TEXT=64M scripts/bench/nbd.sh
+default_weights=1G default_text=64M
+source "$(dirname "$0")/lib.sh"
+lb=$work/lazyblk
+port=${BENCH_PORT:-5819}
+reg_pid=$(scripts/registry.sh "$work/registry" "$port")
+ref=127.0.0.1:$port/bench/img:lazyblk
+cleanup() {
+  "$lb" umount --state-dir "$work/state" "$work/mnt" 2>/dev/null || true
+  umount "$work/fuse" 2>/dev/null || true
+  [ -f "$work/nbdkit.pid" ] && kill "$(cat "$work/nbdkit.pid")" 2>/dev/null || true
+  [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null || true
+  kill "$reg_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+"$lb" convert --no-fallback --plain-http --tmp-dir "$work" "oci:$work/src:v1" "$ref" >/dev/null
+rm -rf "$work/src"
+mkdir -p "$work/mnt" "$work/cache" "$work/fuse"
+ms() { date +%s%3N; }
+
+echo "== mount-ready ($(numfmt --to=iec $((weights + text))) image, cold cache, docker-registry on loopback)"
+for i in 1 2 3; do
+  t0=$(ms)
+  "$lb" mount --state-dir "$work/state" --plain-http --cache-dir "$work/cache" "$ref" "$work/mnt" >/dev/null 2>&1
+  ls "$work/mnt" >/dev/null
+  t1=$(ms)
+  echo "run $i: mount-ready $((t1 - t0)) ms"
+  "$lb" umount --state-dir "$work/state" "$work/mnt"
+done
+
+echo "== warm-cache sequential read through nbdfuse"
+"$lb" cat --cache-dir "$work/cache" --cache-size 100GiB "$ref" --plain-http >"$work/image.raw"
+size=$(stat -c %s "$work/image.raw")
+read_fuse() { # URI -> MB/s of dd over nbdfuse's file
+  nbdfuse -r -P "$work/nbdfuse.pid" "$work/fuse/image" "$1" &
+  local fpid=$!
+  while [ ! -s "$work/nbdfuse.pid" ]; do sleep 0.05; done # set-up only, not measured
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  local t0 t1
+  t0=$(date +%s%N)
+  dd if="$work/fuse/image" of=/dev/null bs=1M status=none
+  t1=$(date +%s%N)
+  umount "$work/fuse"; wait "$fpid" || true; rm -f "$work/nbdfuse.pid"
+  echo $(( size * 1000 / (t1 - t0) ))
+}
+"$lb" serve --cache-dir "$work/cache" --cache-size 100GiB --plain-http --listen "unix:$work/lazyblk.sock" "$ref" 2>/dev/null &
+serve_pid=$!
+nbdkit -U "$work/nbdkit.sock" -P "$work/nbdkit.pid" -r file "$work/image.raw"
+while [ ! -S "$work/lazyblk.sock" ] || [ ! -s "$work/nbdkit.pid" ]; do sleep 0.05; done
+for i in 1 2; do
+  ours=$(read_fuse "nbd+unix:///?socket=$work/lazyblk.sock")
+  ref_mbs=$(read_fuse "nbd+unix:///?socket=$work/nbdkit.sock")
+  echo "run $i: lazyblk $ours MB/s, nbdkit file $ref_mbs MB/s, ratio $(echo "scale=2; $ours / $ref_mbs" | bc)"
+done
