@@ -197,17 +197,9 @@ cannot take a new server.`,
 }
 
 func runReattach(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return cli.Exit("reattach needs DIR (see lazyblk reattach --help)", 2)
-	}
-	dir, err := absDir(c.Args().First())
+	dir, work, st, err := mountOf(c)
 	if err != nil {
 		return err
-	}
-	work := stateDirFor(c.String("state-dir"), dir)
-	st, err := readState(work)
-	if err != nil {
-		return fmt.Errorf("reattach: %s is not a lazyblk mount: %w", dir, err)
 	}
 	if st.serverAlive(work) {
 		return fmt.Errorf("reattach: %s is still served by pid %d", dir, st.PID)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/lazyblk/lazyblk/blockdev"
 )
 
@@ -97,4 +99,22 @@ func absDir(arg string) (string, error) {
 		return "", err
 	}
 	return abs, nil
+}
+
+// mountOf reads the DIR argument of umount and reattach and the state of
+// the mount on it.
+func mountOf(c *cli.Context) (dir, work string, st *mountState, err error) {
+	name := c.Command.Name
+	if c.NArg() != 1 {
+		return "", "", nil, cli.Exit(fmt.Sprintf("%s needs DIR (see lazyblk %s --help)", name, name), 2)
+	}
+	if dir, err = absDir(c.Args().First()); err != nil {
+		return "", "", nil, err
+	}
+	work = stateDirFor(c.String("state-dir"), dir)
+	st, err = readState(work)
+	if errors.Is(err, os.ErrNotExist) {
+		return dir, work, nil, fmt.Errorf("%s: %s is not a lazyblk mount (no state in %s)", name, dir, work)
+	}
+	return dir, work, st, err
 }

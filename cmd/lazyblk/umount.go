@@ -30,18 +30,7 @@ after a server that crashed. Refuses, changing nothing, while DIR is busy.`,
 }
 
 func runUmount(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return cli.Exit("umount needs DIR (see lazyblk umount --help)", 2)
-	}
-	dir, err := absDir(c.Args().First())
-	if err != nil {
-		return err
-	}
-	work := stateDirFor(c.String("state-dir"), dir)
-	st, err := readState(work)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("umount: %s is not a lazyblk mount (no state in %s)", dir, work)
-	}
+	dir, work, st, err := mountOf(c)
 	if err != nil {
 		return err
 	}

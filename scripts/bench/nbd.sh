@@ -8,6 +8,7 @@
 #     serving the same raw image, with the same client (nbdfuse, dd 1 MiB),
 #     page cache dropped before each (target ratio >= 1.0).
 #   WEIGHTS=1G TEXT=64M scripts/bench/nbd.sh
+#   MOUNT_ONLY=1 WEIGHTS=10G TEXT=256M scripts/bench/nbd.sh   (mount-ready only)
 default_weights=1G default_text=64M
 source "$(dirname "$0")/lib.sh"
 lb=$work/lazyblk
@@ -31,15 +32,17 @@ ms() { date +%s%3N; }
 echo "== mount-ready ($(numfmt --to=iec $((weights + text))) image, cold cache, docker-registry on loopback)"
 for i in 1 2 3; do
   t0=$(ms)
-  "$lb" mount --state-dir "$work/state" --plain-http --cache-dir "$work/cache" "$ref" "$work/mnt" >/dev/null 2>&1
+  "$lb" mount --state-dir "$work/state" --plain-http --cache-dir "$work/cache" --cache-size 100GiB "$ref" "$work/mnt" >/dev/null 2>&1
   ls "$work/mnt" >/dev/null
   t1=$(ms)
   echo "run $i: mount-ready $((t1 - t0)) ms"
   "$lb" umount --state-dir "$work/state" "$work/mnt"
 done
 
+[ -n "${MOUNT_ONLY:-}" ] && exit 0
+
 echo "== warm-cache sequential read through nbdfuse"
-"$lb" cat --cache-dir "$work/cache" --cache-size 100GiB "$ref" --plain-http >"$work/image.raw"
+"$lb" cat --cache-dir "$work/cache" --cache-size 100GiB --plain-http "$ref" >"$work/image.raw"
 size=$(stat -c %s "$work/image.raw")
 read_fuse() { # URI -> MB/s of dd over nbdfuse's file
   nbdfuse -r -P "$work/nbdfuse.pid" "$work/fuse/image" "$1" &
