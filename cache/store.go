@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // ErrCorrupt reports chunk bytes that do not match their digest.
@@ -35,7 +37,8 @@ type Store struct {
 	entries  map[Digest]*list.Element
 	lru      *list.List // front: most recently used *entry
 	used     int64
-	verified sync.Map // Digest -> struct{}: checked since Open
+	verified sync.Map           // Digest -> struct{}: checked since Open
+	verify   singleflight.Group // one check per chunk, however many readers arrive at once
 
 	hits, misses, evictions, corrupt atomic.Int64
 }
@@ -181,18 +184,31 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 	}
 	defer f.Close()
 	if _, ok := s.verified.Load(d); !ok {
-		whole := make([]byte, size)
-		if _, err := f.ReadAt(whole, 0); err != nil || sha256.Sum256(whole) != d {
-			s.corrupt.Add(1)
-			s.log.Warn("corrupt cached chunk removed", "digest", d.String())
-			s.drop(e)
+		// Readers arriving together (NBD clients send many requests per
+		// chunk at once) share one read and hash of the whole chunk.
+		v, _, _ := s.verify.Do(string(d[:]), func() (any, error) {
+			if _, ok := s.verified.Load(d); ok {
+				return nil, nil // checked by a reader that just finished
+			}
+			whole := make([]byte, size)
+			if _, err := f.ReadAt(whole, 0); err != nil || sha256.Sum256(whole) != d {
+				s.corrupt.Add(1)
+				s.log.Warn("corrupt cached chunk removed", "digest", d.String())
+				s.drop(e)
+				return false, nil
+			}
+			s.verified.Store(d, struct{}{})
+			return whole, nil
+		})
+		switch v := v.(type) {
+		case bool: // corrupt
 			s.misses.Add(1)
 			return false, nil
+		case []byte:
+			copy(p, v[off:])
+			s.hits.Add(1)
+			return true, nil
 		}
-		s.verified.Store(d, struct{}{})
-		copy(p, whole[off:])
-		s.hits.Add(1)
-		return true, nil
 	}
 	if _, err := f.ReadAt(p, off); err != nil {
 		return false, fmt.Errorf("cache: read chunk %s: %w", d, err)
