@@ -171,3 +171,60 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("over capacity: %+v", st)
 	}
 }
+
+// TestFirstReadsShareOneCheck: after a restart, many readers arriving at
+// once at an unverified chunk (as an NBD client's parallel requests do)
+// share one read and hash of it: a corrupt chunk is counted and removed
+// once, a good one serves every slice.
+func TestFirstReadsShareOneCheck(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open([]string{dir}, 1<<24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	good, dg := chunk(1, size)
+	bad, db := chunk(2, size)
+	for _, c := range []struct {
+		b []byte
+		d Digest
+	}{{good, dg}, {bad, db}} {
+		if err := s.Put(context.Background(), c.d, c.b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	corrupt := bytes.Clone(bad)
+	corrupt[size/2] ^= 1
+	if err := os.WriteFile(s.path(s.stripeOf(db), db), corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open([]string{dir}, 1<<24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const readers = 32
+	slice := size / readers
+	var wg sync.WaitGroup
+	for i := range readers {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			p := make([]byte, slice)
+			ok, err := s2.ReadAt(context.Background(), dg, size, p, int64(i*slice))
+			if err != nil || !ok || !bytes.Equal(p, good[i*slice:(i+1)*slice]) {
+				t.Errorf("good chunk slice %d: ok=%v err=%v or wrong bytes", i, ok, err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			p := make([]byte, slice)
+			if ok, err := s2.ReadAt(context.Background(), db, size, p, int64(i*slice)); err != nil || ok {
+				t.Errorf("corrupt chunk slice %d served: ok=%v err=%v", i, ok, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if st := s2.Stats(); st.Corrupt != 1 || st.Hits != readers {
+		t.Errorf("stats %+v: want 1 corrupt, %d hits", st, readers)
+	}
+}
