@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -247,5 +248,34 @@ func TestServeCommand(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// TestServeTCP serves on a kernel-chosen TCP port, named in the readiness
+// line, and nbdinfo reads the export's size there.
+func TestServeTCP(t *testing.T) {
+	testutil.Require(t, false, "nbdinfo")
+	host := testutil.GGCRRegistry(t)
+	ref := host + "/serve/tcp:v1"
+	_, want := testutil.BlockImage(t, ref, 1<<20)
+	cmd := exec.Command(lazyblk, "serve", "--plain-http", "--listen", "tcp:127.0.0.1:0", ref)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	lines := bufio.NewScanner(stderr)
+	lines.Scan()
+	addr := lines.Text()[strings.LastIndex(lines.Text(), "tcp:")+len("tcp:"):]
+	go func() {
+		for lines.Scan() {
+		}
+	}()
+	size := strings.TrimSpace(testutil.Run(t, "nbdinfo", "--size", "nbd://"+addr))
+	if size != strconv.Itoa(len(want)) {
+		t.Errorf("nbdinfo --size over TCP: %s, want %d", size, len(want))
 	}
 }
