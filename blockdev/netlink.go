@@ -17,7 +17,6 @@ const (
 	nlCmdConnect     = 1
 	nlCmdDisconnect  = 2
 	nlCmdReconfigure = 3
-	nlCmdStatus      = 5
 
 	nlAttrIndex           = 1
 	nlAttrSizeBytes       = 2
@@ -27,15 +26,10 @@ const (
 	nlAttrClientFlags     = 6
 	nlAttrSockets         = 7
 	nlAttrDeadConnTimeout = 8 // seconds
-	nlAttrDeviceList      = 9
 	nlAttrBackendID       = 10
 
 	nlSockItem = 1
 	nlSockFD   = 1
-
-	nlDeviceItem      = 1
-	nlDeviceIndex     = 1
-	nlDeviceConnected = 2
 
 	// The device disappears once disconnected, so nothing is left behind.
 	nlClientDestroyOnDisconnect = 1 << 0
@@ -192,46 +186,4 @@ func Detach(d Device) error {
 		return fmt.Errorf("blockdev: nbd disconnect %s: %w", d.Path(), err)
 	}
 	return nil
-}
-
-// Connected reports whether the device exists and has a server attached.
-func Connected(d Device) (bool, error) {
-	msgs, err := execute(nlCmdStatus, func(ae *netlink.AttributeEncoder) {
-		ae.Uint32(nlAttrIndex, d.Index)
-	})
-	if err != nil {
-		return false, fmt.Errorf("blockdev: nbd status %s: %w", d.Path(), err)
-	}
-	connected := false
-	for _, m := range msgs {
-		ad, err := netlink.NewAttributeDecoder(m.Data)
-		if err != nil {
-			return false, err
-		}
-		for ad.Next() {
-			if ad.Type() != nlAttrDeviceList {
-				continue
-			}
-			ad.Nested(func(list *netlink.AttributeDecoder) error {
-				for list.Next() {
-					list.Nested(func(item *netlink.AttributeDecoder) error {
-						var idx uint32
-						var up bool
-						for item.Next() {
-							switch item.Type() {
-							case nlDeviceIndex:
-								idx = item.Uint32()
-							case nlDeviceConnected:
-								up = item.Uint8() != 0
-							}
-						}
-						connected = connected || idx == d.Index && up
-						return nil
-					})
-				}
-				return nil
-			})
-		}
-	}
-	return connected, nil
 }

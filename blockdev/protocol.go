@@ -19,7 +19,6 @@ const (
 
 	optExportName = uint32(1)
 
-	repErrPolicy  = uint32(2 | 1<<31)
 	repErrInvalid = uint32(3 | 1<<31)
 
 	flagReadOnly  = uint16(1 << 1)
@@ -31,7 +30,6 @@ const (
 	cmdWriteZeroes = uint16(6)
 
 	errEIO       = uint32(5)
-	errENOSPC    = uint32(28)
 	errESHUTDOWN = uint32(108)
 
 	// maxOption bounds an option's payload: names are at most 4096 bytes
