@@ -66,8 +66,8 @@ func MountImage(srv *Server, export string, size int64, cfg MountConfig) (m *Mou
 	}
 	m = &Mount{Dir: cfg.Dir, FS: cfg.FS, Attach: cfg.Attach, Work: cfg.Work, Backend: cfg.Backend}
 	defer func() {
-		if err != nil {
-			err = errors.Join(err, m.Unmount())
+		if err != nil { // mount(2) is the last step: Dir was never ours
+			err = errors.Join(err, m.detach())
 			m = nil
 		}
 	}()
@@ -153,21 +153,24 @@ func closeAll(fs []*os.File) {
 // nbdfuse. Parts already gone are skipped, so it also cleans up after a
 // crash and is safe to repeat.
 func (m *Mount) Unmount() error {
-	if m.Source != "" || m.Dir != "" {
-		if err := unix.Unmount(m.Dir, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("blockdev: unmount %s: %w", m.Dir, err)
-		}
+	if err := unix.Unmount(m.Dir, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("blockdev: unmount %s: %w", m.Dir, err)
 	}
-	var errs []error
+	return m.detach()
+}
+
+// detach releases the device under the filesystem: the kernel NBD device,
+// or nbdfuse (a loop device on its file clears itself).
+func (m *Mount) detach() error {
 	if m.Device != nil {
 		if err := Detach(*m.Device); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, err)
+			return err
 		}
 	}
-	if m.Attach == AttachNBDFuse && m.Work != "" {
-		errs = append(errs, m.stopFuse())
+	if m.Attach == AttachNBDFuse {
+		return m.stopFuse()
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // loopAttach binds a read-only loop device to file and returns it open.

@@ -93,7 +93,8 @@ func setUp(c *cli.Context, work string) (*blockdev.Server, *fetcher.Image, *moun
 		im.Close()
 		return nil, nil, nil, err
 	}
-	if st.Mount != nil {
+	fresh := st.Mount == nil
+	if !fresh {
 		if err := blockdev.Reattach(srv, st.Source.Ref, st.Mount, st.Connections); err != nil {
 			return fail(fmt.Errorf("reattach %s: %w", st.Dir, err))
 		}
@@ -116,7 +117,10 @@ func setUp(c *cli.Context, work string) (*blockdev.Server, *fetcher.Image, *moun
 	}
 	st.PID = os.Getpid()
 	if err := st.write(work); err != nil {
-		return fail(errors.Join(err, st.Mount.Unmount()))
+		if fresh { // a reattach leaves the user's mount alone
+			err = errors.Join(err, st.Mount.Unmount())
+		}
+		return fail(err)
 	}
 	return srv, im, st, nil
 }
