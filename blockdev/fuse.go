@@ -17,8 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fuseReadyTimeout bounds nbdfuse's start: connect, negotiate, mount FUSE.
-const fuseReadyTimeout = 30 * time.Second
+const (
+	// fuseReadyTimeout bounds nbdfuse's start: connect, negotiate, mount FUSE.
+	fuseReadyTimeout = 30 * time.Second
+	// fuseStopTimeout bounds its exit once its FUSE directory is unmounted.
+	fuseStopTimeout = 10 * time.Second
+)
 
 // startFuse serves srv on a unix socket in m.Work and runs nbdfuse on it:
 // the export appears as the file Work/fuse/image.
@@ -96,7 +100,7 @@ func (m *Mount) stopFuse() error {
 	if m.fuseExited != nil {
 		select {
 		case <-m.fuseExited:
-		case <-time.After(fuseReadyTimeout):
+		case <-time.After(fuseStopTimeout):
 			m.fuse.Process.Kill()
 			<-m.fuseExited
 		}
@@ -113,25 +117,47 @@ func (m *Mount) stopFuse() error {
 	return errors.Join(errs...)
 }
 
-// reap waits for a process this one did not start to exit, and kills it
-// if it outlives the wait. It checks the name first: after a crash and a
-// reboot the pid may belong to something else.
+// reap waits for an nbdfuse this process did not start (the server that
+// did crashed) to exit after its FUSE unmount, and kills it if it lingers.
+// It checks the name first: after a crash the pid may be someone else's.
 func reap(pid int, name string) error {
 	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	if err != nil || strings.TrimSpace(string(comm)) != name {
 		return nil // gone, or not ours any more
 	}
+	return StopProcess(pid, 0, fuseStopTimeout)
+}
+
+// StopProcess sends sig (none when 0) to pid, waits up to wait for it to
+// exit, and kills it if it has not. A process already gone is not an
+// error. The wait is on a pidfd: no polling, no pid reuse race.
+func StopProcess(pid int, sig unix.Signal, wait time.Duration) error {
 	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
+	if errors.Is(err, unix.ESRCH) {
 		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("blockdev: pid %d: %w", pid, err)
 	}
 	defer unix.Close(fd)
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(fds, int(fuseReadyTimeout/time.Millisecond)); n == 1 {
-		return nil
+	if sig != 0 {
+		if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
+			return nil // exited meanwhile
+		}
 	}
-	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil {
-		return fmt.Errorf("blockdev: kill %s (pid %d): %w", name, pid, err)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(wait/time.Millisecond))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if n == 1 {
+			return nil
+		}
+		break
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("blockdev: kill pid %d: %w", pid, err)
 	}
 	return nil
 }

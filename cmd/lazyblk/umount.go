@@ -9,6 +9,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/lazyblk/lazyblk/blockdev"
 )
 
 // serverStopTimeout bounds the wait for a serving process to finish after
@@ -40,8 +42,8 @@ func runUmount(c *cli.Context) error {
 		return fmt.Errorf("umount: %s: %w", dir, err)
 	}
 	if st.serverAlive(work) {
-		if err := stopServer(st.PID); err != nil {
-			return err
+		if err := blockdev.StopProcess(st.PID, unix.SIGTERM, serverStopTimeout); err != nil {
+			return fmt.Errorf("umount: stop server: %w", err)
 		}
 		// A server that stopped cleanly took everything down itself.
 		if st, err = readState(work); errors.Is(err, os.ErrNotExist) {
@@ -63,36 +65,5 @@ func teardown(work string, st *mountState) error {
 		return err
 	}
 	os.Remove(filepath.Dir(work)) // the mounts directory, when this was the last
-	return nil
-}
-
-// stopServer sends SIGTERM and waits for the process to exit, then kills
-// it if it has not.
-func stopServer(pid int) error {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("umount: server pid %d: %w", pid, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil {
-		return nil // exited meanwhile
-	}
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	for {
-		n, err := unix.Poll(fds, int(serverStopTimeout/time.Millisecond))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if n == 1 {
-			return nil
-		}
-		break
-	}
-	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("umount: kill server pid %d: %w", pid, err)
-	}
 	return nil
 }
