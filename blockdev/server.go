@@ -95,7 +95,7 @@ func (s *Server) lookup(name string) *Export {
 // Serve accepts connections on l until Close, negotiating each. It
 // returns nil after Close, the accept error otherwise.
 func (s *Server) Serve(l net.Listener) error {
-	if !s.track(l) {
+	if !s.track(l, false) {
 		return net.ErrClosed
 	}
 	defer s.untrack(l)
@@ -133,17 +133,10 @@ func (s *Server) Transmit(conn net.Conn, name string) error {
 }
 
 func (s *Server) serve(conn net.Conn, start func(*bufio.Reader) (*Export, error)) error {
-	// Registered and counted under one lock, so Close either sees the
-	// connection or refuses it; never a wg.Add racing its Wait.
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if !s.track(conn, true) {
 		conn.Close()
 		return net.ErrClosed
 	}
-	s.open[conn] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
 	defer s.wg.Done()
 	defer s.untrack(conn)
 	defer conn.Close()
@@ -164,14 +157,19 @@ func (s *Server) quiet(err error) error {
 	return err
 }
 
-// track registers something Close must close; false once closed.
-func (s *Server) track(c io.Closer) bool {
+// track registers something Close must close, and counts a connection
+// goroutine Close waits for, under one lock: Close either sees it or
+// refuses it, never a wg.Add racing its Wait. False once closed.
+func (s *Server) track(c io.Closer, counted bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
 	s.open[c] = struct{}{}
+	if counted {
+		s.wg.Add(1)
+	}
 	return true
 }
 
@@ -184,7 +182,7 @@ func (s *Server) untrack(c io.Closer) {
 // Close stops accepting, fails requests still running, closes every
 // connection and waits for their goroutines. Sockets held by the kernel
 // see a dead connection: a new server can hand it fresh ones
-// (Device.Reconfigure).
+// (Reattach).
 func (s *Server) Close() error {
 	s.cancel() // first, so Serve sees why Accept failed
 	s.mu.Lock()
