@@ -14,7 +14,8 @@ if [ -z "$pkg" ]; then
   echo "vm-kernel: no linux-image-6.12-cloud-amd64 in apt's lists; install-deps.sh adds bookworm-backports" >&2
   exit 1
 fi
-tmp=$(mktemp -d "${dir%/*}/.vm.XXXXXX" 2>/dev/null || { mkdir -p "${dir%/*}"; mktemp -d "${dir%/*}/.vm.XXXXXX"; })
+mkdir -p "${dir%/*}"
+tmp=$(mktemp -d "${dir%/*}/.vm.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 chown _apt "$tmp" 2>/dev/null || true # apt downloads as _apt when it can
 (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null)
