@@ -4,14 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
+	"log/slog"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
-	"log/slog"
 
+	"github.com/lazyblk/lazyblk/config"
 	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
 )
@@ -126,24 +125,7 @@ func convertOptions(c *cli.Context) ([]imagefmt.Option, error) {
 }
 
 // parseSize reads 4194304, 4MiB, 4M, 64KiB or 64K.
-func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}}
-	mult := int64(1)
-	for _, u := range units {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = v, u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size like 4MiB", s)
-	}
-	return n * mult, nil
-}
+func parseSize(s string) (int64, error) { return config.ParseSize(s) }
 
 // stages prints one line per long step with its duration.
 type stages struct {

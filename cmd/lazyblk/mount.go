@@ -1,25 +1,19 @@
 package main
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"syscall"
+	"io"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc/status"
 
-	"github.com/lazyblk/lazyblk/blockdev"
+	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
+	"github.com/lazyblk/lazyblk/fetcherd"
+	"github.com/lazyblk/lazyblk/mounts"
 )
 
-func stateDirFlag() cli.Flag {
-	return &cli.StringFlag{Name: "state-dir", Value: defaultStateDir, EnvVars: []string{"LAZYBLK_STATE_DIR"},
-		Usage: "where mounts record their state"}
-}
+const defaultFetcherAddress = fetcherd.DefaultAddress
 
 func mountCommand() *cli.Command {
 	return &cli.Command{
@@ -30,6 +24,10 @@ func mountCommand() *cli.Command {
 mounts its filesystem (erofs or ext4, as converted) read-only on DIR. It returns
 once DIR is mounted; a background process keeps serving reads, its state and
 log under --state-dir. Take it all down with 'lazyblk umount DIR'.
+
+When a fetcher daemon (lazyblk fetcher) answers at --fetcher-address, it makes
+the mount, reading through its cache; --cache-dir or --state-dir ask for a
+mount of this command's own instead.
 
 Attach modes:
   netlink  the kernel's NBD driver over generic netlink (the production path;
@@ -48,11 +46,24 @@ Examples:
 			&cli.IntFlag{Name: "connections", Value: 4, Usage: "NBD connections serving the device"},
 			&cli.DurationFlag{Name: "io-timeout", Value: 30 * time.Second, Usage: "kernel NBD: a request unanswered this long is " +
 				"sent again on another connection; also how soon reads in flight resume after 'lazyblk reattach'"},
-			&cli.BoolFlag{Name: "json", Usage: "print the mount's state as JSON"},
+			&cli.BoolFlag{Name: "json", Usage: "print the mount as JSON"},
 			stateDirFlag(),
+			fetcherAddressFlag(),
 		),
 		Action: runMount,
 	}
+}
+
+// mountReport is what mount prints, whoever made the mount.
+type mountReport struct {
+	Ref     string `json:"ref"`
+	Dir     string `json:"dir"`
+	FS      string `json:"fs"`
+	Attach  string `json:"attach"`
+	Device  string `json:"device"`
+	PID     int    `json:"pid"`
+	ReadyMS int64  `json:"readyMs"`
+	Daemon  string `json:"daemon,omitempty"` // the fetcher daemon's socket, when it made the mount
 }
 
 func runMount(c *cli.Context) error {
@@ -64,122 +75,72 @@ func runMount(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	attach := c.String("attach")
-	if attach != "auto" && attach != blockdev.AttachNetlink && attach != blockdev.AttachNBDFuse {
-		return cli.Exit(fmt.Sprintf("--attach %q: want auto, netlink or nbdfuse", attach), 2)
-	}
-	if n := c.Int("connections"); n < 1 || n > 64 {
-		return cli.Exit(fmt.Sprintf("--connections %d: want 1 to 64", n), 2)
-	}
-	if d := c.Duration("io-timeout"); d < time.Second {
-		return cli.Exit(fmt.Sprintf("--io-timeout %v: want at least 1s", d), 2)
-	}
-	dir, err := absDir(c.Args().Get(1))
+	dir, err := mounts.AbsDir(c.Args().Get(1))
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return cli.Exit(fmt.Sprintf("mount: %s is not a directory", dir), 2)
+	req := mounts.Request{Source: src, Dir: dir, Attach: c.String("attach"), Connections: c.Int("connections"),
+		IOTimeout: c.Duration("io-timeout")}
+	if err := req.Check(); err != nil {
+		return cli.Exit("mount: "+err.Error(), 2)
 	}
-	work := stateDirFor(c.String("state-dir"), dir)
-	if st, err := readState(work); err == nil {
-		if st.serverAlive(work) {
-			return fmt.Errorf("mount: %s already has %s mounted (lazyblk umount %s)", dir, st.Source.Ref, dir)
-		}
-		return fmt.Errorf("mount: %s has state left by a server that died (lazyblk umount %s, or lazyblk reattach %s)", dir, dir, dir)
+	var rep mountReport
+	if addr := c.String("fetcher-address"); addr != "" && !c.IsSet("state-dir") && !c.IsSet("cache-dir") && fetcherd.Running(addr) {
+		rep, err = mountThroughDaemon(c, addr, req)
+	} else {
+		rep, err = mountHere(c, req)
 	}
-	if err := os.MkdirAll(work, 0o700); err != nil {
-		return err
-	}
-	st := &mountState{Source: src, Dir: dir, Attach: attach, Connections: c.Int("connections"),
-		IOTimeout: c.Duration("io-timeout"), Started: start}
-	if err := st.write(work); err != nil {
-		os.RemoveAll(work)
-		return err
-	}
-	rep, err := startServer(work, true)
 	if err != nil {
 		return err
 	}
-	if rep.Note != "" {
-		fmt.Fprintln(c.App.ErrWriter, "lazyblk:", rep.Note)
-	}
-	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep.State)
-	}
-	m := rep.State.Mount
-	fmt.Fprintf(c.App.Writer, "mounted %s on %s (%s via %s, %s) in %d ms\n", src.Ref, dir, m.FS, m.Attach, m.Source,
-		time.Since(start).Milliseconds())
-	return nil
+	rep.ReadyMS = time.Since(start).Milliseconds()
+	return printMount(c.App.Writer, c.Bool("json"), rep)
 }
 
-// readyReport is what the serving process sends its parent once the mount
-// is up (State) or has failed (Error).
-type readyReport struct {
-	State *mountState `json:"state,omitempty"`
-	Note  string      `json:"note,omitempty"`
-	Error string      `json:"error,omitempty"`
+func mountHere(c *cli.Context, req mounts.Request) (mountReport, error) {
+	st, note, err := manager(c).Mount(c.Context, req)
+	if err != nil {
+		return mountReport{}, err
+	}
+	if note != "" {
+		fmt.Fprintln(c.App.ErrWriter, "lazyblk:", note)
+	}
+	m := st.Mount
+	return mountReport{Ref: st.Source.Ref, Dir: st.Dir, FS: m.FS, Attach: m.Attach, Device: m.Source, PID: st.PID}, nil
 }
 
-const serveMountCmd = "serve-mount"
-
-// startServer starts the serving process for work in a session of its own
-// (it outlives this command and the terminal) and waits for its report.
-// When a fresh mount fails, everything it set up goes; when a reattach
-// fails, the mount and its state stay for another try or an umount.
-func startServer(work string, fresh bool) (*readyReport, error) {
-	self, err := os.Executable()
+func mountThroughDaemon(c *cli.Context, addr string, req mounts.Request) (mountReport, error) {
+	client, cc, err := fetcherd.Dial(addr)
 	if err != nil {
-		return nil, err
+		return mountReport{}, err
 	}
-	log, err := os.OpenFile(filepath.Join(work, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	defer cc.Close()
+	mi, err := client.Mount(c.Context, &fetcherv1.MountRequest{Ref: req.Source.Ref, Dir: req.Dir, PlainHttp: req.Source.PlainHTTP,
+		Attach: req.Attach, Connections: int32(req.Connections), IoTimeoutMs: req.IOTimeout.Milliseconds()})
 	if err != nil {
-		return nil, err
+		return mountReport{}, daemonError(addr, err)
 	}
-	defer log.Close()
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	cmd := exec.Command(self, serveMountCmd, work)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.ExtraFiles = []*os.File{w} // fd 3: the report
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	w.Close()
-	if err != nil {
-		if fresh {
-			os.RemoveAll(work)
-		}
-		return nil, fmt.Errorf("start server: %w", err)
-	}
-	var rep readyReport
-	err = json.NewDecoder(r).Decode(&rep) // one report, or EOF if it died first
-	go cmd.Wait()                         // reap it if it exits while this command still runs
-	if err != nil || rep.State == nil && rep.Error == "" {
-		tail, _ := os.ReadFile(filepath.Join(work, "serve.log"))
-		err := fmt.Errorf("server exited before it was ready:\n%s", lastLines(string(tail), 10))
-		if fresh { // tear down whatever it set up
-			st, _ := readState(work)
-			err = errors.Join(err, teardown(work, st))
-		}
-		return nil, err
-	}
-	if rep.Error != "" {
-		if fresh {
-			os.RemoveAll(work)
-		}
-		return nil, errors.New(rep.Error)
-	}
-	return &rep, nil
+	return mountReport{Ref: mi.Ref, Dir: mi.Dir, FS: mi.Fs, Attach: mi.Attach, Device: mi.Device, PID: int(mi.Pid), Daemon: addr}, nil
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+// daemonError turns a gRPC status into the daemon's own message.
+func daemonError(addr string, err error) error {
+	if s, ok := status.FromError(err); ok {
+		return fmt.Errorf("fetcher daemon (%s): %s", addr, s.Message())
+	}
+	return err
+}
+
+func printMount(w io.Writer, asJSON bool, r mountReport) error {
+	if asJSON {
+		return printJSON(w, r)
+	}
+	via := ""
+	if r.Daemon != "" {
+		via = ", by the fetcher daemon"
+	}
+	_, err := fmt.Fprintf(w, "mounted %s on %s (%s via %s, %s%s) in %d ms\n", r.Ref, r.Dir, r.FS, r.Attach, r.Device, via, r.ReadyMS)
+	return err
 }
 
 func reattachCommand() *cli.Command {
@@ -190,26 +151,29 @@ func reattachCommand() *cli.Command {
 		Description: `The kernel keeps a device whose server died, and its queued reads, for 5 minutes.
 reattach starts a new serving process that hands the device fresh connections:
 reads in flight and after complete. Kernel NBD (netlink) mounts only: nbdfuse
-cannot take a new server.`,
-		Flags:  []cli.Flag{stateDirFlag()},
-		Action: runReattach,
+cannot take a new server. A fetcher daemon does this for every such mount when
+it starts.`,
+		Flags: []cli.Flag{stateDirFlag()},
+		Action: func(c *cli.Context) error {
+			dir, err := dirArg(c)
+			if err != nil {
+				return err
+			}
+			st, err := manager(c).Reattach(c.Context, dir)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "reattached %s to %s\n", st.Mount.Device.Path(), dir)
+			return nil
+		},
 	}
 }
 
-func runReattach(c *cli.Context) error {
-	dir, work, st, err := mountOf(c)
-	if err != nil {
-		return err
+// dirArg reads the DIR argument of umount and reattach.
+func dirArg(c *cli.Context) (string, error) {
+	name := c.Command.Name
+	if c.NArg() != 1 {
+		return "", cli.Exit(fmt.Sprintf("%s needs DIR (see lazyblk %s --help)", name, name), 2)
 	}
-	if st.serverAlive(work) {
-		return fmt.Errorf("reattach: %s is still served by pid %d", dir, st.PID)
-	}
-	if st.Mount == nil || st.Mount.Device == nil {
-		return fmt.Errorf("reattach: %s is not attached through the kernel's NBD driver; lazyblk umount it and mount again", dir)
-	}
-	if _, err := startServer(work, false); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.App.Writer, "reattached %s to %s\n", st.Mount.Device.Path(), dir)
-	return nil
+	return mounts.AbsDir(c.Args().First())
 }

@@ -1,4 +1,4 @@
-package main
+package mounts
 
 import (
 	"crypto/sha256"
@@ -11,27 +11,26 @@ import (
 	"strings"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/lazyblk/lazyblk/blockdev"
 )
 
-// defaultStateDir holds one directory per mount, named by a hash of the
+// DefaultRoot holds one directory per mount, named by a hash of the
 // mountpoint:
 //
 //	/run/lazyblk/mounts/<sha256(dir)[:16]>/
-//	    state.json    mountState: what was asked, what is set up, who serves it
+//	    state.json    State: what was asked, what is set up, who serves it
 //	    serve.log     the serving process's log
+//	    ctl.sock      the serving process's control socket (stats, prefetch)
 //	    nbd.sock      nbdfuse's NBD socket (nbdfuse only)
 //	    nbdfuse.pid   written by nbdfuse once ready
 //	    fuse/         nbdfuse's FUSE mountpoint; nothing else may live there
 //
 // /run is a tmpfs: after a reboot nothing is mounted and no state is left.
-const defaultStateDir = "/run/lazyblk"
+const DefaultRoot = "/run/lazyblk"
 
-// mountState is state.json.
-type mountState struct {
-	Source      source          `json:"source"`
+// State is state.json.
+type State struct {
+	Source      Source          `json:"source"`
 	Dir         string          `json:"dir"`
 	Attach      string          `json:"attach"` // as asked: auto, netlink or nbdfuse
 	Connections int             `json:"connections"`
@@ -39,27 +38,30 @@ type mountState struct {
 	PID         int             `json:"pid,omitempty"`       // the serving process
 	Mount       *blockdev.Mount `json:"mount,omitempty"`
 	Started     time.Time       `json:"started"`
+	// Serving is filled in by List and Get: the serving process runs.
+	Serving bool `json:"serving"`
 }
 
-func stateDirFor(root, dir string) string {
+func workDir(root, dir string) string {
 	sum := sha256.Sum256([]byte(dir))
 	return filepath.Join(root, "mounts", hex.EncodeToString(sum[:8]))
 }
 
-func readState(work string) (*mountState, error) {
+func readState(work string) (*State, error) {
 	b, err := os.ReadFile(filepath.Join(work, "state.json"))
 	if err != nil {
 		return nil, err
 	}
-	var st mountState
+	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(work, "state.json"), err)
 	}
+	st.Serving = st.serverAlive(work)
 	return &st, nil
 }
 
 // write replaces state.json atomically: a crash leaves the old or the new.
-func (st *mountState) write(work string) error {
+func (st *State) write(work string) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
@@ -74,7 +76,7 @@ func (st *mountState) write(work string) error {
 // serverAlive reports whether the recorded serving process still runs: the
 // pid exists and is a lazyblk serving this state directory (a pid reused
 // after a crash is someone else's).
-func (st *mountState) serverAlive(work string) bool {
+func (st *State) serverAlive(work string) bool {
 	if st.PID <= 0 {
 		return false
 	}
@@ -83,12 +85,12 @@ func (st *mountState) serverAlive(work string) bool {
 		return false
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	return len(args) >= 3 && args[1] == serveMountCmd && args[len(args)-1] == work
+	return len(args) >= 3 && args[1] == ServeCommand && args[len(args)-1] == work
 }
 
-// absDir resolves a mountpoint argument to the absolute, symlink-free
+// AbsDir resolves a mountpoint argument to the absolute, symlink-free
 // path the kernel records, so every command finds the same state.
-func absDir(arg string) (string, error) {
+func AbsDir(arg string) (string, error) {
 	abs, err := filepath.Abs(arg)
 	if err != nil {
 		return "", err
@@ -99,22 +101,4 @@ func absDir(arg string) (string, error) {
 		return "", err
 	}
 	return abs, nil
-}
-
-// mountOf reads the DIR argument of umount and reattach and the state of
-// the mount on it.
-func mountOf(c *cli.Context) (dir, work string, st *mountState, err error) {
-	name := c.Command.Name
-	if c.NArg() != 1 {
-		return "", "", nil, cli.Exit(fmt.Sprintf("%s needs DIR (see lazyblk %s --help)", name, name), 2)
-	}
-	if dir, err = absDir(c.Args().First()); err != nil {
-		return "", "", nil, err
-	}
-	work = stateDirFor(c.String("state-dir"), dir)
-	st, err = readState(work)
-	if errors.Is(err, os.ErrNotExist) {
-		return dir, work, nil, fmt.Errorf("%s: %s is not a lazyblk mount (no state in %s)", name, dir, work)
-	}
-	return dir, work, st, err
 }

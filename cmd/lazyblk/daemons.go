@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/lazyblk/lazyblk/config"
+	"github.com/lazyblk/lazyblk/fetcherd"
+	"github.com/lazyblk/lazyblk/mounts"
+)
+
+func fetcherCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "fetcher",
+		Usage: "run the fetcher daemon: mounts block images on request, owns the chunk cache",
+		Description: `Serves the control API (api/fetcher/v1: Mount, Unmount, List, Prefetch, Stats)
+over gRPC on a unix socket. The snapshotter and 'lazyblk mount' use it; every
+mount it makes reads through its cache.
+
+Each mount is served by a process of its own that outlives the daemon:
+stopping or restarting the daemon leaves mounts and running containers alone.
+At start it hands kernel NBD devices whose server died to new servers.
+
+Runs on defaults without a config file: root /var/lib/lazyblk (cache in
+ROOT/cache, 10GiB), state /run/lazyblk, socket /run/lazyblk/fetcher.sock.
+See scripts/config/fetcher.toml for every key.
+
+Examples:
+  lazyblk fetcher
+  lazyblk fetcher --config /etc/lazyblk/fetcher.toml
+  lazyblk --log-level info fetcher --root /data/lazyblk --address /run/lazyblk/f.sock`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "TOML configuration file (default: none, built-in defaults)"},
+			&cli.StringFlag{Name: "root", Usage: "persistent directory (default cache location); overrides root"},
+			&cli.StringFlag{Name: "state", Usage: "mount state directory; overrides state"},
+			&cli.StringFlag{Name: "address", Usage: "control socket; overrides address"},
+		},
+		Action: runFetcher,
+	}
+}
+
+func runFetcher(c *cli.Context) error {
+	cfg, err := config.LoadFetcher(c.String("config"))
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	for flag, dst := range map[string]*string{"root": &cfg.Root, "state": &cfg.State, "address": &cfg.Address} {
+		if c.IsSet(flag) {
+			*dst = c.String(flag)
+		}
+	}
+	if err := cfg.Check(); err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	size, _ := cfg.CacheSize()
+	timeout, _ := cfg.IOTimeout()
+	for _, d := range cfg.CacheDirs() {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("cache directory: %w", err)
+		}
+	}
+	m := &mounts.Manager{Root: cfg.State}
+	srv := &fetcherd.Server{Mounts: m, Defaults: fetcherd.Defaults{Attach: cfg.Blockdev.Attach,
+		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size}}
+	l, err := fetcherd.Listen(cfg.Address)
+	if err != nil {
+		return err
+	}
+	fetcherd.Recover(c.Context, m)
+	g := fetcherd.NewGRPCServer(srv)
+	go func() {
+		<-c.Context.Done()
+		g.GracefulStop()
+	}()
+	slog.Info("fetcher daemon listening", "address", cfg.Address, "state", cfg.State, "cache", cfg.CacheDirs())
+	fmt.Fprintf(c.App.ErrWriter, "lazyblk fetcher: listening on %s\n", cfg.Address)
+	return g.Serve(l)
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/lazyblk/lazyblk/mounts"
+)
+
+func sourceFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "cache-dir", Usage: "chunk cache directory, repeatable: one per stripe, e.g. one per volume (default: no cache)"},
+		&cli.StringFlag{Name: "cache-size", Value: "10GiB", Usage: "cache capacity across all stripes"},
+		&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
+	}
+}
+
+// sourceFromFlags reads REF (the first argument) and the source flags.
+func sourceFromFlags(c *cli.Context) (mounts.Source, error) {
+	s := mounts.Source{Ref: c.Args().First(), PlainHTTP: c.Bool("plain-http"), CacheDirs: c.StringSlice("cache-dir")}
+	if err := s.Check(); err != nil {
+		return s, cli.Exit(err.Error(), 2)
+	}
+	size, err := parseSize(c.String("cache-size"))
+	if err != nil {
+		return s, cli.Exit("--cache-size: "+err.Error(), 2)
+	}
+	s.CacheSize = size
+	return s, nil
+}
+
+func stateDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "state-dir", Value: mounts.DefaultRoot, EnvVars: []string{"LAZYBLK_STATE_DIR"},
+		Usage: "where mounts record their state"}
+}
+
+func fetcherAddressFlag() cli.Flag {
+	return &cli.StringFlag{Name: "fetcher-address", Value: defaultFetcherAddress, EnvVars: []string{"LAZYBLK_FETCHER_ADDRESS"},
+		Usage: "the fetcher daemon's socket: used when a daemon answers there (empty: never)"}
+}
+
+func manager(c *cli.Context) *mounts.Manager {
+	return &mounts.Manager{Root: c.String("state-dir")}
+}

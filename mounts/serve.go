@@ -1,0 +1,202 @@
+package mounts
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/lazyblk/lazyblk/blockdev"
+	"github.com/lazyblk/lazyblk/fetcher"
+)
+
+// deviceDeadConnTimeout is how long a kernel device whose server died
+// keeps its requests queued for a reattach. Requests already sent to the
+// dead server are not requeued at once: the kernel re-sends them when
+// their I/O timeout expires (observed on 6.12: "Connection timed out,
+// retrying").
+const deviceDeadConnTimeout = 5 * time.Minute
+
+// Serve is the serving process of the mount whose state is in work: it
+// opens the image, starts the NBD server, mounts (or, when the state
+// already records a device, hands it fresh connections), reports through
+// report (then closed), and serves until ctx ends — SIGTERM from an
+// unmount — when it unmounts, detaches and removes the state.
+func Serve(ctx context.Context, work string, report *os.File) error {
+	say := func(rep readyReport) {
+		if report != nil {
+			json.NewEncoder(report).Encode(rep)
+			report.Close()
+			report = nil
+		}
+	}
+	srv, im, st, err := setUp(ctx, work)
+	if err != nil {
+		say(readyReport{Error: err.Error()})
+		return err
+	}
+	defer im.Close()
+	defer srv.Close()
+	ctl, err := serveControl(ctx, work, im, srv)
+	if err != nil {
+		st.Mount.Unmount()
+		say(readyReport{Error: err.Error()})
+		return err
+	}
+	defer ctl.Close()
+	note := ""
+	if st.Mount.Attach == blockdev.AttachNBDFuse && st.Attach == "auto" {
+		note = "kernel has no nbd driver: mounted through nbdfuse (a userspace NBD client) instead"
+	}
+	say(readyReport{State: st, Note: note})
+	slog.Info("serving", "ref", st.Source.Ref, "dir", st.Dir, "source", st.Mount.Source)
+
+	<-ctx.Done()
+	err = st.Mount.Unmount()
+	slog.Info("stopped", "dir", st.Dir, "stats", fmt.Sprintf("%+v", srv.Stats()), "err", err)
+	if err == nil {
+		err = os.RemoveAll(work)
+	}
+	return err
+}
+
+func setUp(ctx context.Context, work string) (*blockdev.Server, *fetcher.Image, *State, error) {
+	st, err := readState(work)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	im, err := st.Source.Open(ctx)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("mount %s: %w", st.Source.Ref, err)
+	}
+	srv, err := blockdev.NewServer([]blockdev.Export{{Name: st.Source.Ref, Backend: im}},
+		blockdev.WithLogger(slog.Default()))
+	if err != nil {
+		im.Close()
+		return nil, nil, nil, err
+	}
+	fail := func(err error) (*blockdev.Server, *fetcher.Image, *State, error) {
+		srv.Close()
+		im.Close()
+		return nil, nil, nil, err
+	}
+	fresh := st.Mount == nil
+	if !fresh {
+		if err := blockdev.Reattach(srv, st.Source.Ref, st.Mount, st.Connections); err != nil {
+			return fail(fmt.Errorf("reattach %s: %w", st.Dir, err))
+		}
+	} else {
+		attach := st.Attach
+		if attach == "auto" {
+			attach = blockdev.AttachNBDFuse
+			if blockdev.HasDriver() {
+				attach = blockdev.AttachNetlink
+			}
+		}
+		m, err := blockdev.MountImage(srv, st.Source.Ref, im.Size(), blockdev.MountConfig{
+			Dir: st.Dir, FS: im.Index().FS.String(), Attach: attach, Work: work, Connections: st.Connections,
+			Timeout: st.IOTimeout, DeadConnTimeout: deviceDeadConnTimeout, Backend: st.Source.Ref,
+		})
+		if err != nil {
+			return fail(fmt.Errorf("mount %s on %s: %w", st.Source.Ref, st.Dir, err))
+		}
+		st.Mount = m
+	}
+	st.PID = os.Getpid()
+	if err := st.write(work); err != nil {
+		if fresh { // a reattach leaves the user's mount alone
+			err = errors.Join(err, st.Mount.Unmount())
+		}
+		return fail(err)
+	}
+	st.Serving = true
+	return srv, im, st, nil
+}
+
+// Stats is what a serving process reports of its image.
+type Stats struct {
+	Image     fetcher.Stats  `json:"image"`
+	Server    blockdev.Stats `json:"server"`
+	ImageSize int64          `json:"imageSize"`
+	Complete  bool           `json:"complete"` // every chunk is cached
+}
+
+// serveControl answers the daemon on work/ctl.sock: GET /stats and POST
+// /prefetch (fetch the whole image in the background, below demand reads).
+func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *blockdev.Server) (*http.Server, error) {
+	path := filepath.Join(work, "ctl.sock")
+	os.Remove(path) // left by a server that died
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		json.NewEncoder(w).Encode(Stats{Image: im.Stats(), Server: srv.Stats(), ImageSize: im.Size(), Complete: im.Complete()})
+	})
+	mux.HandleFunc("POST /prefetch", func(w http.ResponseWriter, _ *http.Request) {
+		go func() {
+			if err := im.Fill(ctx); err != nil && ctx.Err() == nil {
+				slog.Warn("prefetch", "err", err)
+			}
+		}()
+		w.WriteHeader(http.StatusAccepted)
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(l)
+	return hs, nil
+}
+
+// control calls the serving process of the mount on dir.
+func (m *Manager) control(ctx context.Context, dir, method, path string, out any) error {
+	st, err := m.Get(dir)
+	if err != nil {
+		return err
+	}
+	if !st.Serving {
+		return fmt.Errorf("%s: its server is not running (lazyblk umount %s)", dir, dir)
+	}
+	sock := filepath.Join(workDir(m.root(), dir), "ctl.sock")
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, method, "http://mount"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: server control: %w", dir, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s: server control %s: %s", dir, path, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Stats returns the counters of the mount on dir.
+func (m *Manager) Stats(ctx context.Context, dir string) (*Stats, error) {
+	var s Stats
+	if err := m.control(ctx, dir, http.MethodGet, "/stats", &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Prefetch starts fetching the whole image of the mount on dir into the
+// cache, in the background and below demand reads.
+func (m *Manager) Prefetch(ctx context.Context, dir string) error {
+	return m.control(ctx, dir, http.MethodPost, "/prefetch", nil)
+}

@@ -1,0 +1,70 @@
+package mounts
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/fetcher"
+)
+
+// Source is where an image's chunks come from and where they are kept:
+// what cat, serve and mount share, and what a mount hands to its serving
+// process through the state file.
+type Source struct {
+	Ref       string   `json:"ref"`
+	PlainHTTP bool     `json:"plainHTTP,omitempty"`
+	CacheDirs []string `json:"cacheDirs,omitempty"`
+	CacheSize int64    `json:"cacheSize,omitempty"`
+	// IndexDigest and IndexSize, when set, pin the image to the chunk
+	// index they name (the lazyblk.index annotations a snapshotter gets as
+	// labels): Ref then only names the repository, and a tag that moved
+	// since the pull does not change what is mounted.
+	IndexDigest string `json:"indexDigest,omitempty"`
+	IndexSize   int64  `json:"indexSize,omitempty"`
+}
+
+// Check validates the source without touching the network.
+func (s Source) Check() error {
+	if _, err := fetcher.ParseLocation(s.Ref, s.PlainHTTP); err != nil {
+		return err
+	}
+	if s.IndexDigest != "" {
+		if _, err := v1.NewHash(s.IndexDigest); err != nil {
+			return fmt.Errorf("index digest %q: %w", s.IndexDigest, err)
+		}
+		if s.IndexSize <= 0 {
+			return fmt.Errorf("index digest %s without its size", s.IndexDigest)
+		}
+	}
+	return nil
+}
+
+// Open resolves the image and fetches its index; the image reads through
+// the cache when one is configured.
+func (s Source) Open(ctx context.Context) (*fetcher.Image, error) {
+	if err := s.Check(); err != nil {
+		return nil, err
+	}
+	loc, _ := fetcher.ParseLocation(s.Ref, s.PlainHTTP)
+	opts := []fetcher.Option{fetcher.WithLogger(slog.Default())}
+	if len(s.CacheDirs) > 0 {
+		store, err := cache.Open(s.CacheDirs, s.CacheSize, cache.WithLogger(slog.Default()))
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, fetcher.WithCache(store))
+	}
+	if s.IndexDigest == "" {
+		return fetcher.Open(ctx, loc, opts...)
+	}
+	h, _ := v1.NewHash(s.IndexDigest)
+	x, err := fetcher.FetchIndex(ctx, loc, h, s.IndexSize)
+	if err != nil {
+		return nil, err
+	}
+	return fetcher.OpenIndex(ctx, loc, x, opts...)
+}
