@@ -3,7 +3,7 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin/lazyblk
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps demo test lint bench fuzz clean
+.PHONY: all build deps demo test lint bench fuzz proto clean
 
 all: build
 
@@ -28,6 +28,14 @@ fuzz:
 
 bench: deps build
 	./scripts/bench/convert.sh
+
+# Regenerates the fetcher daemon's gRPC API (not needed to build: the
+# generated code is committed). Needs protoc (apt: protobuf-compiler).
+proto:
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.1
+	PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative api/fetcher/v1/fetcher.proto
 
 clean:
 	rm -rf bin

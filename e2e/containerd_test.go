@@ -284,4 +284,18 @@ func TestContainerd(t *testing.T) {
 	if ms := e.mounts(t); len(ms) != 0 {
 		t.Fatalf("after removing the images the fetcher still has mounts %v", ms)
 	}
+
+	// With the fetcher down the lazy mount cannot be made: the pull falls
+	// back to downloading and unpacking the converted image's fallback
+	// layer, and the container still runs.
+	e.fetcher.stop()
+	e.pull(t, lazy)
+	if out := e.ctr(t, "run", "--runc-root", e.runcRoot(), "--rm", "--snapshotter", "lazyblk", lazy, "c5", "cat", "/etc/hello"); out != "hello from a lazyblk image\n" {
+		t.Fatalf("container from the fallback unpack: %q", out)
+	}
+	if b, _ := os.ReadFile(e.snapshotter.log); !bytes.Contains(b, []byte("falling back to download and unpack")) {
+		t.Fatalf("the snapshotter did not log the fallback:\n%s", b)
+	}
+	e.startFetcher(t)
+	e.ctr(t, "images", "rm", "--sync", lazy)
 }

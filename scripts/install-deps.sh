@@ -13,6 +13,7 @@ packages=(
   qemu-system-x86 busybox-static  # a QEMU guest with the 6.12 kernel for kernel NBD tests
   util-linux                      # mount, losetup
   bc time curl                    # benchmark arithmetic, peak RSS, registry readiness
+  containerd runc                 # containerd 1.6 for the snapshotter tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
