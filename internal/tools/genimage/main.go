@@ -28,6 +28,7 @@ func main() {
 	weights := flag.Int64("weights", 256<<20, "bytes of random weights")
 	text := flag.Int64("text", 64<<20, "bytes of compressible text")
 	dir := flag.String("dir", os.TempDir(), "where to stage layer tars")
+	busybox := flag.String("busybox", "", "add this static busybox as /bin/busybox with /bin/sh and /bin/cat, so containers can run")
 	layoutDir := flag.String("layout", "", "write an OCI layout with uncompressed layers here (tag v1) instead of pushing to REF")
 	flag.Parse()
 	if (flag.NArg() != 1) == (*layoutDir == "") {
@@ -39,6 +40,18 @@ func main() {
 			hdr(tw, &tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755})
 		}
 		file(tw, "etc/os-release", strings("NAME=lazyblk-demo\n"))
+		if *busybox != "" {
+			b, err := os.ReadFile(*busybox)
+			if err != nil {
+				log.Fatal(err)
+			}
+			hdr(tw, &tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755})
+			hdr(tw, &tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(b))})
+			tw.Write(b)
+			for _, applet := range []string{"sh", "cat"} {
+				hdr(tw, &tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox"})
+			}
+		}
 		file(tw, "usr/bin/serve", strings("#!/bin/sh\necho serving\n"))
 		for i := range 200 {
 			file(tw, fmt.Sprintf("usr/lib/module%03d.py", i), strings(fmt.Sprintf("# module %d\nimport os\n", i)))
