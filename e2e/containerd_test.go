@@ -113,33 +113,40 @@ func (e *containerdEnv) pull(t *testing.T, ref string) {
 // (runc's default, /run/containerd/runc, is shared by every containerd).
 func (e *containerdEnv) runcRoot() string { return filepath.Join(e.dir, "runc") }
 
-// mounts returns the fetcher daemon's mounts through its gRPC API.
-func (e *containerdEnv) mounts(t *testing.T) []*fetcherv1.MountInfo {
+// fetcherAPI calls the fetcher daemon's gRPC API.
+func (e *containerdEnv) fetcherAPI(t *testing.T, call func(fetcherv1.FetcherClient) error) {
 	t.Helper()
 	c, cc, err := fetcherd.Dial(e.fetcherSock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	l, err := c.List(context.Background(), &fetcherv1.ListRequest{})
-	if err != nil {
+	if err := call(c); err != nil {
 		t.Fatal(err)
 	}
-	return l.Mounts
 }
 
-func (e *containerdEnv) stats(t *testing.T) []*fetcherv1.ImageStats {
-	t.Helper()
-	c, cc, err := fetcherd.Dial(e.fetcherSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	s, err := c.Stats(context.Background(), &fetcherv1.StatsRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s.Images
+// mounts returns the fetcher daemon's mounts.
+func (e *containerdEnv) mounts(t *testing.T) (ms []*fetcherv1.MountInfo) {
+	e.fetcherAPI(t, func(c fetcherv1.FetcherClient) error {
+		l, err := c.List(context.Background(), &fetcherv1.ListRequest{})
+		if err == nil {
+			ms = l.Mounts
+		}
+		return err
+	})
+	return ms
+}
+
+func (e *containerdEnv) stats(t *testing.T) (st []*fetcherv1.ImageStats) {
+	e.fetcherAPI(t, func(c fetcherv1.FetcherClient) error {
+		s, err := c.Stats(context.Background(), &fetcherv1.StatsRequest{})
+		if err == nil {
+			st = s.Images
+		}
+		return err
+	})
+	return st
 }
 
 // close stops containerd and the daemons, takes down any mount the test
@@ -265,9 +272,38 @@ func TestContainerd(t *testing.T) {
 	if out := e.ctr(t, "run", "--runc-root", e.runcRoot(), "--rm", "--snapshotter", "lazyblk", lazy, "c3", "cat", "/etc/hello"); out != "hello from a lazyblk image\n" {
 		t.Fatalf("container after the snapshotter restart: %q", out)
 	}
+	// View of the remote snapshot: a read-only bind mount of the block
+	// image.
+	chain := ""
+	for _, line := range strings.Split(e.ctr(t, "snapshots", "--snapshotter", "lazyblk", "ls"), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[1] == "Committed" { // KEY, no PARENT, KIND
+			chain = f[0]
+		}
+	}
+	e.ctr(t, "snapshots", "--snapshotter", "lazyblk", "view", "v1", chain)
+	view := e.ctr(t, "snapshots", "--snapshotter", "lazyblk", "mounts", "/mnt", "v1")
+	if !strings.Contains(view, "ro,rbind") || !strings.Contains(view, ms[0].Dir) {
+		t.Fatalf("View of %s: %q, want a read-only mount of %s", chain, view, ms[0].Dir)
+	}
+	e.ctr(t, "snapshots", "--snapshotter", "lazyblk", "rm", "v1")
+
+	// A snapshotter that starts with a remote snapshot whose block image
+	// is gone (after a reboot /run is empty) mounts it again.
+	e.snapshotter.kill()
 	e.ctr(t, "task", "kill", "-s", "SIGKILL", "c2")
 	e.ctr(t, "task", "delete", "--force", "c2")
 	e.ctr(t, "container", "delete", "c2")
+	if _, stderr, code := run(t, "umount", "--state-dir", e.fetcherState, ms[0].Dir); code != 0 {
+		t.Fatalf("umount the block image behind the snapshotter's back: %s", stderr)
+	}
+	e.startSnapshotter(t)
+	if ms := e.mounts(t); len(ms) != 1 || !ms[0].Serving {
+		t.Fatalf("the restarted snapshotter did not mount the block image again: %v", ms)
+	}
+	e.waitSnapshotter(t)
+	if out := e.ctr(t, "run", "--runc-root", e.runcRoot(), "--rm", "--snapshotter", "lazyblk", lazy, "c6", "cat", "/etc/hello"); out != "hello from a lazyblk image\n" {
+		t.Fatalf("container after the block image was mounted again: %q", out)
+	}
 
 	// An ordinary image through the same snapshotter: downloaded and
 	// unpacked, no block image.

@@ -51,7 +51,7 @@ func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcher
 		Source: mounts.Source{Ref: r.Ref, PlainHTTP: r.PlainHttp, CacheDirs: d.CacheDirs, CacheSize: d.CacheSize,
 			IndexDigest: r.IndexDigest, IndexSize: r.IndexSize},
 		Dir: filepath.Clean(r.Dir), Attach: r.Attach, Connections: int(r.Connections),
-		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond,
+		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond, Exclusive: r.Exclusive,
 	}
 	if req.Attach == "" {
 		req.Attach = d.Attach

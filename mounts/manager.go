@@ -53,6 +53,21 @@ type Request struct {
 	Attach      string        // auto, netlink or nbdfuse
 	Connections int           // NBD connections, 1 to 64
 	IOTimeout   time.Duration // kernel NBD request timeout, at least 1s
+	// Exclusive refuses a directory that already has a mount even of the
+	// same image; otherwise that mount is returned (a retried request).
+	Exclusive bool
+}
+
+// FieldError is a request whose field (attach, connections, io-timeout)
+// has a bad value; the CLI names its flag, the daemon the field.
+type FieldError struct {
+	Field string
+	Value any
+	Want  string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%s %q: want %s", e.Field, fmt.Sprint(e.Value), e.Want)
 }
 
 // Check validates a request without touching the network.
@@ -61,13 +76,13 @@ func (r Request) Check() error {
 		return err
 	}
 	if r.Attach != "auto" && r.Attach != blockdev.AttachNetlink && r.Attach != blockdev.AttachNBDFuse {
-		return fmt.Errorf("attach %q: want auto, netlink or nbdfuse", r.Attach)
+		return &FieldError{"attach", r.Attach, "auto, netlink or nbdfuse"}
 	}
 	if r.Connections < 1 || r.Connections > 64 {
-		return fmt.Errorf("connections %d: want 1 to 64", r.Connections)
+		return &FieldError{"connections", r.Connections, "1 to 64"}
 	}
 	if r.IOTimeout < time.Second {
-		return fmt.Errorf("io timeout %v: want at least 1s", r.IOTimeout)
+		return &FieldError{"io-timeout", r.IOTimeout, "at least 1s"}
 	}
 	if !filepath.IsAbs(r.Dir) {
 		return fmt.Errorf("mountpoint %q is not an absolute path", r.Dir)
@@ -130,7 +145,7 @@ func (m *Manager) Mount(ctx context.Context, req Request) (*State, string, error
 		switch {
 		case err != nil:
 			return nil, "", fmt.Errorf("%w: %s has a mount being made, or state left by a crash (lazyblk umount %s)", ErrBusy, req.Dir, req.Dir)
-		case st.Serving && st.Source.Ref == req.Source.Ref && st.Source.IndexDigest == req.Source.IndexDigest:
+		case st.Serving && !req.Exclusive && st.Source.Ref == req.Source.Ref && st.Source.IndexDigest == req.Source.IndexDigest:
 			return st, "", nil
 		case st.Serving:
 			return nil, "", fmt.Errorf("%w: %s already has %s mounted (lazyblk umount %s)", ErrBusy, req.Dir, st.Source.Ref, req.Dir)

@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
 
 	"github.com/lazyblk/lazyblk/config"
 	"github.com/lazyblk/lazyblk/fetcherd"
@@ -44,15 +46,10 @@ Examples:
 
 func runFetcher(c *cli.Context) error {
 	cfg, err := config.LoadFetcher(c.String("config"))
+	if err == nil {
+		err = overrides(c, cfg.Check, map[string]*string{"root": &cfg.Root, "state": &cfg.State, "address": &cfg.Address})
+	}
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
-	}
-	for flag, dst := range map[string]*string{"root": &cfg.Root, "state": &cfg.State, "address": &cfg.Address} {
-		if c.IsSet(flag) {
-			*dst = c.String(flag)
-		}
-	}
-	if err := cfg.Check(); err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
 	size, _ := cfg.CacheSize()
@@ -70,12 +67,29 @@ func runFetcher(c *cli.Context) error {
 		return err
 	}
 	fetcherd.Recover(c.Context, m)
-	g := fetcherd.NewGRPCServer(srv)
+	slog.Info("fetcher daemon", "state", cfg.State, "cache", cfg.CacheDirs())
+	return serveGRPC(c, "fetcher", fetcherd.NewGRPCServer(srv), l)
+}
+
+// overrides applies the flags that were given over their configuration
+// keys, then checks the result.
+func overrides(c *cli.Context, check func() error, keys map[string]*string) error {
+	for flag, dst := range keys {
+		if c.IsSet(flag) {
+			*dst = c.String(flag)
+		}
+	}
+	return check()
+}
+
+// serveGRPC serves g on l until the command's context ends (SIGTERM,
+// SIGINT), then stops gracefully. The "listening on" line is what
+// supervisors and tests wait for.
+func serveGRPC(c *cli.Context, name string, g *grpc.Server, l net.Listener) error {
 	go func() {
 		<-c.Context.Done()
 		g.GracefulStop()
 	}()
-	slog.Info("fetcher daemon listening", "address", cfg.Address, "state", cfg.State, "cache", cfg.CacheDirs())
-	fmt.Fprintf(c.App.ErrWriter, "lazyblk fetcher: listening on %s\n", cfg.Address)
+	fmt.Fprintf(c.App.ErrWriter, "lazyblk %s: listening on %s\n", name, l.Addr())
 	return g.Serve(l)
 }

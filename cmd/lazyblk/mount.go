@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -80,8 +81,12 @@ func runMount(c *cli.Context) error {
 		return err
 	}
 	req := mounts.Request{Source: src, Dir: dir, Attach: c.String("attach"), Connections: c.Int("connections"),
-		IOTimeout: c.Duration("io-timeout")}
+		IOTimeout: c.Duration("io-timeout"), Exclusive: true}
 	if err := req.Check(); err != nil {
+		var fe *mounts.FieldError
+		if errors.As(err, &fe) {
+			fe.Field = "--" + fe.Field
+		}
 		return cli.Exit("mount: "+err.Error(), 2)
 	}
 	var rep mountReport
@@ -116,7 +121,7 @@ func mountThroughDaemon(c *cli.Context, addr string, req mounts.Request) (mountR
 	}
 	defer cc.Close()
 	mi, err := client.Mount(c.Context, &fetcherv1.MountRequest{Ref: req.Source.Ref, Dir: req.Dir, PlainHttp: req.Source.PlainHTTP,
-		Attach: req.Attach, Connections: int32(req.Connections), IoTimeoutMs: req.IOTimeout.Milliseconds()})
+		Attach: req.Attach, Connections: int32(req.Connections), IoTimeoutMs: req.IOTimeout.Milliseconds(), Exclusive: true})
 	if err != nil {
 		return mountReport{}, daemonError(addr, err)
 	}

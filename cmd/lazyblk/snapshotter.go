@@ -59,15 +59,10 @@ Examples:
 
 func runSnapshotter(c *cli.Context) error {
 	cfg, err := config.LoadSnapshotter(c.String("config"))
+	if err == nil {
+		err = overrides(c, cfg.Check, map[string]*string{"root": &cfg.Root, "address": &cfg.Address, "fetcher-address": &cfg.FetcherAddress})
+	}
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
-	}
-	for flag, dst := range map[string]*string{"root": &cfg.Root, "address": &cfg.Address, "fetcher-address": &cfg.FetcherAddress} {
-		if c.IsSet(flag) {
-			*dst = c.String(flag)
-		}
-	}
-	if err := cfg.Check(); err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
 	client, cc, err := fetcherd.Dial(cfg.FetcherAddress)
@@ -86,13 +81,8 @@ func runSnapshotter(c *cli.Context) error {
 	}
 	g := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(g, snapshotservice.FromSnapshotter(sn))
-	go func() {
-		<-c.Context.Done()
-		g.GracefulStop()
-	}()
-	slog.Info("snapshotter listening", "address", cfg.Address, "root", cfg.Root, "fetcher", cfg.FetcherAddress)
-	fmt.Fprintf(c.App.ErrWriter, "lazyblk snapshotter: listening on %s\n", cfg.Address)
-	err = g.Serve(l)
+	slog.Info("snapshotter", "root", cfg.Root, "fetcher", cfg.FetcherAddress)
+	err = serveGRPC(c, "snapshotter", g, l)
 	slog.Info("snapshotter stopped", "stats", fmt.Sprintf("%+v", sn.Stats()))
 	return err
 }

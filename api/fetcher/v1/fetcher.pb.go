@@ -45,7 +45,11 @@ type MountRequest struct {
 	// NBD connections; 0 means the daemon's default.
 	Connections int32 `protobuf:"varint,7,opt,name=connections,proto3" json:"connections,omitempty"`
 	// Kernel NBD request timeout in milliseconds; 0 means the daemon's default.
-	IoTimeoutMs   int64 `protobuf:"varint,8,opt,name=io_timeout_ms,json=ioTimeoutMs,proto3" json:"io_timeout_ms,omitempty"`
+	IoTimeoutMs int64 `protobuf:"varint,8,opt,name=io_timeout_ms,json=ioTimeoutMs,proto3" json:"io_timeout_ms,omitempty"`
+	// Fail with AlreadyExists when dir already has a mount, even of the
+	// same image (by default that mount is returned: a retried Mount is
+	// harmless).
+	Exclusive     bool `protobuf:"varint,9,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -134,6 +138,13 @@ func (x *MountRequest) GetIoTimeoutMs() int64 {
 		return x.IoTimeoutMs
 	}
 	return 0
+}
+
+func (x *MountRequest) GetExclusive() bool {
+	if x != nil {
+		return x.Exclusive
+	}
+	return false
 }
 
 type MountInfo struct {
@@ -692,7 +703,7 @@ var File_api_fetcher_v1_fetcher_proto protoreflect.FileDescriptor
 
 const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\n" +
-	"\x1capi/fetcher/v1/fetcher.proto\x12\x12lazyblk.fetcher.v1\"\xf1\x01\n" +
+	"\x1capi/fetcher/v1/fetcher.proto\x12\x12lazyblk.fetcher.v1\"\x8f\x02\n" +
 	"\fMountRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12!\n" +
@@ -703,7 +714,8 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"plain_http\x18\x05 \x01(\bR\tplainHttp\x12\x16\n" +
 	"\x06attach\x18\x06 \x01(\tR\x06attach\x12 \n" +
 	"\vconnections\x18\a \x01(\x05R\vconnections\x12\"\n" +
-	"\rio_timeout_ms\x18\b \x01(\x03R\vioTimeoutMs\"\xe6\x01\n" +
+	"\rio_timeout_ms\x18\b \x01(\x03R\vioTimeoutMs\x12\x1c\n" +
+	"\texclusive\x18\t \x01(\bR\texclusive\"\xe6\x01\n" +
 	"\tMountInfo\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12\x0e\n" +
