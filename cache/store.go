@@ -12,11 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
 )
 
 // ErrCorrupt reports chunk bytes that do not match their digest.
@@ -97,6 +99,9 @@ func Open(dirs []string, capacity int64, opts ...Option) (*Store, error) {
 				return err
 			}
 			if strings.HasPrefix(d.Name(), tmpPrefix) {
+				if writerAlive(d.Name()) {
+					return nil // another process sharing the cache is writing it
+				}
 				return os.Remove(p) // a write a crash interrupted
 			}
 			dg, ok := parseDigest(d.Name())
@@ -131,6 +136,18 @@ const (
 	chunkDir  = "chunks"
 	tmpPrefix = ".tmp-"
 )
+
+// writerAlive reports whether the process that named a temp file
+// (.tmp-PID-random) still runs: several processes (one per mount) share a
+// cache directory, and opening it must not delete their writes in flight.
+func writerAlive(name string) bool {
+	pid, _, ok := strings.Cut(strings.TrimPrefix(name, tmpPrefix), "-")
+	n, err := strconv.Atoi(pid)
+	if !ok || err != nil || n <= 0 || n == os.Getpid() {
+		return false
+	}
+	return unix.Kill(n, 0) == nil
+}
 
 func parseDigest(name string) (Digest, bool) {
 	var d Digest

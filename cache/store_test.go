@@ -78,6 +78,12 @@ func TestRestart(t *testing.T) {
 	if err := os.WriteFile(tmp, []byte("half a chunk"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A temp file of a process that still runs (another mount sharing the
+	// cache, here this test's parent) is a write in flight: it stays.
+	live := filepath.Join(filepath.Dir(bad), fmt.Sprintf("%s%d-x", tmpPrefix, os.Getppid()))
+	if err := os.WriteFile(live, []byte("being written"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	s2, err := Open(dirs, 1<<20)
 	if err != nil {
@@ -85,6 +91,9 @@ func TestRestart(t *testing.T) {
 	}
 	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
 		t.Error("torn temp file survived Open")
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("Open removed the temp file of a live writer: %v", err)
 	}
 	for i, d := range ds {
 		want, _ := chunk(i, 8192)

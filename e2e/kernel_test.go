@@ -75,8 +75,10 @@ func newHoldProxy(t *testing.T, host string) string {
 // read provably waiting on the registry, the serving process is killed
 // with SIGKILL and lazyblk reattach hands the live device new sockets: the
 // read in flight (re-sent by the kernel after --io-timeout) and later ones
-// complete correctly. umount leaves no nbd
-// device behind.
+// complete correctly. Then the serving process and a running fetcher
+// daemon are both killed with a read pending: the restarted daemon hands
+// the device to a new server (its Recover), and the read completes
+// correctly. umount leaves no nbd device behind.
 func TestKernelNBD(t *testing.T) {
 	testutil.RequireVM(t)
 	host := testutil.GGCRRegistry(t)
@@ -111,6 +113,21 @@ wget -q -O /dev/null %srelease
 wait $reader
 sed 's/^/INFLIGHT /' /tmp/inflight
 sha256sum /mnt/text.txt | sed 's/^/AFTER /'
+/lazyblk --log-level info fetcher 2>/tmp/f1.log &
+fpid=$!
+until grep -q "listening on" /tmp/f1.log; do sleep 0.1; done
+pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/lazyblk/mounts/*/state.json)
+kill -9 $pid $fpid
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum /mnt/random.bin > /tmp/recover 2>&1 &
+reader=$!
+/lazyblk --log-level info fetcher 2>/tmp/f2.log &
+fpid=$!
+until grep -q "listening on" /tmp/f2.log; do sleep 0.1; done
+wait $reader
+sed 's/^/RECOVER /' /tmp/recover
+grep -q "recover: reattached" /tmp/f2.log && echo RECOVERED-BY-DAEMON
+kill $fpid
 /lazyblk umount /mnt
 (ls /sys/block; ls /dev) | grep nbd | sed 's/^/LEFT /' || true
 grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
@@ -130,16 +147,19 @@ grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
 		t.Errorf("not mounted from a kernel NBD device over netlink")
 	}
 	sums := map[string]string{}
-	for _, m := range regexp.MustCompile(`(SUM|INFLIGHT|AFTER) ([0-9a-f]{64})  (\S+)`).FindAllStringSubmatch(out, -1) {
+	for _, m := range regexp.MustCompile(`(SUM|INFLIGHT|AFTER|RECOVER) ([0-9a-f]{64})  (\S+)`).FindAllStringSubmatch(out, -1) {
 		sums[m[1]+" "+strings.TrimPrefix(m[3], "/mnt/")] = m[2]
 	}
 	for key, path := range map[string]string{
 		"SUM random.bin": "random.bin", "SUM text.txt": "text.txt", "SUM zeros.bin": "zeros.bin", "SUM small": "small",
-		"INFLIGHT random.bin": "random.bin", "AFTER text.txt": "text.txt",
+		"INFLIGHT random.bin": "random.bin", "AFTER text.txt": "text.txt", "RECOVER random.bin": "random.bin",
 	} {
 		if got := sums[key]; got != want[path].Digest {
 			t.Errorf("%s: guest read sha256 %q, want %s", key, got, want[path].Digest)
 		}
+	}
+	if !strings.Contains(out, "RECOVERED-BY-DAEMON") {
+		t.Errorf("the restarted fetcher daemon did not reattach the device whose server was killed")
 	}
 	if strings.Contains(out, "LEFT ") || !strings.Contains(out, "STILL-MOUNTED 0") {
 		t.Errorf("umount left a device or a mount behind")
