@@ -6,6 +6,7 @@ package config
 
 import (
 	"bytes"
+	_ "embed"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,15 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+)
+
+// FetcherExample and SnapshotterExample are the commented configuration
+// files that `lazyblk config default` prints: every key, at its default.
+var (
+	//go:embed fetcher.toml
+	FetcherExample string
+	//go:embed snapshotter.toml
+	SnapshotterExample string
 )
 
 // Fetcher is the fetcher daemon's configuration (lazyblk fetcher).

@@ -77,10 +77,11 @@ func TestRejects(t *testing.T) {
 	}
 }
 
-// TestExamples loads the commented example configurations shipped in
-// scripts/config: they must parse and equal the defaults they document.
+// TestExamples loads the commented example configurations (what `lazyblk
+// config default` prints): they must parse and equal the defaults they
+// document.
 func TestExamples(t *testing.T) {
-	f, err := LoadFetcher("../scripts/config/fetcher.toml")
+	f, err := LoadFetcher(write(t, FetcherExample))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,7 @@ func TestExamples(t *testing.T) {
 	if !reflect.DeepEqual(f, want) {
 		t.Errorf("fetcher.toml = %+v, defaults %+v", f, want)
 	}
-	s, err := LoadSnapshotter("../scripts/config/snapshotter.toml")
+	s, err := LoadSnapshotter(write(t, SnapshotterExample))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
+	"github.com/lazyblk/lazyblk/config"
 	"github.com/lazyblk/lazyblk/fetcherd"
 	"github.com/lazyblk/lazyblk/internal/testutil"
 )
@@ -100,11 +101,51 @@ func TestFetcherDaemon(t *testing.T) {
 	if mi, err := c.Mount(ctx, &fetcherv1.MountRequest{Ref: ref, Dir: mnt, PlainHttp: true}); err != nil || mi.Pid != l.Mounts[0].Pid {
 		t.Fatalf("repeated Mount: %v %v, want the running mount", mi, err)
 	}
+	// status shows the same for humans and machines.
+	out, stderr, code = run(t, "status", "--address", sock, "--json")
+	var sts []struct {
+		Dir     string
+		Serving bool
+		Stats   struct {
+			ImageSize int64 `json:"image_size"`
+			Complete  bool
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &sts); code != 0 || err != nil || len(sts) != 1 || sts[0].Dir != mnt ||
+		!sts[0].Serving || !sts[0].Stats.Complete || sts[0].Stats.ImageSize != int64(len(want)) {
+		t.Fatalf("status --json: exit %d %v: %s %s", code, err, out, stderr)
+	}
+	if out, _, _ := run(t, "status", "--address", sock); !strings.Contains(out, mnt) || !strings.Contains(out, "MiB (") {
+		t.Errorf("status: %s", out)
+	}
 	// umount finds the daemon's mount in the daemon's state directory.
 	if _, stderr, code := run(t, "umount", "--state-dir", e.state, mnt); code != 0 {
 		t.Fatalf("umount: exit %d: %s", code, stderr)
 	}
 	if l, err := c.List(ctx, &fetcherv1.ListRequest{}); err != nil || len(l.Mounts) != 0 {
 		t.Fatalf("List after umount: %v %v", l, err)
+	}
+}
+
+// TestConfigDefault: what `lazyblk config default` prints is a valid
+// configuration for the daemon it names; without a daemon, status says so.
+func TestConfigDefault(t *testing.T) {
+	for name, load := range map[string]func(string) error{
+		"fetcher":     func(p string) error { _, err := config.LoadFetcher(p); return err },
+		"snapshotter": func(p string) error { _, err := config.LoadSnapshotter(p); return err },
+	} {
+		out, stderr, code := run(t, "config", "default", name)
+		p := filepath.Join(t.TempDir(), name+".toml")
+		os.WriteFile(p, []byte(out), 0o600)
+		if code != 0 || !strings.Contains(out, "# ") {
+			t.Fatalf("config default %s: exit %d: %s", name, code, stderr)
+		}
+		if err := load(p); err != nil {
+			t.Errorf("config default %s does not load: %v", name, err)
+		}
+	}
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	if _, stderr, code := run(t, "status", "--address", sock); code != 1 || !strings.Contains(stderr, sock) {
+		t.Errorf("status without a daemon: exit %d: %s", code, stderr)
 	}
 }

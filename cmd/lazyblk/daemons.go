@@ -28,7 +28,7 @@ At start it hands kernel NBD devices whose server died to new servers.
 
 Runs on defaults without a config file: root /var/lib/lazyblk (cache in
 ROOT/cache, 10GiB), state /run/lazyblk, socket /run/lazyblk/fetcher.sock.
-See scripts/config/fetcher.toml for every key.
+'lazyblk config default fetcher' prints every key, commented.
 
 Examples:
   lazyblk fetcher

@@ -42,7 +42,7 @@ containerd 2.x (version 3): the same proxy_plugins table; CRI's is
 
 Runs on defaults without a config file: root /var/lib/lazyblk/snapshotter,
 socket /run/lazyblk/snapshotter.sock, fetcher at /run/lazyblk/fetcher.sock.
-See scripts/config/snapshotter.toml for every key.
+'lazyblk config default snapshotter' prints every key, commented.
 
 Examples:
   lazyblk snapshotter

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
+	"github.com/lazyblk/lazyblk/config"
+	"github.com/lazyblk/lazyblk/fetcherd"
+)
+
+func configCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "config",
+		Usage: "print the daemons' configuration files",
+		Subcommands: []*cli.Command{{
+			Name:      "default",
+			Usage:     "print a commented configuration with every key at its default",
+			ArgsUsage: "fetcher|snapshotter",
+			Description: `Examples:
+  lazyblk config default fetcher > /etc/lazyblk/fetcher.toml
+  lazyblk config default snapshotter > /etc/lazyblk/snapshotter.toml`,
+			Action: func(c *cli.Context) error {
+				switch c.Args().First() {
+				case "fetcher":
+					fmt.Fprint(c.App.Writer, config.FetcherExample)
+				case "snapshotter":
+					fmt.Fprint(c.App.Writer, config.SnapshotterExample)
+				default:
+					return cli.Exit("config default needs fetcher or snapshotter", 2)
+				}
+				return nil
+			},
+		}},
+	}
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the fetcher daemon's mounts and what each has fetched",
+		Description: `Asks the fetcher daemon (lazyblk fetcher) for its mounts and their counters.
+
+Examples:
+  lazyblk status
+  lazyblk status --json --address /run/lazyblk/fetcher.sock`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "address", Value: fetcherd.DefaultAddress, EnvVars: []string{"LAZYBLK_FETCHER_ADDRESS"},
+				Usage: "the fetcher daemon's socket"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		},
+		Action: runStatus,
+	}
+}
+
+// mountStatus is one line of status.
+type mountStatus struct {
+	*fetcherv1.MountInfo
+	Stats *fetcherv1.ImageStats `json:"stats,omitempty"`
+}
+
+func runStatus(c *cli.Context) error {
+	addr := c.String("address")
+	if !fetcherd.Running(addr) {
+		return fmt.Errorf("status: no fetcher daemon answers at %s (start one with lazyblk fetcher)", addr)
+	}
+	client, cc, err := fetcherd.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	l, err := client.List(c.Context, &fetcherv1.ListRequest{})
+	if err != nil {
+		return daemonError(addr, err)
+	}
+	st, err := client.Stats(c.Context, &fetcherv1.StatsRequest{})
+	if err != nil {
+		return daemonError(addr, err)
+	}
+	byDir := map[string]*fetcherv1.ImageStats{}
+	for _, s := range st.Images {
+		byDir[s.Dir] = s
+	}
+	out := []mountStatus{}
+	for _, m := range l.Mounts {
+		out = append(out, mountStatus{m, byDir[m.Dir]})
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, out)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tHITS\tMISSES")
+	for _, m := range out {
+		fetched := "-"
+		hits, misses := "-", "-"
+		if s := m.Stats; s != nil && s.ImageSize > 0 {
+			fetched = fmt.Sprintf("%.1f MiB (%.1f%%)", float64(s.BytesFetched)/(1<<20), 100*float64(s.BytesFetched)/float64(s.ImageSize))
+			hits, misses = fmt.Sprint(s.CacheHits), fmt.Sprint(s.CacheMisses)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\n", m.Dir, m.Ref, m.Fs, m.Attach, m.Serving, fetched, hits, misses)
+	}
+	return tw.Flush()
+}
