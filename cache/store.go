@@ -207,6 +207,9 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 			if _, ok := s.verified.Load(d); ok {
 				return nil, nil // checked by a reader that just finished
 			}
+			if !s.current(e) {
+				return false, nil // found corrupt and dropped by a check that just finished
+			}
 			whole := make([]byte, size)
 			if _, err := f.ReadAt(whole, 0); err != nil || sha256.Sum256(whole) != d {
 				s.corrupt.Add(1)
@@ -246,6 +249,15 @@ func (s *Store) unpin(e *entry) {
 	s.mu.Lock()
 	e.pins--
 	s.mu.Unlock()
+}
+
+// current reports whether e is still the entry for its digest (not
+// dropped or replaced since the caller found it).
+func (s *Store) current(e *entry) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	el, ok := s.entries[e.d]
+	return ok && el.Value == e
 }
 
 // drop forgets an entry and deletes its file: metadata first, then data.
