@@ -65,9 +65,14 @@ type Snapshotter struct {
 	PlainHTTP []string `toml:"plain_http"`
 }
 
+// DefaultFetcherAddress is the fetcher daemon's socket unless configured
+// otherwise: where the snapshotter, `lazyblk mount` and `lazyblk status`
+// look for it.
+const DefaultFetcherAddress = "/run/lazyblk/fetcher.sock"
+
 // DefaultFetcher is the fetcher daemon's configuration without a file.
 func DefaultFetcher() Fetcher {
-	return Fetcher{Root: "/var/lib/lazyblk", State: "/run/lazyblk", Address: "/run/lazyblk/fetcher.sock",
+	return Fetcher{Root: "/var/lib/lazyblk", State: "/run/lazyblk", Address: DefaultFetcherAddress,
 		Cache:    Cache{Size: "10GiB"},
 		Blockdev: Blockdev{Attach: "auto", Connections: 4, IOTimeout: "30s"}}
 }
@@ -75,7 +80,7 @@ func DefaultFetcher() Fetcher {
 // DefaultSnapshotter is the snapshotter's configuration without a file.
 func DefaultSnapshotter() Snapshotter {
 	return Snapshotter{Root: "/var/lib/lazyblk/snapshotter", Address: "/run/lazyblk/snapshotter.sock",
-		FetcherAddress: "/run/lazyblk/fetcher.sock"}
+		FetcherAddress: DefaultFetcherAddress}
 }
 
 // load decodes path over the defaults in v; "" leaves the defaults.

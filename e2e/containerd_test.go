@@ -16,6 +16,7 @@ import (
 	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
 	"github.com/lazyblk/lazyblk/fetcherd"
 	"github.com/lazyblk/lazyblk/internal/testutil"
+	"github.com/lazyblk/lazyblk/mounts"
 )
 
 // containerdEnv is a private containerd 1.6 (Debian's, with runc) whose
@@ -168,15 +169,11 @@ func (e *containerdEnv) close(t *testing.T) {
 			d.stop()
 		}
 	}
-	if ents, _ := os.ReadDir(filepath.Join(e.fetcherState, "mounts")); len(ents) > 0 {
-		t.Errorf("%d lazyblk mounts left after the images were removed", len(ents))
-		states, _ := filepath.Glob(filepath.Join(e.fetcherState, "mounts/*/state.json"))
-		for _, s := range states {
-			b, _ := os.ReadFile(s)
-			if i := bytes.Index(b, []byte(`"dir": "`)); i >= 0 {
-				dir := string(b[i+8:])
-				run(t, "umount", "--state-dir", e.fetcherState, dir[:strings.IndexByte(dir, '"')])
-			}
+	m := &mounts.Manager{Root: e.fetcherState}
+	if left, _ := m.List(); len(left) > 0 {
+		t.Errorf("%d lazyblk mounts left after the images were removed", len(left))
+		for _, st := range left {
+			m.Unmount(st.Dir)
 		}
 	}
 	// containerd leaves its own mounts (shm, rootfs) only while tasks run.
@@ -334,4 +331,10 @@ func TestContainerd(t *testing.T) {
 	}
 	e.startFetcher(t)
 	e.ctr(t, "images", "rm", "--sync", lazy)
+	// The snapshotter counted the fallback; it reports its counters when it
+	// stops.
+	e.snapshotter.stop()
+	if b, _ := os.ReadFile(e.snapshotter.log); !bytes.Contains(b, []byte("Fallbacks:1}")) {
+		t.Errorf("the snapshotter's counters at exit do not show one fallback:\n%s", b)
+	}
 }

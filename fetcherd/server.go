@@ -25,9 +25,6 @@ import (
 	"github.com/lazyblk/lazyblk/mounts"
 )
 
-// DefaultAddress is the daemon's socket unless configured otherwise.
-const DefaultAddress = "/run/lazyblk/fetcher.sock"
-
 // Defaults are what a Mount request leaves unsaid.
 type Defaults struct {
 	Attach      string
@@ -123,7 +120,7 @@ func (s *Server) Stats(ctx context.Context, r *fetcherv1.StatsRequest) (*fetcher
 	for _, st := range sts {
 		is := &fetcherv1.ImageStats{Dir: st.Dir, Ref: st.Source.Ref}
 		if st.Serving {
-			ms, err := s.Mounts.Stats(ctx, st.Dir)
+			ms, err := s.Mounts.Stats(ctx, st)
 			if err != nil && r.Dir != "" {
 				return nil, toStatus(err)
 			}
@@ -183,14 +180,14 @@ func Recover(ctx context.Context, m *mounts.Manager) {
 	}
 }
 
-// Listen opens the daemon's unix socket, replacing a stale one; it fails
-// when another daemon answers on it.
+// Listen opens a daemon's unix socket (the fetcher's or the
+// snapshotter's), replacing a stale one; it fails when another daemon
+// answers on it.
 func Listen(address string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
 		return nil, err
 	}
-	if c, err := net.DialTimeout("unix", address, time.Second); err == nil {
-		c.Close()
+	if Running(address) {
 		return nil, fmt.Errorf("listen %s: another daemon answers there", address)
 	}
 	os.Remove(address)

@@ -101,7 +101,7 @@ type Manager struct {
 	Exe string
 
 	mu    sync.Mutex
-	locks map[string]*sync.Mutex // per mountpoint, held while mounting or unmounting it
+	locks map[string]*dirLock // per mountpoint being mounted or unmounted; gone when idle
 }
 
 func (m *Manager) root() string {
@@ -111,21 +111,36 @@ func (m *Manager) root() string {
 	return m.Root
 }
 
+// dirLock is one mountpoint's lock and how many hold or wait for it.
+type dirLock struct {
+	sync.Mutex
+	users int
+}
+
 // lock serialises operations on one mountpoint within this process;
-// across processes the state directory's mkdir is the claim.
+// across processes the state directory's mkdir is the claim. An idle
+// mountpoint's lock is dropped, so a long-running daemon keeps none.
 func (m *Manager) lock(dir string) func() {
 	m.mu.Lock()
 	if m.locks == nil {
-		m.locks = map[string]*sync.Mutex{}
+		m.locks = map[string]*dirLock{}
 	}
 	l, ok := m.locks[dir]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &dirLock{}
 		m.locks[dir] = l
 	}
+	l.users++
 	m.mu.Unlock()
 	l.Lock()
-	return l.Unlock
+	return func() {
+		l.Unlock()
+		m.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(m.locks, dir)
+		}
+		m.mu.Unlock()
+	}
 }
 
 // Mount mounts req.Source on req.Dir and returns once it is mounted, with

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/lazyblk/lazyblk/blockdev"
@@ -128,7 +129,8 @@ type Stats struct {
 }
 
 // serveControl answers the daemon on work/ctl.sock: GET /stats and POST
-// /prefetch (fetch the whole image in the background, below demand reads).
+// /prefetch (fetch the whole image in the background, below demand reads;
+// a fill already running is not started again).
 func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *blockdev.Server) (*http.Server, error) {
 	path := filepath.Join(work, "ctl.sock")
 	os.Remove(path) // left by a server that died
@@ -140,12 +142,16 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		json.NewEncoder(w).Encode(Stats{Image: im.Stats(), Server: srv.Stats(), ImageSize: im.Size(), Complete: im.Complete()})
 	})
+	var filling atomic.Bool
 	mux.HandleFunc("POST /prefetch", func(w http.ResponseWriter, _ *http.Request) {
-		go func() {
-			if err := im.Fill(ctx); err != nil && ctx.Err() == nil {
-				slog.Warn("prefetch", "err", err)
-			}
-		}()
+		if filling.CompareAndSwap(false, true) {
+			go func() {
+				defer filling.Store(false)
+				if err := im.Fill(ctx); err != nil && ctx.Err() == nil {
+					slog.Warn("prefetch", "err", err)
+				}
+			}()
+		}
 		w.WriteHeader(http.StatusAccepted)
 	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -153,12 +159,10 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 	return hs, nil
 }
 
-// control calls the serving process of the mount on dir.
-func (m *Manager) control(ctx context.Context, dir, method, path string, out any) error {
-	st, err := m.Get(dir)
-	if err != nil {
-		return err
-	}
+// control calls the serving process of the mount st (as Get or List
+// returned it).
+func (m *Manager) control(ctx context.Context, st *State, method, path string, out any) error {
+	dir := st.Dir
 	if !st.Serving {
 		return fmt.Errorf("%s: its server is not running (lazyblk umount %s)", dir, dir)
 	}
@@ -186,10 +190,10 @@ func (m *Manager) control(ctx context.Context, dir, method, path string, out any
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// Stats returns the counters of the mount on dir.
-func (m *Manager) Stats(ctx context.Context, dir string) (*Stats, error) {
+// Stats returns the counters of the mount st (as Get or List returned it).
+func (m *Manager) Stats(ctx context.Context, st *State) (*Stats, error) {
 	var s Stats
-	if err := m.control(ctx, dir, http.MethodGet, "/stats", &s); err != nil {
+	if err := m.control(ctx, st, http.MethodGet, "/stats", &s); err != nil {
 		return nil, err
 	}
 	return &s, nil
@@ -198,5 +202,9 @@ func (m *Manager) Stats(ctx context.Context, dir string) (*Stats, error) {
 // Prefetch starts fetching the whole image of the mount on dir into the
 // cache, in the background and below demand reads.
 func (m *Manager) Prefetch(ctx context.Context, dir string) error {
-	return m.control(ctx, dir, http.MethodPost, "/prefetch", nil)
+	st, err := m.Get(dir)
+	if err != nil {
+		return err
+	}
+	return m.control(ctx, st, http.MethodPost, "/prefetch", nil)
 }

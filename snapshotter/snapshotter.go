@@ -109,10 +109,10 @@ type target struct {
 	indexSize   int64
 }
 
-// remoteTarget reads a lazyblk layer from Prepare's labels; ok is false
-// for an ordinary layer.
-func remoteTarget(labels map[string]string) (t target, ok bool, err error) {
-	t.chainID = labels[snapshots.LabelSnapshotRef]
+// remoteTarget reads the lazyblk layer chainID from its labels (Prepare's,
+// or a committed remote snapshot's); ok is false for an ordinary layer.
+func remoteTarget(chainID string, labels map[string]string) (t target, ok bool, err error) {
+	t.chainID = chainID
 	t.indexDigest = labels[imagefmt.AnnotationIndex]
 	if t.chainID == "" || t.indexDigest == "" {
 		return t, false, nil
@@ -136,7 +136,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return nil, err
 		}
 	}
-	t, ok, err := remoteTarget(info.Labels)
+	t, ok, err := remoteTarget(info.Labels[snapshots.LabelSnapshotRef], info.Labels)
 	if ok && parent == "" {
 		if err == nil {
 			err = s.prepareRemote(ctx, key, t, opts)
@@ -305,11 +305,7 @@ func (s *Snapshotter) restore(ctx context.Context) {
 				return err
 			}
 			if dir := s.fsDir(id); !isMountpoint(dir) {
-				labels := map[string]string{snapshots.LabelSnapshotRef: info.Name}
-				for k, v := range info.Labels {
-					labels[k] = v
-				}
-				t, _, err := remoteTarget(labels)
+				t, _, err := remoteTarget(info.Name, info.Labels)
 				if err != nil {
 					slog.Error("restore: remote snapshot without its labels", "name", info.Name, "err", err)
 					return nil

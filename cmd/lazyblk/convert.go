@@ -102,7 +102,7 @@ func convertOptions(c *cli.Context) ([]imagefmt.Option, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--fs: %w", err)
 	}
-	size, err := parseSize(c.String("chunk-size"))
+	size, err := config.ParseSize(c.String("chunk-size"))
 	if err != nil {
 		return nil, fmt.Errorf("--chunk-size: %w", err)
 	}
@@ -123,9 +123,6 @@ func convertOptions(c *cli.Context) ([]imagefmt.Option, error) {
 	}
 	return opts, nil
 }
-
-// parseSize reads 4194304, 4MiB, 4M, 64KiB or 64K.
-func parseSize(s string) (int64, error) { return config.ParseSize(s) }
 
 // stages prints one line per long step with its duration.
 type stages struct {

@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/urfave/cli/v2"
 
+	"github.com/lazyblk/lazyblk/config"
 	"github.com/lazyblk/lazyblk/mounts"
 )
 
@@ -20,7 +21,7 @@ func sourceFromFlags(c *cli.Context) (mounts.Source, error) {
 	if err := s.Check(); err != nil {
 		return s, cli.Exit(err.Error(), 2)
 	}
-	size, err := parseSize(c.String("cache-size"))
+	size, err := config.ParseSize(c.String("cache-size"))
 	if err != nil {
 		return s, cli.Exit("--cache-size: "+err.Error(), 2)
 	}
@@ -34,7 +35,7 @@ func stateDirFlag() cli.Flag {
 }
 
 func fetcherAddressFlag() cli.Flag {
-	return &cli.StringFlag{Name: "fetcher-address", Value: defaultFetcherAddress, EnvVars: []string{"LAZYBLK_FETCHER_ADDRESS"},
+	return &cli.StringFlag{Name: "fetcher-address", Value: config.DefaultFetcherAddress, EnvVars: []string{"LAZYBLK_FETCHER_ADDRESS"},
 		Usage: "the fetcher daemon's socket: used when a daemon answers there (empty: never)"}
 }
 

@@ -14,8 +14,6 @@ import (
 	"github.com/lazyblk/lazyblk/mounts"
 )
 
-const defaultFetcherAddress = fetcherd.DefaultAddress
-
 func mountCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "mount",

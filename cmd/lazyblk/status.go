@@ -47,7 +47,7 @@ Examples:
   lazyblk status
   lazyblk status --json --address /run/lazyblk/fetcher.sock`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "address", Value: fetcherd.DefaultAddress, EnvVars: []string{"LAZYBLK_FETCHER_ADDRESS"},
+			&cli.StringFlag{Name: "address", Value: config.DefaultFetcherAddress, EnvVars: []string{"LAZYBLK_FETCHER_ADDRESS"},
 				Usage: "the fetcher daemon's socket"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
