@@ -22,10 +22,13 @@
 //
 // Containers on top get overlayfs with the block image as lower layer and
 // their own upper and work directories; View gets a read-only bind mount.
-// Remove of a remote snapshot unmounts the block image (in the same
-// metadata transaction: a failed unmount leaves the snapshot), and a
-// restarted snapshotter mounts again whatever remote snapshot lost its
-// block image (after a reboot emptied /run).
+// Remove of a remote snapshot unmounts the block image inside the metadata
+// transaction that removes it: a failed unmount leaves the snapshot, and a
+// failed commit leaves a snapshot without its image, which the next start
+// mounts again — so a removed snapshot's directory never has an image on
+// it when Cleanup (containerd's) deletes it. A restarted snapshotter
+// mounts again whatever remote snapshot lost its block image (after a
+// reboot emptied /run).
 //
 // When the lazy mount cannot be made (the fetcher down, the registry
 // unreachable, a corrupt index) Prepare falls back to the ordinary path —

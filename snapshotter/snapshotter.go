@@ -244,39 +244,6 @@ func (s *Snapshotter) unmountImage(ctx context.Context, dir string) error {
 	return nil
 }
 
-// Cleanup removes the directories of removed snapshots, unmounting any
-// block image still on one first (left by a crash between the two).
-func (s *Snapshotter) Cleanup(ctx context.Context) error {
-	var orphans []string
-	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		ids, err := storage.IDMap(ctx)
-		if err != nil {
-			return err
-		}
-		ents, err := os.ReadDir(filepath.Join(s.root, "snapshots"))
-		if err != nil {
-			return err
-		}
-		for _, e := range ents {
-			if _, ok := ids[e.Name()]; !ok {
-				orphans = append(orphans, s.fsDir(e.Name()))
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, dir := range orphans {
-		if isMountpoint(dir) {
-			if err := s.unmountImage(ctx, dir); err != nil {
-				return err
-			}
-		}
-	}
-	return s.overlay.Cleanup(ctx)
-}
-
 // isMountpoint reports whether dir is on another device than its parent.
 func isMountpoint(dir string) bool {
 	var a, b unix.Stat_t
