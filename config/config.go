@@ -37,6 +37,19 @@ type Fetcher struct {
 	Address  string   `toml:"address"`
 	Cache    Cache    `toml:"cache"`
 	Blockdev Blockdev `toml:"blockdev"`
+	Prefetch Prefetch `toml:"prefetch"`
+}
+
+// Prefetch configures what a mount fetches below demand reads.
+type Prefetch struct {
+	// Trace replays the image's recorded prefetch trace, when it has one.
+	Trace bool `toml:"trace"`
+	// FillBelow: images up to this size are fetched whole in the
+	// background ("0" never).
+	FillBelow string `toml:"fill_below"`
+	// FillRate caps trace replay and fill per mount, bytes per second
+	// ("0" unlimited).
+	FillRate string `toml:"fill_rate"`
 }
 
 // Cache configures the chunk cache every mount reads through.
@@ -74,7 +87,8 @@ const DefaultFetcherAddress = "/run/lazyblk/fetcher.sock"
 func DefaultFetcher() Fetcher {
 	return Fetcher{Root: "/var/lib/lazyblk", State: "/run/lazyblk", Address: DefaultFetcherAddress,
 		Cache:    Cache{Size: "10GiB"},
-		Blockdev: Blockdev{Attach: "auto", Connections: 4, IOTimeout: "30s"}}
+		Blockdev: Blockdev{Attach: "auto", Connections: 4, IOTimeout: "30s"},
+		Prefetch: Prefetch{Trace: true, FillBelow: "8GiB", FillRate: "0"}}
 }
 
 // DefaultSnapshotter is the snapshotter's configuration without a file.
@@ -159,8 +173,30 @@ func (c Fetcher) Check() error {
 	if n := c.Blockdev.Connections; n < 1 || n > 64 {
 		return fmt.Errorf("config: blockdev.connections = %d: want 1 to 64", n)
 	}
-	_, err := c.IOTimeout()
+	if _, err := c.IOTimeout(); err != nil {
+		return err
+	}
+	_, _, err := c.Fill()
 	return err
+}
+
+// Fill is prefetch.fill_below and prefetch.fill_rate in bytes.
+func (c Fetcher) Fill() (below, rate int64, err error) {
+	if below, err = ParseLimit(c.Prefetch.FillBelow); err != nil {
+		return 0, 0, fmt.Errorf("config: prefetch.fill_below = %q: want a size like 8GiB, or 0", c.Prefetch.FillBelow)
+	}
+	if rate, err = ParseLimit(c.Prefetch.FillRate); err != nil {
+		return 0, 0, fmt.Errorf("config: prefetch.fill_rate = %q: want bytes per second like 200MiB, or 0", c.Prefetch.FillRate)
+	}
+	return below, rate, nil
+}
+
+// ParseLimit is ParseSize that also takes "0": no limit, or never.
+func ParseLimit(s string) (int64, error) {
+	if strings.TrimSpace(s) == "0" {
+		return 0, nil
+	}
+	return ParseSize(s)
 }
 
 // CacheDirs are the configured stripes, or ROOT/cache.

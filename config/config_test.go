@@ -32,7 +32,8 @@ func TestDefaultsAreValid(t *testing.T) {
 // it back unchanged.
 func TestRoundTrip(t *testing.T) {
 	f := Fetcher{Root: "/r", State: "/s", Address: "/s/f.sock", Cache: Cache{Dirs: []string{"/v1", "/v2"}, Size: "2GiB"},
-		Blockdev: Blockdev{Attach: "nbdfuse", Connections: 2, IOTimeout: "5s"}}
+		Blockdev: Blockdev{Attach: "nbdfuse", Connections: 2, IOTimeout: "5s"},
+		Prefetch: Prefetch{Trace: false, FillBelow: "0", FillRate: "100MiB"}}
 	s := Snapshotter{Root: "/sr", Address: "/s/sn.sock", FetcherAddress: "/s/f.sock", PlainHTTP: []string{"127.0.0.1:5000"}}
 	for _, c := range []struct {
 		v    any
@@ -63,6 +64,9 @@ func TestRejects(t *testing.T) {
 		{"[blockdev]\nio_timeout = \"30\"", "blockdev.io_timeout"},
 		{"[blockdev]\nconnections = \"four\"", "blockdev.connections"},
 		{"root = \"var/lib\"", "root"},
+		{"[prefetch]\nfill_below = \"big\"", "prefetch.fill_below"},
+		{"[prefetch]\nfill_rate = \"-1M\"", "prefetch.fill_rate"},
+		{"[prefetch]\ntrace = \"yes\"", "prefetch.trace"},
 	} {
 		_, err := LoadFetcher(write(t, c.file))
 		if err == nil || !strings.Contains(err.Error(), c.key) {

@@ -63,7 +63,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 }
 
 func (e *containerdEnv) startFetcher(t *testing.T) {
-	e.fetcher = startDaemon(t, "listening on", lazyblk, "--log-level", "info", "fetcher",
+	e.fetcher = startDaemon(t, "listening on", lazyblk, "--log-level", "info", "fetcher", "--config", noFillConfig(t, e.dir),
 		"--root", filepath.Join(e.dir, "lib"), "--state", e.fetcherState, "--address", e.fetcherSock)
 }
 

@@ -84,3 +84,15 @@ func (d *daemon) stop() {
 		d.kill()
 	}
 }
+
+// noFillConfig writes a fetcher configuration under dir that fills no
+// image by itself, so a test sees what its reads fetched (and what an
+// explicit Prefetch adds).
+func noFillConfig(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "fetcher.toml")
+	if err := os.WriteFile(p, []byte("[prefetch]\nfill_below = \"0\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -27,7 +27,7 @@ func TestFetcherDaemon(t *testing.T) {
 	e := &mountEnv{host: testutil.GGCRRegistry(t), state: filepath.Join(dir, "run")}
 	t.Cleanup(func() { e.assertClean(t) })
 	sock := filepath.Join(dir, "fetcher.sock")
-	d := startDaemon(t, "listening on", lazyblk, "fetcher", "--root", filepath.Join(dir, "lib"), "--state", e.state, "--address", sock)
+	d := startDaemon(t, "listening on", lazyblk, "fetcher", "--config", noFillConfig(t, dir), "--root", filepath.Join(dir, "lib"), "--state", e.state, "--address", sock)
 	defer d.stop()
 	ref := e.host + "/daemon/img:v1"
 	_, want := testutil.BlockImage(t, ref, 3<<20)

@@ -39,10 +39,13 @@ type Image struct {
 	demandMem   *semaphore.Weighted // bytes of demand runs fetched and not yet cached
 	bgMem       *semaphore.Weighted // the same for prefetch and fill
 
-	mu       sync.Mutex // guards inflight, lastRead, raNext
+	mu       sync.Mutex // guards inflight, lastRead, seqRun, raNext, touched, order
 	inflight map[int]*call
 	lastRead int // chunk of the last read, for sequential detection
+	seqRun   int // chunks read in a row before it
 	raNext   int // first chunk readahead has not started yet
+	touched  []bool
+	order    []int // chunks in the order readers first touched them: the trace
 
 	stats counters
 
@@ -91,7 +94,7 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 		return nil, err
 	}
 	life, cancel := context.WithCancel(context.Background())
-	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2,
+	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2, touched: make([]bool, len(x.Chunks)),
 		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background),
 		cacheWrites: make(chan struct{}, cacheWriters), life: life, cancel: cancel,
 		demandMem: semaphore.NewWeighted(o.memory), bgMem: semaphore.NewWeighted(o.memory / 2)}, nil
@@ -151,7 +154,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 		return nil
 	}
 	size := int64(im.index.ChunkLen(i))
-	im.readahead(i)
+	im.touch(i)
 	if im.o.cache != nil {
 		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
 		if err != nil {
@@ -207,18 +210,33 @@ func (im *Image) goFetch(run []int, cl *call) {
 	}()
 }
 
-// readahead keeps a sequential reader's chunk and the runs ahead of it in
-// flight, up to two coalesced runs ahead, so reading streams like one long
-// download instead of waiting a round trip per run.
-func (im *Image) readahead(i int) {
+// touch notes a read of chunk i: its first touch goes into the trace, and
+// a sequential reader's chunk and the runs ahead of it are kept in flight
+// so reading streams like one long download instead of waiting a round
+// trip per run. The window ahead doubles with every chunk of the
+// sequential run, up to two coalesced runs: a reader of one small file (a
+// block device does not know where files end) fetches a few chunks beyond
+// it, a reader of gigabytes fetches 64 MiB ahead after five chunks.
+func (im *Image) touch(i int) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	sequential := im.lastRead == i-1 || im.lastRead == i
+	if !im.touched[i] {
+		im.touched[i] = true
+		im.order = append(im.order, i)
+	}
+	switch im.lastRead {
+	case i: // the same chunk again
+	case i - 1:
+		im.seqRun++
+	default:
+		im.seqRun = 0
+	}
 	im.lastRead = i
-	if !sequential {
+	if im.seqRun == 0 {
 		return
 	}
-	window := max(2, 2*im.o.maxCoalesce/int(im.index.ChunkSize))
+	full := max(2, 2*im.o.maxCoalesce/int(im.index.ChunkSize))
+	window := min(full, 1<<min(im.seqRun, 30))
 	j := max(im.raNext, i)
 	for ; j < len(im.index.Chunks) && j-i <= window; j++ {
 		c := im.index.Chunks[j]
@@ -234,7 +252,11 @@ func (im *Image) readahead(i int) {
 	if j >= len(im.index.Chunks) || j-i > window {
 		return
 	}
-	run := im.runLocked(j, len(im.index.Chunks)-1)
+	end := len(im.index.Chunks) - 1
+	if window < full { // still growing: no further than the window
+		end = min(end, i+window)
+	}
+	run := im.runLocked(j, end)
 	cl := im.startLocked(run, false)
 	im.goFetch(run, cl)
 	im.raNext = run[len(run)-1] + 1

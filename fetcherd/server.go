@@ -32,6 +32,7 @@ type Defaults struct {
 	IOTimeout   time.Duration
 	CacheDirs   []string
 	CacheSize   int64
+	Background  mounts.Background
 }
 
 // Server implements fetcherv1.FetcherServer.
@@ -48,7 +49,7 @@ func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcher
 		Source: mounts.Source{Ref: r.Ref, PlainHTTP: r.PlainHttp, CacheDirs: d.CacheDirs, CacheSize: d.CacheSize,
 			IndexDigest: r.IndexDigest, IndexSize: r.IndexSize},
 		Dir: filepath.Clean(r.Dir), Attach: r.Attach, Connections: int(r.Connections),
-		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond, Exclusive: r.Exclusive,
+		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond, Exclusive: r.Exclusive, Background: d.Background,
 	}
 	if req.Attach == "" {
 		req.Attach = d.Attach
@@ -128,6 +129,8 @@ func (s *Server) Stats(ctx context.Context, r *fetcherv1.StatsRequest) (*fetcher
 				is.ImageSize, is.Complete = ms.ImageSize, ms.Complete
 				is.BytesFetched, is.CacheHits, is.CacheMisses = ms.Image.BytesFetched, ms.Image.Hits, ms.Image.Misses
 				is.Requests, is.Retries, is.VerifyFailures = ms.Image.Requests, ms.Image.Retries, ms.Image.VerifyFailures
+				p := ms.Prefetch
+				is.PrefetchPhase, is.TraceDigest, is.TraceChunks, is.PrefetchError = p.Phase, p.Trace, int32(p.TraceChunks), p.Error
 			}
 		}
 		out.Images = append(out.Images, is)

@@ -53,6 +53,8 @@ type Request struct {
 	Attach      string        // auto, netlink or nbdfuse
 	Connections int           // NBD connections, 1 to 64
 	IOTimeout   time.Duration // kernel NBD request timeout, at least 1s
+	// Background is fetched below demand reads: trace replay, fill.
+	Background Background
 	// Exclusive refuses a directory that already has a mount even of the
 	// same image; otherwise that mount is returned (a retried request).
 	Exclusive bool
@@ -83,6 +85,12 @@ func (r Request) Check() error {
 	}
 	if r.IOTimeout < time.Second {
 		return &FieldError{"io-timeout", r.IOTimeout, "at least 1s"}
+	}
+	if r.Background.FillBelow < 0 {
+		return &FieldError{"fill-below", r.Background.FillBelow, "a size, or 0 for never"}
+	}
+	if r.Background.FillRate < 0 {
+		return &FieldError{"fill-rate", r.Background.FillRate, "bytes per second, or 0 for unlimited"}
 	}
 	if !filepath.IsAbs(r.Dir) {
 		return fmt.Errorf("mountpoint %q is not an absolute path", r.Dir)
@@ -171,7 +179,7 @@ func (m *Manager) Mount(ctx context.Context, req Request) (*State, string, error
 		return nil, "", err
 	}
 	st := &State{Source: req.Source, Dir: req.Dir, Attach: req.Attach, Connections: req.Connections,
-		IOTimeout: req.IOTimeout, Started: time.Now()}
+		IOTimeout: req.IOTimeout, Started: time.Now(), Background: req.Background}
 	if err := st.write(work); err != nil {
 		os.RemoveAll(work)
 		return nil, "", err

@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/lazyblk/lazyblk/blockdev"
 	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
 )
 
 // deviceDeadConnTimeout is how long a kernel device whose server died
@@ -37,20 +39,30 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 			report = nil
 		}
 	}
-	srv, im, st, err := setUp(ctx, work)
+	srv, im, index, st, err := setUp(ctx, work)
 	if err != nil {
 		say(readyReport{Error: err.Error()})
 		return err
 	}
 	defer im.Close()
 	defer srv.Close()
-	ctl, err := serveControl(ctx, work, im, srv)
+	loc, _ := fetcher.ParseLocation(st.Source.Ref, st.Source.PlainHTTP)
+	pf := newPrefetcher(im, index, loc)
+	ctl, err := serveControl(ctx, work, im, srv, pf)
 	if err != nil {
 		st.Mount.Unmount()
 		say(readyReport{Error: err.Error()})
 		return err
 	}
-	defer ctl.Close()
+	defer func() { // answers in progress (a trace being recorded) finish first
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ctl.Shutdown(shut)
+	}()
+	if len(st.Source.CacheDirs) > 0 {
+		pf.start(ctx, st.Background, st.Source.CacheSize)
+	}
+	defer pf.wait()
 	note := ""
 	if st.Mount.Attach == blockdev.AttachNBDFuse && st.Attach == "auto" {
 		note = "kernel has no nbd driver: mounted through nbdfuse (a userspace NBD client) instead"
@@ -67,25 +79,25 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	return err
 }
 
-func setUp(ctx context.Context, work string) (*blockdev.Server, *fetcher.Image, *State, error) {
+func setUp(ctx context.Context, work string) (*blockdev.Server, *fetcher.Image, v1.Hash, *State, error) {
 	st, err := readState(work)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, v1.Hash{}, nil, err
 	}
-	im, err := st.Source.Open(ctx)
+	im, index, err := st.Source.Open(ctx, fetcher.WithFillRate(st.Background.FillRate))
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("mount %s: %w", st.Source.Ref, err)
+		return nil, nil, v1.Hash{}, nil, fmt.Errorf("mount %s: %w", st.Source.Ref, err)
 	}
 	srv, err := blockdev.NewServer([]blockdev.Export{{Name: st.Source.Ref, Backend: im}},
 		blockdev.WithLogger(slog.Default()))
 	if err != nil {
 		im.Close()
-		return nil, nil, nil, err
+		return nil, nil, v1.Hash{}, nil, err
 	}
-	fail := func(err error) (*blockdev.Server, *fetcher.Image, *State, error) {
+	fail := func(err error) (*blockdev.Server, *fetcher.Image, v1.Hash, *State, error) {
 		srv.Close()
 		im.Close()
-		return nil, nil, nil, err
+		return nil, nil, v1.Hash{}, nil, err
 	}
 	fresh := st.Mount == nil
 	if !fresh {
@@ -117,7 +129,7 @@ func setUp(ctx context.Context, work string) (*blockdev.Server, *fetcher.Image, 
 		return fail(err)
 	}
 	st.Serving = true
-	return srv, im, st, nil
+	return srv, im, index, st, nil
 }
 
 // Stats is what a serving process reports of its image.
@@ -126,12 +138,14 @@ type Stats struct {
 	Server    blockdev.Stats `json:"server"`
 	ImageSize int64          `json:"imageSize"`
 	Complete  bool           `json:"complete"` // every chunk is cached
+	Prefetch  PrefetchStatus `json:"prefetch"`
 }
 
-// serveControl answers the daemon on work/ctl.sock: GET /stats and POST
-// /prefetch (fetch the whole image in the background, below demand reads;
-// a fill already running is not started again).
-func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *blockdev.Server) (*http.Server, error) {
+// serveControl answers the daemon on work/ctl.sock: GET /stats, POST
+// /prefetch (fetch the whole image in the background, below demand reads,
+// after the trace if one is being replayed) and GET /trace?wait=D (the
+// chunks read so far, after D or once the mount goes away).
+func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *blockdev.Server, pf *prefetcher) (*http.Server, error) {
 	path := filepath.Join(work, "ctl.sock")
 	os.Remove(path) // left by a server that died
 	l, err := net.Listen("unix", path)
@@ -140,19 +154,30 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
-		json.NewEncoder(w).Encode(Stats{Image: im.Stats(), Server: srv.Stats(), ImageSize: im.Size(), Complete: im.Complete()})
+		json.NewEncoder(w).Encode(Stats{Image: im.Stats(), Server: srv.Stats(), ImageSize: im.Size(), Complete: im.Complete(),
+			Prefetch: pf.Status()})
 	})
-	var filling atomic.Bool
 	mux.HandleFunc("POST /prefetch", func(w http.ResponseWriter, _ *http.Request) {
-		if filling.CompareAndSwap(false, true) {
-			go func() {
-				defer filling.Store(false)
-				if err := im.Fill(ctx); err != nil && ctx.Err() == nil {
-					slog.Warn("prefetch", "err", err)
-				}
-			}()
-		}
+		pf.requestFill(ctx)
 		w.WriteHeader(http.StatusAccepted)
+	})
+	mux.HandleFunc("GET /trace", func(w http.ResponseWriter, r *http.Request) {
+		if v := r.URL.Query().Get("wait"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				http.Error(w, "wait: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ctx.Done(): // unmounted: what was read until now
+			case <-r.Context().Done():
+				return
+			}
+		}
+		json.NewEncoder(w).Encode(pf.trace())
 	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(l)
@@ -207,4 +232,19 @@ func (m *Manager) Prefetch(ctx context.Context, dir string) error {
 		return err
 	}
 	return m.control(ctx, st, http.MethodPost, "/prefetch", nil)
+}
+
+// Trace returns the chunks the mount on dir has read, in the order of
+// their first touch, after waiting wait or until the mount goes away,
+// whichever comes first.
+func (m *Manager) Trace(ctx context.Context, dir string, wait time.Duration) (*imagefmt.Trace, error) {
+	st, err := m.Get(dir)
+	if err != nil {
+		return nil, err
+	}
+	var t imagefmt.Trace
+	if err := m.control(ctx, st, http.MethodGet, "/trace?wait="+wait.String(), &t); err != nil {
+		return nil, err
+	}
+	return &t, nil
 }

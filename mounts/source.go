@@ -9,6 +9,7 @@ import (
 
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
 )
 
 // Source is where an image's chunks come from and where they are kept:
@@ -43,28 +44,39 @@ func (s Source) Check() error {
 	return nil
 }
 
-// Open resolves the image and fetches its index; the image reads through
-// the cache when one is configured.
-func (s Source) Open(ctx context.Context) (*fetcher.Image, error) {
+// Open resolves the image and fetches its index, whose digest it returns
+// with the image; the image reads through the cache when one is
+// configured. opts add to the fetcher's options.
+func (s Source) Open(ctx context.Context, opts ...fetcher.Option) (*fetcher.Image, v1.Hash, error) {
 	if err := s.Check(); err != nil {
-		return nil, err
+		return nil, v1.Hash{}, err
 	}
 	loc, _ := fetcher.ParseLocation(s.Ref, s.PlainHTTP)
-	opts := []fetcher.Option{fetcher.WithLogger(slog.Default())}
+	opts = append([]fetcher.Option{fetcher.WithLogger(slog.Default())}, opts...)
 	if len(s.CacheDirs) > 0 {
 		store, err := cache.Open(s.CacheDirs, s.CacheSize, cache.WithLogger(slog.Default()))
 		if err != nil {
-			return nil, err
+			return nil, v1.Hash{}, err
 		}
 		opts = append(opts, fetcher.WithCache(store))
 	}
+	var (
+		h v1.Hash
+		x *imagefmt.Index
+	)
 	if s.IndexDigest == "" {
-		return fetcher.Open(ctx, loc, opts...)
+		d, err := fetcher.Describe(ctx, loc)
+		if err != nil {
+			return nil, v1.Hash{}, err
+		}
+		h, x = d.IndexDigest, d.Index
+	} else {
+		h, _ = v1.NewHash(s.IndexDigest)
+		var err error
+		if x, err = fetcher.FetchIndex(ctx, loc, h, s.IndexSize); err != nil {
+			return nil, v1.Hash{}, err
+		}
 	}
-	h, _ := v1.NewHash(s.IndexDigest)
-	x, err := fetcher.FetchIndex(ctx, loc, h, s.IndexSize)
-	if err != nil {
-		return nil, err
-	}
-	return fetcher.OpenIndex(ctx, loc, x, opts...)
+	im, err := fetcher.OpenIndex(ctx, loc, x, opts...)
+	return im, h, err
 }

@@ -38,6 +38,7 @@ type State struct {
 	PID         int             `json:"pid,omitempty"`       // the serving process
 	Mount       *blockdev.Mount `json:"mount,omitempty"`
 	Started     time.Time       `json:"started"`
+	Background  Background      `json:"background"`
 	// Serving is filled in by List and Get: the serving process runs.
 	Serving bool `json:"serving"`
 }

@@ -33,7 +33,7 @@ func runCat(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	im, err := src.Open(c.Context)
+	im, _, err := src.Open(c.Context)
 	if err != nil {
 		return err
 	}

@@ -54,6 +54,7 @@ func runFetcher(c *cli.Context) error {
 	}
 	size, _ := cfg.CacheSize()
 	timeout, _ := cfg.IOTimeout()
+	fillBelow, fillRate, _ := cfg.Fill()
 	for _, d := range cfg.CacheDirs() {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("cache directory: %w", err)
@@ -61,7 +62,8 @@ func runFetcher(c *cli.Context) error {
 	}
 	m := &mounts.Manager{Root: cfg.State}
 	srv := &fetcherd.Server{Mounts: m, Defaults: fetcherd.Defaults{Attach: cfg.Blockdev.Attach,
-		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size}}
+		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size,
+		Background: mounts.Background{Trace: cfg.Prefetch.Trace, FillBelow: fillBelow, FillRate: fillRate}}}
 	l, err := fetcherd.Listen(cfg.Address)
 	if err != nil {
 		return err

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/lazyblk/lazyblk/config"
@@ -27,6 +29,22 @@ func sourceFromFlags(c *cli.Context) (mounts.Source, error) {
 	}
 	s.CacheSize = size
 	return s, nil
+}
+
+// backgroundFromFlags reads mount's --no-trace, --fill-below and --fill-rate.
+func backgroundFromFlags(c *cli.Context) (mounts.Background, error) {
+	b := mounts.Background{Trace: !c.Bool("no-trace")}
+	for _, f := range []struct {
+		name string
+		v    *int64
+	}{{"fill-below", &b.FillBelow}, {"fill-rate", &b.FillRate}} {
+		n, err := config.ParseLimit(c.String(f.name))
+		if err != nil {
+			return b, cli.Exit(fmt.Sprintf("--%s: %v", f.name, err), 2)
+		}
+		*f.v = n
+	}
+	return b, nil
 }
 
 func stateDirFlag() cli.Flag {

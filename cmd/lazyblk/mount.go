@@ -25,8 +25,14 @@ once DIR is mounted; a background process keeps serving reads, its state and
 log under --state-dir. Take it all down with 'lazyblk umount DIR'.
 
 When a fetcher daemon (lazyblk fetcher) answers at --fetcher-address, it makes
-the mount, reading through its cache; --cache-dir or --state-dir ask for a
-mount of this command's own instead.
+the mount, reading through its cache and under its [prefetch] configuration;
+--cache-dir or --state-dir ask for a mount of this command's own instead.
+
+With a cache, reads are not all that is fetched. Below them, and never in
+their way: first the chunks of the image's prefetch trace, when the registry
+holds one (lazyblk prefetch), in recorded order; then, for images up to
+--fill-below, every other chunk, so a start-up that reads everything is never
+slower than a plain pull.
 
 Attach modes:
   netlink  the kernel's NBD driver over generic netlink (the production path;
@@ -45,6 +51,9 @@ Examples:
 			&cli.IntFlag{Name: "connections", Value: 4, Usage: "NBD connections serving the device"},
 			&cli.DurationFlag{Name: "io-timeout", Value: 30 * time.Second, Usage: "kernel NBD: a request unanswered this long is " +
 				"sent again on another connection; also how soon reads in flight resume after 'lazyblk reattach'"},
+			&cli.BoolFlag{Name: "no-trace", Usage: "do not replay the image's prefetch trace (see lazyblk prefetch)"},
+			&cli.StringFlag{Name: "fill-below", Value: "8GiB", Usage: "fetch the whole image in the background when it is at most this big (0: never)"},
+			&cli.StringFlag{Name: "fill-rate", Value: "0", Usage: "bytes per second for trace replay and fill, like 200MiB (0: unlimited)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the mount as JSON"},
 			stateDirFlag(),
 			fetcherAddressFlag(),
@@ -78,8 +87,12 @@ func runMount(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	bg, err := backgroundFromFlags(c)
+	if err != nil {
+		return err
+	}
 	req := mounts.Request{Source: src, Dir: dir, Attach: c.String("attach"), Connections: c.Int("connections"),
-		IOTimeout: c.Duration("io-timeout"), Exclusive: true}
+		IOTimeout: c.Duration("io-timeout"), Exclusive: true, Background: bg}
 	if err := req.Check(); err != nil {
 		var fe *mounts.FieldError
 		if errors.As(err, &fe) {

@@ -44,7 +44,7 @@ func runServe(c *cli.Context) error {
 	if !ok || addr == "" || (network != "unix" && network != "tcp") {
 		return cli.Exit(fmt.Sprintf("--listen %q: want unix:PATH or tcp:HOST:PORT", c.String("listen")), 2)
 	}
-	im, err := src.Open(c.Context)
+	im, _, err := src.Open(c.Context)
 	if err != nil {
 		return err
 	}

@@ -91,15 +91,21 @@ func runStatus(c *cli.Context) error {
 		return printJSON(c.App.Writer, out)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tHITS\tMISSES")
+	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tHITS\tMISSES\tPREFETCH")
 	for _, m := range out {
 		fetched := "-"
-		hits, misses := "-", "-"
+		hits, misses, prefetch := "-", "-", "-"
 		if s := m.Stats; s != nil && s.ImageSize > 0 {
 			fetched = fmt.Sprintf("%.1f MiB (%.1f%%)", float64(s.BytesFetched)/(1<<20), 100*float64(s.BytesFetched)/float64(s.ImageSize))
-			hits, misses = fmt.Sprint(s.CacheHits), fmt.Sprint(s.CacheMisses)
+			hits, misses, prefetch = fmt.Sprint(s.CacheHits), fmt.Sprint(s.CacheMisses), s.PrefetchPhase
+			if s.TraceChunks > 0 {
+				prefetch += fmt.Sprintf(" (trace of %d chunks)", s.TraceChunks)
+			}
+			if s.PrefetchError != "" {
+				prefetch += ": " + s.PrefetchError
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\n", m.Dir, m.Ref, m.Fs, m.Attach, m.Serving, fetched, hits, misses)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", m.Dir, m.Ref, m.Fs, m.Attach, m.Serving, fetched, hits, misses, prefetch)
 	}
 	return tw.Flush()
 }

@@ -27,6 +27,15 @@ func GGCRRegistry(t testing.TB) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
+// ReferrersRegistry is GGCRRegistry with the OCI referrers API
+// (GET /v2/NAME/referrers/DIGEST), which docker-registry 2.8 lacks.
+func ReferrersRegistry(t testing.TB) string {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
 // DockerRegistry starts Debian's docker-registry (distribution 2.8) on
 // loopback with storage in a temp dir and returns its host:port.
 func DockerRegistry(t testing.TB) string {

@@ -551,8 +551,14 @@ type ImageStats struct {
 	Retries        int64                  `protobuf:"varint,8,opt,name=retries,proto3" json:"retries,omitempty"`
 	VerifyFailures int64                  `protobuf:"varint,9,opt,name=verify_failures,json=verifyFailures,proto3" json:"verify_failures,omitempty"`
 	Complete       bool                   `protobuf:"varint,10,opt,name=complete,proto3" json:"complete,omitempty"` // every chunk is cached
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Background fetching: idle, trace (replaying the prefetch trace), fill,
+	// done or error (prefetch_error says why).
+	PrefetchPhase string `protobuf:"bytes,11,opt,name=prefetch_phase,json=prefetchPhase,proto3" json:"prefetch_phase,omitempty"`
+	TraceDigest   string `protobuf:"bytes,12,opt,name=trace_digest,json=traceDigest,proto3" json:"trace_digest,omitempty"` // the replayed trace artifact
+	TraceChunks   int32  `protobuf:"varint,13,opt,name=trace_chunks,json=traceChunks,proto3" json:"trace_chunks,omitempty"`
+	PrefetchError string `protobuf:"bytes,14,opt,name=prefetch_error,json=prefetchError,proto3" json:"prefetch_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImageStats) Reset() {
@@ -655,6 +661,34 @@ func (x *ImageStats) GetComplete() bool {
 	return false
 }
 
+func (x *ImageStats) GetPrefetchPhase() string {
+	if x != nil {
+		return x.PrefetchPhase
+	}
+	return ""
+}
+
+func (x *ImageStats) GetTraceDigest() string {
+	if x != nil {
+		return x.TraceDigest
+	}
+	return ""
+}
+
+func (x *ImageStats) GetTraceChunks() int32 {
+	if x != nil {
+		return x.TraceChunks
+	}
+	return 0
+}
+
+func (x *ImageStats) GetPrefetchError() string {
+	if x != nil {
+		return x.PrefetchError
+	}
+	return ""
+}
+
 type StatsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Images        []*ImageStats          `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
@@ -736,7 +770,7 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x12\n" +
 	"\x10PrefetchResponse\" \n" +
 	"\fStatsRequest\x12\x10\n" +
-	"\x03dir\x18\x01 \x01(\tR\x03dir\"\xb1\x02\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\"\xc5\x03\n" +
 	"\n" +
 	"ImageStats\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x10\n" +
@@ -751,7 +785,11 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\aretries\x18\b \x01(\x03R\aretries\x12'\n" +
 	"\x0fverify_failures\x18\t \x01(\x03R\x0everifyFailures\x12\x1a\n" +
 	"\bcomplete\x18\n" +
-	" \x01(\bR\bcomplete\"G\n" +
+	" \x01(\bR\bcomplete\x12%\n" +
+	"\x0eprefetch_phase\x18\v \x01(\tR\rprefetchPhase\x12!\n" +
+	"\ftrace_digest\x18\f \x01(\tR\vtraceDigest\x12!\n" +
+	"\ftrace_chunks\x18\r \x01(\x05R\vtraceChunks\x12%\n" +
+	"\x0eprefetch_error\x18\x0e \x01(\tR\rprefetchError\"G\n" +
 	"\rStatsResponse\x126\n" +
 	"\x06images\x18\x01 \x03(\v2\x1e.lazyblk.fetcher.v1.ImageStatsR\x06images2\x97\x03\n" +
 	"\aFetcher\x12H\n" +

@@ -1,0 +1,218 @@
+package fetcher_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+// readChunks reads the first bytes of each chunk, in order.
+func readChunks(t *testing.T, im *fetcher.Image, chunks ...int) {
+	t.Helper()
+	p := make([]byte, 100)
+	for _, i := range chunks {
+		if _, err := im.ReadAt(context.Background(), p, int64(i)*int64(im.Index().ChunkSize)); err != nil {
+			t.Fatalf("read chunk %d: %v", i, err)
+		}
+	}
+}
+
+// dataChunks returns the image's chunks that hold bytes (not holes).
+func dataChunks(x *imagefmt.Index) []int {
+	var out []int
+	for i, c := range x.Chunks {
+		if c.Encoding != imagefmt.EncodingHole {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// TestTraceRoundTrip records the first touches of a workload, pushes the
+// trace next to the image and finds it again, on a registry with the OCI
+// referrers API and on docker-registry 2.8, which has none (the referrers
+// tag sha256-<hex> holds the list there). The newest trace wins, and a
+// trace of another image is refused before anything is pushed.
+func TestTraceRoundTrip(t *testing.T) {
+	for _, reg := range []struct {
+		name     string
+		host     func(testing.TB) string
+		referrer bool // the registry answers the referrers API
+	}{{"referrers-api", testutil.ReferrersRegistry, true}, {"docker-registry", testutil.DockerRegistry, false}} {
+		t.Run(reg.name, func(t *testing.T) {
+			ctx := context.Background()
+			host := reg.host(t)
+			loc, _ := testutil.BlockImage(t, host+"/img:v1", 1<<20)
+			d, err := fetcher.Describe(ctx, loc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := dataChunks(d.Index)
+			if len(data) < 10 {
+				t.Fatalf("image has %d data chunks, want 10 or more", len(data))
+			}
+			im := openImage(t, loc)
+			order := []int{data[7], data[2], data[9], data[2], data[7], data[0]}
+			readChunks(t, im, order...)
+			want := []int{data[7], data[2], data[9], data[0]} // first touches only
+			if got := im.Touched(); !slices.Equal(got, want) {
+				t.Fatalf("touched %v, want %v", got, want)
+			}
+
+			if _, _, err := fetcher.FindTrace(ctx, loc, d.IndexDigest, d.Index); !errors.Is(err, fetcher.ErrNoTrace) {
+				t.Fatalf("before any push FindTrace = %v, want ErrNoTrace", err)
+			}
+			old := imagefmt.NewTrace(d.IndexDigest, d.Index, []int{data[1]})
+			if _, err := fetcher.PushTrace(ctx, loc, old); err != nil {
+				t.Fatal(err)
+			}
+			tr := imagefmt.NewTrace(d.IndexDigest, d.Index, im.Touched())
+			h, err := fetcher.PushTrace(ctx, loc, tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, gotDigest, err := fetcher.FindTrace(ctx, loc, d.IndexDigest, d.Index)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gotDigest != h || !slices.Equal(got.Chunks, want) {
+				t.Fatalf("found trace %s %v, want the newest %s %v", gotDigest, got.Chunks, h, want)
+			}
+
+			// Where the list lives: the referrers tag only without the API.
+			tag := loc.Ref.Context().Tag(strings.Replace(d.ImageIndex.String(), ":", "-", 1))
+			_, err = remote.Head(tag)
+			if reg.referrer && err == nil {
+				t.Error("a registry with the referrers API got a referrers tag")
+			} else if !reg.referrer && err != nil {
+				t.Errorf("docker-registry has no referrers tag %s: %v", tag, err)
+			}
+
+			// The image itself is what it was.
+			if d2, err := fetcher.Describe(ctx, loc); err != nil || d2.ImageIndex != d.ImageIndex {
+				t.Fatalf("after the pushes the image is %v (%v), want %s", d2, err, d.ImageIndex)
+			}
+
+			other := imagefmt.NewTrace(d.Artifact, d.Index, want) // not the index digest
+			if _, err := fetcher.PushTrace(ctx, loc, other); !errors.Is(err, imagefmt.ErrTraceMismatch) {
+				t.Fatalf("push of another image's trace: %v, want ErrTraceMismatch", err)
+			}
+			if _, _, err := fetcher.FindTrace(ctx, loc, d.Artifact, d.Index); !errors.Is(err, fetcher.ErrNoTrace) {
+				t.Fatalf("FindTrace for another index = %v, want ErrNoTrace", err)
+			}
+		})
+	}
+}
+
+// gate is a registry proxy that holds every range request touching one of
+// a set of stored byte ranges until released.
+type gate struct {
+	held    chan struct{} // one send per held request
+	release chan struct{}
+}
+
+func newGate(t *testing.T, host string, x *imagefmt.Index, chunks []int) (*gate, string) {
+	g := &gate{held: make(chan struct{}, 1024), release: make(chan struct{})}
+	target, _ := url.Parse("http://" + host)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var first, last uint64
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err == nil {
+			for _, i := range chunks {
+				c := x.Chunks[i]
+				if c.Offset <= last && first < c.Offset+uint64(c.Length) {
+					g.held <- struct{}{}
+					select {
+					case <-g.release:
+					case <-r.Context().Done():
+						return
+					}
+					break
+				}
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(g.open)
+	return g, strings.TrimPrefix(srv.URL, "http://")
+}
+
+var gateOnce sync.Mutex
+
+func (g *gate) open() {
+	gateOnce.Lock()
+	defer gateOnce.Unlock()
+	select {
+	case <-g.release:
+	default:
+		close(g.release)
+	}
+}
+
+// TestDemandPreemptsTrace replays a trace against a registry that holds
+// every request for the trace's chunks: a demand read of a chunk outside
+// the trace is answered while the replay is still stuck (demand never
+// queues behind prefetch), with one request, as without a trace; once the
+// registry lets go, the replay caches every chunk of the trace.
+func TestDemandPreemptsTrace(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	d, err := fetcher.Describe(context.Background(), loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := dataChunks(d.Index)
+	trace, outside := data[:len(data)/2], data[len(data)-1]
+	g, proxy := newGate(t, host, d.Index, trace)
+	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(newCache(t, 64<<20, 1)))
+
+	replayed := make(chan error, 1)
+	go func() { replayed <- im.Prefetch(context.Background(), trace) }()
+	<-g.held // the replay is waiting on the registry
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cs := int64(d.Index.ChunkSize)
+	p := make([]byte, d.Index.ChunkLen(outside))
+	if _, err := im.ReadAt(ctx, p, int64(outside)*cs); err != nil {
+		t.Fatalf("demand read of chunk %d while the trace replays: %v", outside, err)
+	}
+	if string(p) != string(want[int64(outside)*cs:int64(outside)*cs+int64(len(p))]) {
+		t.Fatal("demand read returned wrong bytes")
+	}
+	select {
+	case err := <-replayed:
+		t.Fatalf("the replay finished (%v) although the registry holds its requests", err)
+	default:
+	}
+	if s := im.Stats(); s.Misses != 1 {
+		t.Errorf("the demand read missed %d times, want 1", s.Misses)
+	}
+
+	g.open()
+	if err := <-replayed; err != nil {
+		t.Fatal(err)
+	}
+	before := im.Stats()
+	readChunks(t, im, trace...)
+	if s := im.Stats(); s.Misses != before.Misses || s.BytesFetched != before.BytesFetched {
+		t.Errorf("after the replay, reading the trace's chunks missed %d times, fetched %d bytes; want none",
+			s.Misses-before.Misses, s.BytesFetched-before.BytesFetched)
+	}
+}

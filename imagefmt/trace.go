@@ -1,0 +1,127 @@
+package imagefmt
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// A prefetch trace is the order in which a workload first touched the
+// chunks of a block image. It travels as an OCI artifact whose subject is
+// the image (see doc.go): pushing one never rewrites the image.
+const (
+	// MediaTypeTrace is the trace artifact's artifactType.
+	MediaTypeTrace types.MediaType = "application/vnd.lazyblk.trace.v1"
+	// MediaTypeTraceBlob is its one blob: the JSON Trace.
+	MediaTypeTraceBlob types.MediaType = "application/vnd.lazyblk.trace.v1+json"
+	// AnnotationCreated orders traces of one image, newest first.
+	AnnotationCreated = "org.opencontainers.image.created"
+
+	traceVersion = 1
+	// MaxTraceSize bounds a trace blob: 12 bytes a chunk at most, so 16 MiB
+	// covers more than a million chunks.
+	MaxTraceSize = 16 << 20
+)
+
+// ErrTraceMismatch reports a trace recorded against another chunk index.
+var ErrTraceMismatch = errors.New("imagefmt: trace recorded for another chunk index")
+
+// Trace is a recorded access order. Index names the chunk index the
+// chunk numbers refer to: a trace never applies to another image.
+type Trace struct {
+	Version   int     `json:"version"`
+	Index     v1.Hash `json:"index"`
+	ChunkSize int     `json:"chunkSize"`
+	Chunks    []int   `json:"chunks"` // first touches, in order, each once
+}
+
+// NewTrace returns a trace of chunks (first touches, in order) of the
+// chunk index x whose digest is index.
+func NewTrace(index v1.Hash, x *Index, chunks []int) *Trace {
+	return &Trace{Version: traceVersion, Index: index, ChunkSize: int(x.ChunkSize), Chunks: chunks}
+}
+
+// DecodeTrace parses and validates a trace blob.
+func DecodeTrace(b []byte) (*Trace, error) {
+	if len(b) > MaxTraceSize {
+		return nil, fmt.Errorf("imagefmt: trace of %d bytes exceeds %d", len(b), MaxTraceSize)
+	}
+	var t Trace
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("imagefmt: trace: %w", err)
+	}
+	if t.Version != traceVersion {
+		return nil, fmt.Errorf("imagefmt: trace version %d, want %d", t.Version, traceVersion)
+	}
+	if t.Index.Algorithm != "sha256" || len(t.Index.Hex) != 64 {
+		return nil, fmt.Errorf("imagefmt: trace names no sha256 chunk index (%q)", t.Index)
+	}
+	if err := ValidChunkSize(t.ChunkSize); err != nil {
+		return nil, fmt.Errorf("imagefmt: trace: %w", err)
+	}
+	seen := make(map[int]bool, len(t.Chunks))
+	for _, c := range t.Chunks {
+		if c < 0 || seen[c] {
+			return nil, fmt.Errorf("imagefmt: trace: chunk %d negative or listed twice", c)
+		}
+		seen[c] = true
+	}
+	return &t, nil
+}
+
+// MarshalBinary encodes the trace blob.
+func (t *Trace) MarshalBinary() ([]byte, error) { return json.Marshal(t) }
+
+// Check reports whether the trace applies to the chunk index x whose
+// digest is index.
+func (t *Trace) Check(index v1.Hash, x *Index) error {
+	if t.Index != index {
+		return fmt.Errorf("%w: trace names %s, image has %s", ErrTraceMismatch, t.Index, index)
+	}
+	if t.ChunkSize != int(x.ChunkSize) {
+		return fmt.Errorf("%w: trace chunk size %d, image %d", ErrTraceMismatch, t.ChunkSize, x.ChunkSize)
+	}
+	for _, c := range t.Chunks {
+		if c >= len(x.Chunks) {
+			return fmt.Errorf("%w: chunk %d beyond the image's %d", ErrTraceMismatch, c, len(x.Chunks))
+		}
+	}
+	return nil
+}
+
+// TraceArtifact is the manifest that attaches t to subject (the image's
+// top-level descriptor), created at created.
+func TraceArtifact(t *Trace, subject v1.Descriptor, created time.Time) (v1.Image, error) {
+	b, err := t.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	blob := static.NewLayer(b, MediaTypeTraceBlob)
+	d, err := partial.Descriptor(blob)
+	if err != nil {
+		return nil, err
+	}
+	subject = v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  string(MediaTypeTrace),
+		// The config names the type too: registries that list referrers
+		// by config media type (as before OCI 1.1) then report it alike.
+		Config:      v1.Descriptor{MediaType: MediaTypeTrace, Size: 2, Digest: sha256Hash([]byte("{}"))},
+		Layers:      []v1.Descriptor{*d},
+		Subject:     &subject,
+		Annotations: map[string]string{AnnotationCreated: created.UTC().Format(time.RFC3339Nano)},
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return partial.CompressedToImage(&rawImage{manifest: raw, layers: []v1.Layer{blob}})
+}
