@@ -29,34 +29,19 @@ func main() {
 	text := flag.Int64("text", 64<<20, "bytes of compressible text")
 	dir := flag.String("dir", os.TempDir(), "where to stage layer tars")
 	busybox := flag.String("busybox", "", "add this static busybox as /bin/busybox with /bin/sh and /bin/cat, so containers can run")
+	baseTar := flag.String("base-tar", "", "use this tar (e.g. a debootstrap root) as the base layer instead of the generated tree")
 	layoutDir := flag.String("layout", "", "write an OCI layout with uncompressed layers here (tag v1) instead of pushing to REF")
 	flag.Parse()
 	if (flag.NArg() != 1) == (*layoutDir == "") {
 		log.Fatal("usage: genimage [-weights N] [-text N] [-dir D] (REF | -layout DIR)")
 	}
 	raw = *layoutDir != ""
-	base := layer(*dir, "base", func(tw *tar.Writer) {
-		for _, d := range []string{"etc/", "usr/", "usr/bin/", "usr/lib/", "models/"} {
-			hdr(tw, &tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755})
-		}
-		file(tw, "etc/os-release", strings("NAME=lazyblk-demo\n"))
-		if *busybox != "" {
-			b, err := os.ReadFile(*busybox)
-			if err != nil {
-				log.Fatal(err)
-			}
-			hdr(tw, &tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755})
-			hdr(tw, &tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(b))})
-			tw.Write(b)
-			for _, applet := range []string{"sh", "cat"} {
-				hdr(tw, &tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox"})
-			}
-		}
-		file(tw, "usr/bin/serve", strings("#!/bin/sh\necho serving\n"))
-		for i := range 200 {
-			file(tw, fmt.Sprintf("usr/lib/module%03d.py", i), strings(fmt.Sprintf("# module %d\nimport os\n", i)))
-		}
-	})
+	var base v1.Layer
+	if *baseTar != "" {
+		base = fileLayer(*baseTar)
+	} else {
+		base = generatedBase(*dir, *busybox)
+	}
 	data := layer(*dir, "data", func(tw *tar.Writer) {
 		rng := rand.NewChaCha8([32]byte{1})
 		hdr(tw, &tar.Header{Typeflag: tar.TypeReg, Name: "models/weights.bin", Mode: 0o644, Size: *weights})
@@ -99,6 +84,32 @@ func main() {
 	if err := remote.Write(ref, img); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// generatedBase is a small OS-like tree, with busybox when given.
+func generatedBase(dir, busybox string) v1.Layer {
+	return layer(dir, "base", func(tw *tar.Writer) {
+		for _, d := range []string{"etc/", "usr/", "usr/bin/", "usr/lib/", "models/"} {
+			hdr(tw, &tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755})
+		}
+		file(tw, "etc/os-release", strings("NAME=lazyblk-demo\n"))
+		if busybox != "" {
+			b, err := os.ReadFile(busybox)
+			if err != nil {
+				log.Fatal(err)
+			}
+			hdr(tw, &tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755})
+			hdr(tw, &tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(b))})
+			tw.Write(b)
+			for _, applet := range []string{"sh", "cat"} {
+				hdr(tw, &tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox"})
+			}
+		}
+		file(tw, "usr/bin/serve", strings("#!/bin/sh\necho serving\n"))
+		for i := range 200 {
+			file(tw, fmt.Sprintf("usr/lib/module%03d.py", i), strings(fmt.Sprintf("# module %d\nimport os\n", i)))
+		}
+	})
 }
 
 // raw: layers stay uncompressed tar files (fast to make at many GiB).
@@ -146,7 +157,12 @@ func layer(dir, name string, fill func(*tar.Writer)) v1.Layer {
 		log.Fatal(err)
 	}
 	f.Close()
-	path := f.Name()
+	return fileLayer(f.Name())
+}
+
+// fileLayer is a tar file as a layer: raw in a layout, gzip-compressed
+// on push.
+func fileLayer(path string) v1.Layer {
 	if raw {
 		f, err := os.Open(path)
 		if err != nil {

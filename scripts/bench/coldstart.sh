@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Cold start of an AI-style image, lazyblk against a plain pull, in one run,
+# as root. The image: a Debian root from debootstrap with python3 and numpy
+# (TORCH=1 adds python3-torch) plus WEIGHTS of random "model weights", in
+# docker-registry on loopback behind a shaper: DELAY added to every request
+# (the added RTT), CONN_RATE per response, RATE in all.
+#
+# Each case starts with an empty chunk cache and dropped page cache, and
+# times from the first command to the end of the workload:
+#   pull          download every layer in parallel, gunzip, unpack (as
+#                 containerd does), overlay mount, workload
+#   lazy          lazyblk mount (defaults, --no-trace), workload
+#   lazy+trace    lazyblk mount replaying the trace recorded by "lazy"
+#   warm          lazyblk mount with every chunk cached, workload
+# Workloads: sparse (start python3, import numpy and stdlib packages) and
+# dense (read the whole weights file, as a model server loads its model).
+# The dense throughput is compared with a raw parallel download of the
+# image's data blob (8 connections, 32 MiB ranges) through the same shaper.
+#
+# Prints a table and the ratios, writes OUT/coldstart.json and, with
+# gnuplot, OUT/coldstart.png.
+#   WEIGHTS=2G DELAY=2ms CONN_RATE=128MiB RATE=1GiB OUT=bench-out scripts/bench/coldstart.sh
+default_weights=2G default_text=0
+NO_LAYOUT=1 source "$(dirname "$0")/lib.sh"
+[ "$(id -u)" = 0 ] || { echo "coldstart.sh: run as root (mounts, chroot, drop_caches)" >&2; exit 1; }
+lb=$work/lazyblk
+out_dir=$(realpath -m "${OUT:-bench-out}")
+mkdir -p "$out_dir"
+cache_dir=${BENCH_CACHE:-/var/tmp/lazyblk-bench-cache}
+port=${BENCH_PORT:-5831} proxy_port=$((port + 1))
+delay=${DELAY:-2ms} conn_rate=${CONN_RATE:-128MiB} rate=${RATE:-1GiB}
+go build -o "$work/delayproxy" ./internal/tools/delayproxy
+go build -o "$work/pullbench" ./internal/tools/pullbench
+
+mnt=$work/mnt state=$work/run
+mkdir -p "$mnt" "$work/pullroot"
+cleanup() {
+  set +e
+  mountpoint -q "$mnt" && "$lb" umount --state-dir "$state" "$mnt"
+  mountpoint -q "$work/pullroot" && umount "$work/pullroot"
+  kill "${proxy_pid:-}" "${reg_pid:-}" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The root file system, built once and kept in BENCH_CACHE.
+pkgs=python3,python3-numpy
+[ -n "${TORCH:-}" ] && pkgs=$pkgs,python3-torch
+rootfs=$cache_dir/rootfs-${pkgs//,/-}.tar
+if [ ! -f "$rootfs" ]; then
+  echo "debootstrap: Debian bookworm minbase + ${pkgs//,/ } (once; kept in $rootfs)"
+  mkdir -p "$cache_dir"
+  rm -rf "$cache_dir/rootfs.tmp"
+  debootstrap --variant=minbase --include="$pkgs" bookworm "$cache_dir/rootfs.tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache_dir/debootstrap.log" 2>&1 ||
+    { tail -20 "$cache_dir/debootstrap.log" >&2; exit 1; }
+  rm -rf "$cache_dir"/rootfs.tmp/var/cache/apt/archives/*.deb
+  tar -C "$cache_dir/rootfs.tmp" --numeric-owner -cf "$rootfs.tmp" . && mv "$rootfs.tmp" "$rootfs"
+  rm -rf "$cache_dir/rootfs.tmp"
+fi
+
+reg_pid=$(scripts/registry.sh "$work/registry" "$port")
+"$work/delayproxy" -listen "127.0.0.1:$proxy_port" -target "127.0.0.1:$port" -delay "$delay" -conn-rate "$conn_rate" -rate "$rate" &
+proxy_pid=$!
+src=127.0.0.1:$port/bench/ai:v1 lazy=127.0.0.1:$port/bench/ai:v1-lazyblk
+via=127.0.0.1:$proxy_port
+echo "generating and pushing: $(du -h "$rootfs" | cut -f1) root + $(numfmt --to=iec "$weights") random weights"
+"$work/genimage" -dir "$work" -base-tar "$rootfs" -weights "$weights" -text "$text" "$src"
+rm -f "$work"/genimage-*.tar
+"$lb" convert --plain-http --tmp-dir "$work" "$src" "$lazy" >/dev/null
+"$lb" inspect --plain-http --json "$lazy" >"$work/inspect.json"
+field() { sed -n "s/.*\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$work/inspect.json" | head -1; }
+image_size=$(field imageSize) data_digest=$(field dataDigest) data_size=$(field dataSize)
+
+ms() { date +%s%3N; }
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+sparse() { chroot "$1" /usr/bin/python3 -c 'import numpy, asyncio, json, decimal, email.parser, http.client, sqlite3, ssl, xml.etree.ElementTree; assert numpy.arange(10).sum() == 45'; }
+dense() { cat "$1/models/weights.bin" >/dev/null; }
+mount_lazy() { # CACHE [FLAGS...]
+  local c=$1; shift
+  "$lb" mount --state-dir "$state" --plain-http --cache-dir "$c" "$@" "$via/bench/ai:v1-lazyblk" "$mnt" >/dev/null
+}
+umount_lazy() { "$lb" umount --state-dir "$state" "$mnt"; }
+declare -A t
+
+echo "== cold start, $(numfmt --to=iec "$image_size") filesystem, registry + ${delay} per request, ${conn_rate}/s per connection, ${rate}/s in all"
+
+# Plain pull: download + unpack once, then each workload on the result.
+cold
+t0=$(ms)
+"$work/pullbench" pull "$via/bench/ai:v1" "$work/pull" >/dev/null
+mount -t overlay overlay -o "lowerdir=$work/pull/1:$work/pull/0" "$work/pullroot"
+t1=$(ms)
+sparse "$work/pullroot"
+t[pull_sparse]=$(( $(ms) - t0 ))
+cold
+t2=$(ms)
+dense "$work/pullroot"
+t[pull_dense]=$(( t1 - t0 + $(ms) - t2 ))
+umount "$work/pullroot"
+rm -rf "$work/pull"
+
+# Lazy, no trace; the sparse run records the trace.
+for w in sparse dense; do
+  rm -rf "$work/cache"; cold
+  t0=$(ms)
+  mount_lazy "$work/cache" --no-trace
+  $w "$mnt"
+  t[lazy_$w]=$(( $(ms) - t0 ))
+  [ $w = sparse ] && "$lb" prefetch record --state-dir "$state" --duration 0 -o "$work/trace.json" "$mnt" >/dev/null
+  umount_lazy
+done
+"$lb" prefetch push --plain-http "$lazy" "$work/trace.json"
+
+# Lazy with the trace.
+for w in sparse dense; do
+  rm -rf "$work/cache"; cold
+  t0=$(ms)
+  mount_lazy "$work/cache"
+  $w "$mnt"
+  t[trace_$w]=$(( $(ms) - t0 ))
+  umount_lazy
+done
+
+# Warm: every chunk cached.
+"$lb" cat --plain-http --cache-dir "$work/cache" --cache-size 1000GiB "$lazy" >/dev/null
+for w in sparse dense; do
+  cold
+  t0=$(ms)
+  mount_lazy "$work/cache" --cache-size 1000GiB
+  $w "$mnt"
+  t[warm_$w]=$(( $(ms) - t0 ))
+  umount_lazy
+done
+
+# The reference for dense throughput: the data blob, raw, in parallel.
+cold
+raw_ms=$("$work/pullbench" get "$via/bench/ai:v1-lazyblk" "$data_digest" | sed -n 's/.*"ms":\([0-9]*\).*/\1/p')
+
+ratio() { echo "scale=3; $1 / $2" | bc | sed 's/^\./0./'; }
+mbps() { echo "scale=1; $1 / 1048576 * 1000 / $2" | bc; }
+printf '\n%-8s %10s %10s %12s %10s\n' workload pull lazy lazy+trace warm
+for w in sparse dense; do
+  printf '%-8s %8s ms %7s ms %9s ms %7s ms\n' $w "${t[pull_$w]}" "${t[lazy_$w]}" "${t[trace_$w]}" "${t[warm_$w]}"
+done
+r_cold_warm=$(ratio "${t[lazy_sparse]}" "${t[warm_sparse]}")
+r_cold_pull=$(ratio "${t[lazy_sparse]}" "${t[pull_sparse]}")
+r_trace_warm=$(ratio "${t[trace_sparse]}" "${t[warm_sparse]}")
+dense_mbps=$(mbps "$weights" "${t[lazy_dense]}") raw_mbps=$(mbps "$data_size" "$raw_ms")
+r_dense=$(ratio "$dense_mbps" "$raw_mbps")
+cat <<EOF
+
+sparse, cold without trace / warm:   $r_cold_warm   (target <= 1.3)
+sparse, cold with trace / warm:      $r_trace_warm
+sparse, cold without trace / pull:   $r_cold_pull   (target <= 0.1)
+dense, lazy $dense_mbps MiB/s vs raw parallel download $raw_mbps MiB/s: $r_dense   (target >= 0.9)
+EOF
+
+cat >"$out_dir/coldstart.json" <<EOF
+{
+  "image": {"filesystemBytes": $image_size, "weightsBytes": $weights, "packages": "${pkgs}"},
+  "shaper": {"delay": "$delay", "connRate": "$conn_rate", "rate": "$rate"},
+  "ms": {
+    "sparse": {"pull": ${t[pull_sparse]}, "lazy": ${t[lazy_sparse]}, "lazyTrace": ${t[trace_sparse]}, "warm": ${t[warm_sparse]}},
+    "dense": {"pull": ${t[pull_dense]}, "lazy": ${t[lazy_dense]}, "lazyTrace": ${t[trace_dense]}, "warm": ${t[warm_dense]}},
+    "rawDownload": $raw_ms
+  },
+  "ratios": {"sparseColdOverWarm": $r_cold_warm, "sparseTraceOverWarm": $r_trace_warm,
+             "sparseColdOverPull": $r_cold_pull, "denseOverRawDownload": $r_dense}
+}
+EOF
+echo "wrote $out_dir/coldstart.json"
+if command -v gnuplot >/dev/null; then
+  printf 'case sparse dense\npull %s %s\nlazy %s %s\nlazy+trace %s %s\nwarm %s %s\n' \
+    "${t[pull_sparse]}" "${t[pull_dense]}" "${t[lazy_sparse]}" "${t[lazy_dense]}" \
+    "${t[trace_sparse]}" "${t[trace_dense]}" "${t[warm_sparse]}" "${t[warm_dense]}" >"$work/chart.dat"
+  gnuplot <<EOF
+set terminal pngcairo size 900,500 font ",11"
+set output "$out_dir/coldstart.png"
+set title "Cold start to workload done ($(numfmt --to=iec "$image_size") image, +$delay RTT, $conn_rate/s per connection)"
+set ylabel "seconds (log scale)"
+set logscale y
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set key top left
+set grid ytics
+plot "$work/chart.dat" using (\$2/1000):xtic(1) title "sparse: python3 + import numpy", \
+     "" using (\$3/1000) title "dense: read all weights"
+EOF
+  echo "wrote $out_dir/coldstart.png"
+fi
