@@ -16,11 +16,19 @@ import (
 // cache: it would fetch bytes only to drop them.
 var ErrNoCache = errors.New("fetcher: prefetch and fill need a cache")
 
-// Prefetch fetches the given chunks, in the given order, into the cache.
-// It runs below demand reads: it uses only background connection slots,
-// so a demand miss never queues behind it. Adjacent chunks are coalesced
-// into large ranges; the fill rate cap applies.
+// Prefetch fetches the given chunks, in the given order, into the cache:
+// a trace, predicted demand. It runs below demand reads: it uses only
+// background connection slots, so a demand miss never queues behind it.
+// Adjacent chunks are coalesced into large ranges; the fill rate cap
+// applies.
 func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
+	return im.prefetch(ctx, chunks, false)
+}
+
+// prefetch is Prefetch; yield makes each request wait until no demand
+// fetch is in flight, so the fill takes neither bandwidth nor CPU from a
+// reader (a sequential reader keeps its own readahead in flight).
+func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 	if im.o.cache == nil {
 		return ErrNoCache
 	}
@@ -33,6 +41,13 @@ func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
 		i := chunks[k]
 		if i < 0 || i >= len(im.index.Chunks) {
 			return errors.Join(fmt.Errorf("fetcher: prefetch chunk %d outside 0..%d", i, len(im.index.Chunks)-1), g.Wait())
+		}
+		if yield {
+			select {
+			case <-im.idle():
+			case <-ctx.Done():
+				return errors.Join(ctx.Err(), g.Wait())
+			}
 		}
 		// Hold a background slot before claiming chunks, so a demand
 		// reader that finds them in flight never waits for a slot.
@@ -65,13 +80,14 @@ func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
 }
 
 // Fill fetches every chunk not yet cached, in image order, and returns
-// when the image is complete.
+// when the image is complete. It yields to demand: a request starts only
+// while no demand fetch is in flight.
 func (im *Image) Fill(ctx context.Context) error {
 	all := make([]int, len(im.index.Chunks))
 	for i := range all {
 		all[i] = i
 	}
-	return im.Prefetch(ctx, all)
+	return im.prefetch(ctx, all, true)
 }
 
 // Complete reports whether every non-hole chunk is cached.

@@ -49,6 +49,10 @@ type Image struct {
 
 	stats counters
 
+	idleMu     sync.Mutex    // guards demandRuns, demandIdle
+	demandRuns int           // demand fetches in flight
+	demandIdle chan struct{} // closed while demandRuns is 0
+
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
 	life   context.Context
@@ -94,7 +98,9 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 		return nil, err
 	}
 	life, cancel := context.WithCancel(context.Background())
-	return &Image{loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2, touched: make([]bool, len(x.Chunks)),
+	idle := make(chan struct{})
+	close(idle)
+	return &Image{demandIdle: idle, loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2, touched: make([]bool, len(x.Chunks)),
 		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background),
 		cacheWrites: make(chan struct{}, cacheWriters), life: life, cancel: cancel,
 		demandMem: semaphore.NewWeighted(o.memory), bgMem: semaphore.NewWeighted(o.memory / 2)}, nil
@@ -204,10 +210,33 @@ func (im *Image) join(i, last int) *call {
 // reader must not cancel what others wait on.
 func (im *Image) goFetch(run []int, cl *call) {
 	im.wg.Add(1)
+	im.demandBusy(1)
 	go func() {
 		defer im.wg.Done()
+		defer im.demandBusy(-1)
 		im.fetch(im.life, run, cl, im.demand)
 	}()
+}
+
+// demandBusy counts demand fetches starting (+1) and ending (-1).
+func (im *Image) demandBusy(d int) {
+	im.idleMu.Lock()
+	defer im.idleMu.Unlock()
+	im.demandRuns += d
+	switch {
+	case im.demandRuns == 1 && d > 0:
+		im.demandIdle = make(chan struct{})
+	case im.demandRuns == 0:
+		close(im.demandIdle)
+	}
+}
+
+// idle returns a channel that is closed while no demand fetch is in
+// flight.
+func (im *Image) idle() <-chan struct{} {
+	im.idleMu.Lock()
+	defer im.idleMu.Unlock()
+	return im.demandIdle
 }
 
 // touch notes a read of chunk i: its first touch goes into the trace, and
@@ -235,7 +264,7 @@ func (im *Image) touch(i int) {
 	if im.seqRun == 0 {
 		return
 	}
-	full := max(2, 2*im.o.maxCoalesce/int(im.index.ChunkSize))
+	full := max(2, 8*im.o.maxCoalesce/int(im.index.ChunkSize))
 	window := min(full, 1<<min(im.seqRun, 30))
 	j := max(im.raNext, i)
 	for ; j < len(im.index.Chunks) && j-i <= window; j++ {

@@ -33,10 +33,10 @@ const (
 	DefaultConnections = 8
 	// DefaultBackgroundConnections bounds prefetch and fill requests,
 	// which never take a demand slot.
-	DefaultBackgroundConnections = 2
+	DefaultBackgroundConnections = 4
 	// DefaultMaxCoalesce caps one range request made for a sequential
 	// reader or for prefetch.
-	DefaultMaxCoalesce = 32 << 20
+	DefaultMaxCoalesce = 8 << 20
 	// DefaultMemory bounds the bytes of demand runs between request and
 	// cache write, decoded zstd bytes included (prefetch and fill get half
 	// as much on their own): two full coalesced runs, what readahead keeps

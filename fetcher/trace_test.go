@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,8 +123,9 @@ func TestTraceRoundTrip(t *testing.T) {
 // gate is a registry proxy that holds every range request touching one of
 // a set of stored byte ranges until released.
 type gate struct {
-	held    chan struct{} // one send per held request
-	release chan struct{}
+	held     chan struct{} // one send per held request
+	release  chan struct{}
+	requests atomic.Int64 // range requests seen
 }
 
 func newGate(t *testing.T, host string, x *imagefmt.Index, chunks []int) (*gate, string) {
@@ -132,6 +134,9 @@ func newGate(t *testing.T, host string, x *imagefmt.Index, chunks []int) (*gate,
 	rp := httputil.NewSingleHostReverseProxy(target)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var first, last uint64
+		if r.Header.Get("Range") != "" {
+			g.requests.Add(1)
+		}
 		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err == nil {
 			for _, i := range chunks {
 				c := x.Chunks[i]
@@ -214,5 +219,46 @@ func TestDemandPreemptsTrace(t *testing.T) {
 	if s := im.Stats(); s.Misses != before.Misses || s.BytesFetched != before.BytesFetched {
 		t.Errorf("after the replay, reading the trace's chunks missed %d times, fetched %d bytes; want none",
 			s.Misses-before.Misses, s.BytesFetched-before.BytesFetched)
+	}
+}
+
+// TestFillYieldsToDemand: while a demand fetch is in flight the fill
+// starts no request of its own; once the demand read is answered the fill
+// completes the image.
+func TestFillYieldsToDemand(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, _ := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	d, err := fetcher.Describe(context.Background(), loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := dataChunks(d.Index)
+	demand := data[len(data)/2]
+	g, proxy := newGate(t, host, d.Index, []int{demand})
+	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(newCache(t, 64<<20, 1)))
+
+	read := make(chan error, 1)
+	go func() {
+		_, err := im.ReadAt(context.Background(), make([]byte, 100), int64(demand)*int64(d.Index.ChunkSize))
+		read <- err
+	}()
+	<-g.held // the demand fetch is in flight
+	filled := make(chan error, 1)
+	go func() { filled <- im.Fill(context.Background()) }()
+	// Absence cannot be awaited: watch for a while that nothing starts.
+	select {
+	case err := <-filled:
+		t.Fatalf("the fill ended (%v) while a demand fetch was in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if n := g.requests.Load(); n != 1 {
+		t.Fatalf("%d range requests while the demand fetch was in flight, want only its own", n)
+	}
+	g.open()
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-filled; err != nil || !im.Complete() {
+		t.Fatalf("fill after the demand read: %v, complete %v", err, im.Complete())
 	}
 }

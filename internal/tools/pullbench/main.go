@@ -138,6 +138,9 @@ func untar(r io.Reader, dir string) error {
 			return err
 		}
 		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil { // parents a layer does not list
+			return err
+		}
 		switch h.Typeflag {
 		case tar.TypeDir:
 			err = os.MkdirAll(p, os.FileMode(h.Mode)&os.ModePerm)
