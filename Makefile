@@ -3,7 +3,7 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin/lazyblk
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps demo test lint bench fuzz proto clean
+.PHONY: all build deps demo test lint bench bench-convert fuzz proto clean
 
 all: build
 
@@ -26,7 +26,12 @@ test: deps lint build
 fuzz:
 	$(GO) test ./imagefmt -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s
 
+# The cold-start benchmark (issue: prefetch traces): pull vs lazy vs
+# lazy+trace vs warm, sparse and dense workloads; writes bench-out/.
 bench: deps build
+	./scripts/bench/coldstart.sh
+
+bench-convert: deps build
 	./scripts/bench/convert.sh
 
 # Regenerates the fetcher daemon's gRPC API (not needed to build: the

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
@@ -49,9 +50,10 @@ type Image struct {
 
 	stats counters
 
-	idleMu     sync.Mutex    // guards demandRuns, demandIdle
+	idleMu     sync.Mutex    // guards demandRuns, demandIdle, lastDemand
 	demandRuns int           // demand fetches in flight
 	demandIdle chan struct{} // closed while demandRuns is 0
+	lastDemand time.Time     // when the last demand fetch started
 
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
@@ -223,6 +225,9 @@ func (im *Image) demandBusy(d int) {
 	im.idleMu.Lock()
 	defer im.idleMu.Unlock()
 	im.demandRuns += d
+	if d > 0 {
+		im.lastDemand = time.Now()
+	}
 	switch {
 	case im.demandRuns == 1 && d > 0:
 		im.demandIdle = make(chan struct{})
@@ -231,12 +236,30 @@ func (im *Image) demandBusy(d int) {
 	}
 }
 
-// idle returns a channel that is closed while no demand fetch is in
-// flight.
-func (im *Image) idle() <-chan struct{} {
-	im.idleMu.Lock()
-	defer im.idleMu.Unlock()
-	return im.demandIdle
+// waitQuiet returns once no demand fetch is in flight and none started
+// for quiet: a start-up's storm of misses, with its short pauses, keeps
+// the fill waiting until it settles.
+func (im *Image) waitQuiet(ctx context.Context, quiet time.Duration) error {
+	for {
+		im.idleMu.Lock()
+		idle, since := im.demandIdle, time.Since(im.lastDemand)
+		im.idleMu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if since >= quiet {
+			return nil
+		}
+		t := time.NewTimer(quiet - since)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
 }
 
 // touch notes a read of chunk i: its first touch goes into the trace, and

@@ -14,6 +14,7 @@ packages=(
   util-linux                      # mount, losetup
   bc time curl                    # benchmark arithmetic, peak RSS, registry readiness
   containerd runc                 # containerd 1.6 for the snapshotter tests
+  debootstrap gnuplot-nox         # the cold-start benchmark: a real Debian root, its chart
 )
 
 if [ "$(id -u)" -ne 0 ]; then

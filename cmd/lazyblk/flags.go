@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/lazyblk/lazyblk/config"
+	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/mounts"
 )
 
@@ -59,4 +61,27 @@ func fetcherAddressFlag() cli.Flag {
 
 func manager(c *cli.Context) *mounts.Manager {
 	return &mounts.Manager{Root: c.String("state-dir")}
+}
+
+// registryFlags are what commands that only read from or write to a
+// registry share.
+func registryFlags(jsonUsage string) []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
+		&cli.BoolFlag{Name: "json", Usage: jsonUsage},
+	}
+}
+
+// refArgs checks that the command got n arguments, usage naming them, and
+// parses the first as REF.
+func refArgs(c *cli.Context, n int, usage string) (fetcher.Location, error) {
+	name := strings.TrimPrefix(c.Command.HelpName, "lazyblk ")
+	if c.NArg() != n {
+		return fetcher.Location{}, cli.Exit(fmt.Sprintf("%s needs %s (see lazyblk %s --help)", name, usage, name), 2)
+	}
+	loc, err := fetcher.ParseLocation(c.Args().First(), c.Bool("plain-http"))
+	if err != nil {
+		return loc, cli.Exit(err.Error(), 2)
+	}
+	return loc, nil
 }

@@ -23,17 +23,11 @@ the manifest names) and prints what the block image holds.
 Examples:
   lazyblk inspect registry.local/python:3.12-lazyblk
   lazyblk inspect --json oci:./out:v1`,
-		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
-			&cli.BoolFlag{Name: "json", Usage: "print as JSON"},
-		},
+		Flags: registryFlags("print as JSON"),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return cli.Exit("inspect needs REF (see lazyblk inspect --help)", 2)
-			}
-			loc, err := fetcher.ParseLocation(c.Args().First(), c.Bool("plain-http"))
+			loc, err := refArgs(c, 1, "REF")
 			if err != nil {
-				return cli.Exit(err.Error(), 2)
+				return err
 			}
 			d, err := fetcher.Describe(c.Context, loc)
 			if err != nil {

@@ -173,17 +173,11 @@ cache replay the newest trace.
 
 Example:
   lazyblk prefetch push registry.local/app:v1-lazyblk app.trace.json`,
-		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
-			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
-		},
+		Flags: registryFlags("print the result as JSON"),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 2 {
-				return cli.Exit("prefetch push needs REF and TRACE (see lazyblk prefetch push --help)", 2)
-			}
-			loc, err := fetcher.ParseLocation(c.Args().Get(0), c.Bool("plain-http"))
+			loc, err := refArgs(c, 2, "REF and TRACE")
 			if err != nil {
-				return cli.Exit(err.Error(), 2)
+				return err
 			}
 			b, err := os.ReadFile(c.Args().Get(1))
 			if err != nil {
@@ -213,17 +207,11 @@ func prefetchShowCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "print the trace a mount of REF would replay",
 		ArgsUsage: "REF",
-		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
-			&cli.BoolFlag{Name: "json", Usage: "print the trace itself, as JSON"},
-		},
+		Flags:     registryFlags("print the trace itself, as JSON"),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return cli.Exit("prefetch show needs REF (see lazyblk prefetch show --help)", 2)
-			}
-			loc, err := fetcher.ParseLocation(c.Args().First(), c.Bool("plain-http"))
+			loc, err := refArgs(c, 1, "REF")
 			if err != nil {
-				return cli.Exit(err.Error(), 2)
+				return err
 			}
 			d, err := fetcher.Describe(c.Context, loc)
 			if err != nil {

@@ -17,6 +17,9 @@
 # The dense throughput is compared with a raw parallel download of the
 # image's data blob (8 connections, 32 MiB ranges) through the same shaper.
 #
+# FILL_BELOW passes --fill-below to every mount (default: lazyblk's, 8GiB,
+# so the whole image fills in the background below demand).
+#
 # Prints a table and the ratios, writes OUT/coldstart.json and, with
 # gnuplot, OUT/coldstart.png.
 #   WEIGHTS=2G DELAY=2ms CONN_RATE=128MiB RATE=1GiB OUT=bench-out scripts/bench/coldstart.sh
@@ -77,7 +80,8 @@ sparse() { chroot "$1" /usr/bin/python3 -c 'import numpy, asyncio, json, decimal
 dense() { cat "$1/models/weights.bin" >/dev/null; }
 mount_lazy() { # CACHE [FLAGS...]
   local c=$1; shift
-  "$lb" mount --state-dir "$state" --plain-http --cache-dir "$c" "$@" "$via/bench/ai:v1-lazyblk" "$mnt" >/dev/null
+  "$lb" mount --state-dir "$state" --plain-http --cache-dir "$c" ${FILL_BELOW:+--fill-below "$FILL_BELOW"} "$@" \
+    "$via/bench/ai:v1-lazyblk" "$mnt" >/dev/null
 }
 umount_lazy() { "$lb" umount --state-dir "$state" "$mnt"; }
 declare -A t
@@ -158,7 +162,7 @@ EOF
 cat >"$out_dir/coldstart.json" <<EOF
 {
   "image": {"filesystemBytes": $image_size, "weightsBytes": $weights, "packages": "${pkgs}"},
-  "shaper": {"delay": "$delay", "connRate": "$conn_rate", "rate": "$rate"},
+  "shaper": {"delay": "$delay", "connRate": "$conn_rate", "rate": "$rate"}, "fillBelow": "${FILL_BELOW:-default}",
   "ms": {
     "sparse": {"pull": ${t[pull_sparse]}, "lazy": ${t[lazy_sparse]}, "lazyTrace": ${t[trace_sparse]}, "warm": ${t[warm_sparse]}},
     "dense": {"pull": ${t[pull_dense]}, "lazy": ${t[lazy_dense]}, "lazyTrace": ${t[trace_dense]}, "warm": ${t[warm_dense]}},
@@ -170,7 +174,7 @@ cat >"$out_dir/coldstart.json" <<EOF
 EOF
 echo "wrote $out_dir/coldstart.json"
 if command -v gnuplot >/dev/null; then
-  printf 'case sparse dense\npull %s %s\nlazy %s %s\nlazy+trace %s %s\nwarm %s %s\n' \
+  printf '# case sparse dense\npull %s %s\nlazy %s %s\nlazy+trace %s %s\nwarm %s %s\n' \
     "${t[pull_sparse]}" "${t[pull_dense]}" "${t[lazy_sparse]}" "${t[lazy_dense]}" \
     "${t[trace_sparse]}" "${t[trace_dense]}" "${t[warm_sparse]}" "${t[warm_dense]}" >"$work/chart.dat"
   gnuplot <<EOF

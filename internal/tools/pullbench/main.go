@@ -175,25 +175,11 @@ func untar(r io.Reader, dir string) error {
 			return err
 		}
 		if h.Typeflag != tar.TypeSymlink && h.Typeflag != tar.TypeLink {
-			if err := os.Chmod(p, os.FileMode(h.Mode)&os.ModePerm|modeBits(h.Mode)); err != nil {
+			if err := os.Chmod(p, h.FileInfo().Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
 				return err
 			}
 		}
 	}
-}
-
-func modeBits(m int64) os.FileMode {
-	var out os.FileMode
-	if m&0o4000 != 0 {
-		out |= os.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		out |= os.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		out |= os.ModeSticky
-	}
-	return out
 }
 
 func get(ref, digest string, conns int, part int64) (int64, error) {
