@@ -27,14 +27,19 @@ func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
 }
 
 // fillQuiet is how long demand must have been quiet before the fill
-// starts a request. Measured (scripts/bench/coldstart.sh, 2 cores): a
-// fill that only waited for no demand fetch in flight slowed a python3
-// start-up by 40%, taking hashing and disk time in the pauses between its
-// misses.
+// starts a request (no read, no demand fetch started). Measured
+// (scripts/bench/coldstart.sh, 2 cores): a fill that only waited for no
+// demand fetch in flight slowed a python3 start-up by 40%, taking hashing
+// and disk time in the pauses between its misses; one that ignored cache
+// hits did the same to a start-up served by its trace.
 const fillQuiet = 500 * time.Millisecond
 
-// prefetch is Prefetch; yield makes each request wait until demand has
-// been quiet for fillQuiet, so the fill takes neither bandwidth nor CPU
+// fillMaxWait bounds the wait for quiet before each fill request: under a
+// reader that never pauses the fill still moves, a run at a time.
+const fillMaxWait = 5 * time.Second
+
+// prefetch is Prefetch; yield makes each request wait until the image
+// has been quiet for fillQuiet (see waitQuiet), so the fill takes neither bandwidth nor CPU
 // from a reader (a sequential reader keeps its own readahead in flight).
 func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 	if im.o.cache == nil {
@@ -51,7 +56,7 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 			return errors.Join(fmt.Errorf("fetcher: prefetch chunk %d outside 0..%d", i, len(im.index.Chunks)-1), g.Wait())
 		}
 		if yield {
-			if err := im.waitQuiet(ctx, fillQuiet); err != nil {
+			if err := im.waitQuiet(ctx, fillQuiet, fillMaxWait); err != nil {
 				return errors.Join(err, g.Wait())
 			}
 		}
@@ -87,7 +92,8 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 
 // Fill fetches every chunk not yet cached, in image order, and returns
 // when the image is complete. It yields to demand: a request starts only
-// while no demand fetch is in flight and none started for fillQuiet.
+// while no demand fetch is in flight and the image had no read for
+// fillQuiet (or fillMaxWait passed).
 func (im *Image) Fill(ctx context.Context) error {
 	all := make([]int, len(im.index.Chunks))
 	for i := range all {

@@ -54,6 +54,7 @@ type Image struct {
 	demandRuns int           // demand fetches in flight
 	demandIdle chan struct{} // closed while demandRuns is 0
 	lastDemand time.Time     // when the last demand fetch started
+	readAt     atomic.Int64  // when the last ReadAt came, in UnixNano
 
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
@@ -132,6 +133,7 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 || off > im.Size() {
 		return 0, fmt.Errorf("fetcher: read at %d outside image of %d bytes", off, im.Size())
 	}
+	im.readAt.Store(time.Now().UnixNano())
 	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)
 	defer cancel()
 	cs := int64(im.index.ChunkSize)
@@ -236,23 +238,31 @@ func (im *Image) demandBusy(d int) {
 	}
 }
 
-// waitQuiet returns once no demand fetch is in flight and none started
-// for quiet: a start-up's storm of misses, with its short pauses, keeps
-// the fill waiting until it settles.
-func (im *Image) waitQuiet(ctx context.Context, quiet time.Duration) error {
+// waitQuiet returns once no demand fetch is in flight and the image has
+// been quiet for quiet: no read (hits included: a start-up served by its
+// trace is still busy) and no demand fetch started. A start-up's storm of
+// reads, with its short pauses, keeps the fill waiting until it settles.
+// After maxWait it asks only for no demand fetch in flight, so a reader
+// that never pauses does not starve the fill.
+func (im *Image) waitQuiet(ctx context.Context, quiet, maxWait time.Duration) error {
+	deadline := time.Now().Add(maxWait)
 	for {
 		im.idleMu.Lock()
-		idle, since := im.demandIdle, time.Since(im.lastDemand)
+		idle, last := im.demandIdle, im.lastDemand
 		im.idleMu.Unlock()
 		select {
 		case <-idle:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if since >= quiet {
+		if r := time.Unix(0, im.readAt.Load()); r.After(last) {
+			last = r
+		}
+		wait := min(time.Until(last.Add(quiet)), time.Until(deadline))
+		if wait <= 0 {
 			return nil
 		}
-		t := time.NewTimer(quiet - since)
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
