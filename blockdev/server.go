@@ -47,13 +47,24 @@ type Server struct {
 	closed bool
 
 	stats struct{ requests, bytes, errors atomic.Int64 }
+
+	readsMu sync.Mutex             // guards reads
+	reads   map[*request]time.Time // reads in flight: when each started
 }
 
-// Stats counts what the server answered.
+// StuckAfter is when a read in flight counts as stuck in Stats: far
+// beyond any healthy read, well before the read deadline fails it.
+const StuckAfter = 10 * time.Second
+
+// Stats counts what the server answered and what it is answering.
 type Stats struct {
-	Requests int64 // requests of any kind answered
-	Bytes    int64 // bytes returned by reads
-	Errors   int64 // reads answered with an error
+	Requests int64 `json:"requests"` // requests of any kind answered
+	Bytes    int64 `json:"bytes"`    // bytes returned by reads
+	Errors   int64 `json:"errors"`   // reads answered with an error
+	InFlight int   `json:"inFlight"` // reads being answered now
+	Stuck    int   `json:"stuck"`    // of them, those started over StuckAfter ago
+	// Oldest is the age of the oldest read in flight.
+	Oldest time.Duration `json:"oldestNanos"`
 }
 
 // NewServer returns a server for exports, which must have distinct names.
@@ -66,7 +77,7 @@ func NewServer(exports []Export, opts ...Option) (*Server, error) {
 		return nil, errors.New("blockdev: a server needs at least one export")
 	}
 	s := &Server{opts: o, mem: semaphore.NewWeighted(o.memory),
-		open: map[io.Closer]struct{}{}}
+		open: map[io.Closer]struct{}{}, reads: map[*request]time.Time{}}
 	seen := map[string]bool{}
 	for i := range exports {
 		e := exports[i]
@@ -197,7 +208,19 @@ func (s *Server) Close() error {
 
 // Stats returns the counters so far.
 func (s *Server) Stats() Stats {
-	return Stats{Requests: s.stats.requests.Load(), Bytes: s.stats.bytes.Load(), Errors: s.stats.errors.Load()}
+	st := Stats{Requests: s.stats.requests.Load(), Bytes: s.stats.bytes.Load(), Errors: s.stats.errors.Load()}
+	now := time.Now()
+	s.readsMu.Lock()
+	defer s.readsMu.Unlock()
+	st.InFlight = len(s.reads)
+	for _, t := range s.reads {
+		age := now.Sub(t)
+		st.Oldest = max(st.Oldest, age)
+		if age > StuckAfter {
+			st.Stuck++
+		}
+	}
+	return st
 }
 
 // session is one connection in the transmission phase.
@@ -282,6 +305,14 @@ func (c *session) read(req request) {
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.opts.requestTimeout)
 	defer cancel()
 	start := time.Now()
+	c.s.readsMu.Lock()
+	c.s.reads[&req] = start
+	c.s.readsMu.Unlock()
+	defer func() {
+		c.s.readsMu.Lock()
+		delete(c.s.reads, &req)
+		c.s.readsMu.Unlock()
+	}()
 	n, err := c.e.Backend.ReadAt(ctx, (*buf)[16:], int64(req.off))
 	if n == int(req.length) && errors.Is(err, io.EOF) {
 		err = nil

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -184,6 +185,48 @@ h.shutdown()
 	}
 	if st := s.srv.Stats(); st.Errors != 1 {
 		t.Errorf("server counted %d read errors, want 1", st.Errors)
+	}
+}
+
+// TestReadsInFlight: a read held up at the registry shows in Stats as in
+// flight, with its age, until it is answered.
+func TestReadsInFlight(t *testing.T) {
+	testutil.Require(t, false, "/usr/bin/python3")
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := serve(t, func(host string) string {
+		return testutil.FaultProxy(t, host, func(_ int64, r *http.Request) testutil.Fault {
+			if r.Header.Get("Range") != "" {
+				once.Do(func() { close(arrived) })
+				<-release
+			}
+			return testutil.Pass
+		})
+	})
+	if st := s.srv.Stats(); st.InFlight != 0 || st.Oldest != 0 {
+		t.Fatalf("before any read: %+v", st)
+	}
+	cmd := exec.Command("/usr/bin/python3", "-c", fmt.Sprintf(`
+import nbd
+h = nbd.NBD()
+h.connect_uri(%q)
+h.pread(4096, 0)
+h.shutdown()
+`, s.uri))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	<-arrived
+	st := s.srv.Stats()
+	close(release)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the held read: %v", err)
+	}
+	if st.InFlight != 1 || st.Oldest <= 0 || st.Stuck != 0 {
+		t.Errorf("while the registry held the read: %+v, want one read in flight, not stuck", st)
+	}
+	if st := s.srv.Stats(); st.InFlight != 0 || st.Oldest != 0 || st.Bytes != 4096 {
+		t.Errorf("after it was answered: %+v", st)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,6 +39,13 @@ type Fetcher struct {
 	Cache    Cache    `toml:"cache"`
 	Blockdev Blockdev `toml:"blockdev"`
 	Prefetch Prefetch `toml:"prefetch"`
+	Metrics  Metrics  `toml:"metrics"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Address is host:port for GET /metrics; empty: no endpoint.
+	Address string `toml:"address"`
 }
 
 // Prefetch configures what a mount fetches below demand reads.
@@ -175,6 +183,11 @@ func (c Fetcher) Check() error {
 	}
 	if _, err := c.IOTimeout(); err != nil {
 		return err
+	}
+	if a := c.Metrics.Address; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("config: metrics.address = %q: want host:port like 127.0.0.1:9464, or empty for none", a)
+		}
 	}
 	_, _, err := c.Fill()
 	return err

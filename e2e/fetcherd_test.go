@@ -20,15 +20,18 @@ import (
 
 // TestFetcherDaemon drives a fetcher daemon through lazyblk mount (which
 // uses it when it answers) and through its gRPC API: mount, list, stats,
-// prefetch to completion, errors with the right codes, unmount.
+// prefetch to completion, errors with the right codes, unmount. Its
+// Prometheus endpoint is scraped around a read and after the fill.
 func TestFetcherDaemon(t *testing.T) {
 	testutil.Require(t, true, "nbdfuse")
 	dir := t.TempDir()
 	e := &mountEnv{host: testutil.GGCRRegistry(t), state: filepath.Join(dir, "run")}
 	t.Cleanup(func() { e.assertClean(t) })
 	sock := filepath.Join(dir, "fetcher.sock")
-	d := startDaemon(t, "listening on", lazyblk, "fetcher", "--config", noFillConfig(t, dir), "--root", filepath.Join(dir, "lib"), "--state", e.state, "--address", sock)
+	d := startDaemon(t, "listening on", lazyblk, "fetcher", "--config", noFillConfig(t, dir), "--root", filepath.Join(dir, "lib"), "--state", e.state, "--address", sock,
+		"--metrics-address", "127.0.0.1:0")
 	defer d.stop()
+	metrics := metricsURL(t, d)
 	ref := e.host + "/daemon/img:v1"
 	_, want := testutil.BlockImage(t, ref, 3<<20)
 
@@ -44,6 +47,7 @@ func TestFetcherDaemon(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(mnt, "small")); err != nil || string(b) != "small" {
 		t.Fatalf("read through the daemon's mount: %q %v", b, err)
 	}
+	checkReadMetrics(t, metrics, mnt, ref, int64(len(want)))
 
 	c, cc, err := fetcherd.Dial(sock)
 	if err != nil {
@@ -72,6 +76,22 @@ func TestFetcherDaemon(t *testing.T) {
 	}
 	if !st.Complete || st.ImageSize != int64(len(want)) || st.BytesFetched == 0 {
 		t.Fatalf("after Prefetch: %+v, want complete with %d image bytes", st, len(want))
+	}
+	m := scrapeMetrics(t, metrics)
+	if r := m.must(t, "lazyblk_image_cached_ratio", "mount", mnt); r != 1 {
+		t.Errorf("lazyblk_image_cached_ratio %v after the fill, want 1", r)
+	}
+	if v := m.must(t, "lazyblk_image_fetched_bytes_total", "mount", mnt); int64(v) != st.BytesFetched {
+		t.Errorf("lazyblk_image_fetched_bytes_total %v, Stats says %d", v, st.BytesFetched)
+	}
+	// Complete can be seen a moment before the fill says it is done.
+	if v := m.must(t, "lazyblk_prefetch_phase", "mount", mnt, "phase", "fill") +
+		m.must(t, "lazyblk_prefetch_phase", "mount", mnt, "phase", "done"); v != 1 {
+		t.Errorf("lazyblk_prefetch_phase: neither fill nor done after the fill")
+	}
+	if used, written := m.must(t, "lazyblk_cache_used_bytes", "mount", mnt),
+		m.must(t, "lazyblk_cache_stripe_written_bytes_total", "mount", mnt); used < 3<<20 || written < used {
+		t.Errorf("cache: %v bytes used, %v written to its stripe; want the 3 MiB of random.bin in both", used, written)
 	}
 
 	// Errors name the thing and carry the right code.
@@ -147,5 +167,50 @@ func TestConfigDefault(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "none.sock")
 	if _, stderr, code := run(t, "status", "--address", sock); code != 1 || !strings.Contains(stderr, sock) {
 		t.Errorf("status without a daemon: exit %d: %s", code, stderr)
+	}
+}
+
+// checkReadMetrics scrapes the daemon around a cold read of random.bin
+// and checks the counters moved as the read must move them.
+func checkReadMetrics(t *testing.T, url, mnt, ref string, size int64) {
+	t.Helper()
+	before := scrapeMetrics(t, url)
+	if v := before.must(t, "lazyblk_mount_up", "mount", mnt, "ref", ref); v != 1 {
+		t.Fatalf("lazyblk_mount_up %v, want 1", v)
+	}
+	if v := before.must(t, "lazyblk_mount_ready_seconds", "attach", "nbdfuse"); v != 1 {
+		t.Errorf("lazyblk_mount_ready_seconds count %v, want the one mount", v)
+	}
+	if v := before.must(t, "lazyblk_image_size_bytes", "mount", mnt); int64(v) != size {
+		t.Errorf("lazyblk_image_size_bytes %v, want %d", v, size)
+	}
+	b, err := os.ReadFile(filepath.Join(mnt, "random.bin"))
+	if err != nil || len(b) != 3<<20 {
+		t.Fatalf("read random.bin: %d bytes, %v", len(b), err)
+	}
+	after := scrapeMetrics(t, url)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		least  float64 // grew by at least
+	}{
+		// The mount itself read the filesystem's metadata, which may share
+		// a chunk with the file's start; chunks reach the cache after
+		// the read is answered.
+		{"lazyblk_image_fetched_bytes_total", nil, 2 << 20},
+		{"lazyblk_chunk_cache_misses_total", nil, 1},
+		{"lazyblk_registry_requests_total", nil, 1},
+		{"lazyblk_chunk_read_seconds", []string{"source", "origin"}, 1},
+		{"lazyblk_nbd_read_bytes_total", nil, 3 << 20},
+	} {
+		labels := append([]string{"mount", mnt}, c.labels...)
+		if d := after.must(t, c.name, labels...) - before.must(t, c.name, labels...); d < c.least {
+			t.Errorf("%s%v grew by %v over a cold 3 MiB read, want at least %v", c.name, c.labels, d, c.least)
+		}
+	}
+	for _, name := range []string{"lazyblk_verify_failures_total", "lazyblk_nbd_read_errors_total", "lazyblk_nbd_reads_stuck"} {
+		if v := after.must(t, name, "mount", mnt); v != 0 {
+			t.Errorf("%s = %v after clean reads", name, v)
+		}
 	}
 }

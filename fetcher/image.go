@@ -165,6 +165,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	}
 	size := int64(im.index.ChunkLen(i))
 	im.touch(i)
+	start := time.Now()
 	if im.o.cache != nil {
 		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
 		if err != nil {
@@ -172,10 +173,12 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 		}
 		if hit {
 			im.stats.hits.Add(1)
+			im.stats.fromCache.observe(time.Since(start))
 			return nil
 		}
 	}
 	im.stats.misses.Add(1)
+	defer func() { im.stats.fromOrigin.observe(time.Since(start)) }()
 	for {
 		cl := im.join(i, last)
 		select {
@@ -464,20 +467,4 @@ func sum(run []int, f func(int) int) int {
 		n += f(j)
 	}
 	return n
-}
-
-// Stats is a snapshot of an image's counters.
-type Stats struct {
-	Hits, Misses, Requests, Retries, VerifyFailures, BytesFetched int64
-}
-
-type counters struct {
-	hits, misses, requests, retries, verifyFailures, bytesFetched atomic.Int64
-}
-
-// Stats returns the image's counters.
-func (im *Image) Stats() Stats {
-	s := &im.stats
-	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
-		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load()}
 }

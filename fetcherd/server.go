@@ -40,6 +40,8 @@ type Server struct {
 	fetcherv1.UnimplementedFetcherServer
 	Mounts   *mounts.Manager
 	Defaults Defaults
+
+	prom metrics // see MetricsHandler
 }
 
 // Mount mounts an image read-only on a directory.
@@ -66,9 +68,14 @@ func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcher
 	start := time.Now()
 	st, note, err := s.Mounts.Mount(ctx, req)
 	if err != nil {
+		s.registry().failures.Inc()
 		return nil, toStatus(err)
 	}
-	slog.Info("mounted", "ref", r.Ref, "dir", st.Dir, "ms", time.Since(start).Milliseconds(), "note", note)
+	took := time.Since(start)
+	if st.Mount != nil {
+		s.registry().ready.WithLabelValues(st.Mount.Attach).Observe(took.Seconds())
+	}
+	slog.Info("mounted", "ref", r.Ref, "dir", st.Dir, "ms", took.Milliseconds(), "note", note)
 	return info(st), nil
 }
 

@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/lazyblk/lazyblk/blockdev"
+	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
 )
@@ -139,6 +140,9 @@ type Stats struct {
 	ImageSize int64          `json:"imageSize"`
 	Complete  bool           `json:"complete"` // every chunk is cached
 	Prefetch  PrefetchStatus `json:"prefetch"`
+	// Cache is the chunk cache as this mount's serving process sees it
+	// (each process accounts its own reads, writes and evictions).
+	Cache *cache.Stats `json:"cache,omitempty"`
 }
 
 // serveControl answers the daemon on work/ctl.sock: GET /stats, POST
@@ -155,7 +159,7 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		json.NewEncoder(w).Encode(Stats{Image: im.Stats(), Server: srv.Stats(), ImageSize: im.Size(), Complete: im.Complete(),
-			Prefetch: pf.Status()})
+			Prefetch: pf.Status(), Cache: im.CacheStats()})
 	})
 	mux.HandleFunc("POST /prefetch", func(w http.ResponseWriter, _ *http.Request) {
 		pf.requestFill(ctx)

@@ -33,12 +33,14 @@ ROOT/cache, 10GiB), state /run/lazyblk, socket /run/lazyblk/fetcher.sock.
 Examples:
   lazyblk fetcher
   lazyblk fetcher --config /etc/lazyblk/fetcher.toml
-  lazyblk --log-level info fetcher --root /data/lazyblk --address /run/lazyblk/f.sock`,
+  lazyblk --log-level info fetcher --root /data/lazyblk --address /run/lazyblk/f.sock
+  lazyblk fetcher --metrics-address 127.0.0.1:9464   # then: curl 127.0.0.1:9464/metrics`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Usage: "TOML configuration file (default: none, built-in defaults)"},
 			&cli.StringFlag{Name: "root", Usage: "persistent directory (default cache location); overrides root"},
 			&cli.StringFlag{Name: "state", Usage: "mount state directory; overrides state"},
 			&cli.StringFlag{Name: "address", Usage: "control socket; overrides address"},
+			&cli.StringFlag{Name: "metrics-address", Usage: "host:port of a Prometheus endpoint (GET /metrics); overrides metrics.address"},
 		},
 		Action: runFetcher,
 	}
@@ -47,7 +49,8 @@ Examples:
 func runFetcher(c *cli.Context) error {
 	cfg, err := config.LoadFetcher(c.String("config"))
 	if err == nil {
-		err = overrides(c, cfg.Check, map[string]*string{"root": &cfg.Root, "state": &cfg.State, "address": &cfg.Address})
+		err = overrides(c, cfg.Check, map[string]*string{"root": &cfg.Root, "state": &cfg.State, "address": &cfg.Address,
+			"metrics-address": &cfg.Metrics.Address})
 	}
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
@@ -67,6 +70,19 @@ func runFetcher(c *cli.Context) error {
 	l, err := fetcherd.Listen(cfg.Address)
 	if err != nil {
 		return err
+	}
+	if a := cfg.Metrics.Address; a != "" {
+		ml, err := net.Listen("tcp", a)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("metrics endpoint (metrics.address): %w", err)
+		}
+		go func() {
+			if err := srv.ServeMetrics(c.Context, ml); err != nil {
+				slog.Error("metrics endpoint stopped", "address", a, "err", err)
+			}
+		}()
+		fmt.Fprintf(c.App.ErrWriter, "lazyblk fetcher: metrics on http://%s/metrics\n", ml.Addr())
 	}
 	fetcherd.Recover(c.Context, m)
 	slog.Info("fetcher daemon", "state", cfg.State, "cache", cfg.CacheDirs())

@@ -1,0 +1,108 @@
+package fetcher
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/imagefmt"
+)
+
+// Stats is a snapshot of an image's counters.
+type Stats struct {
+	Hits, Misses, Requests, Retries, VerifyFailures, BytesFetched int64
+	// Cached is how many bytes of the image the cache holds (holes count
+	// as held): Cached == Size() once the image is complete.
+	Cached int64
+	// Latency of chunk reads by source (SourceCache, SourceOrigin), from
+	// the read's start to its chunk's bytes in hand.
+	Latency map[string]Histogram
+}
+
+type counters struct {
+	hits, misses, requests, retries, verifyFailures, bytesFetched atomic.Int64
+	fromCache, fromOrigin                                         latency
+}
+
+// Stats returns the image's counters.
+func (im *Image) Stats() Stats {
+	s := &im.stats
+	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
+		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
+		Cached:  im.Cached(),
+		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceOrigin: s.fromOrigin.snapshot()}}
+}
+
+// Cached returns how many bytes of the image the cache holds; holes count
+// as held. Without a cache it is 0.
+func (im *Image) Cached() int64 {
+	if im.o.cache == nil {
+		return 0
+	}
+	var n int64
+	for i, c := range im.index.Chunks {
+		if c.Encoding == imagefmt.EncodingHole || im.o.cache.Has(cache.Digest(c.Digest)) {
+			n += int64(im.index.ChunkLen(i))
+		}
+	}
+	return n
+}
+
+// LatencyBounds are the upper bounds, in seconds, of the buckets every
+// read-latency histogram counts into: from a page-cache-speed cache hit
+// (half a millisecond) to a read that needed every retry.
+var LatencyBounds = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+// Sources of a chunk read, the keys of Stats.Latency: the node's chunk
+// cache, or the registry (a demand fetch, or one that was already in flight).
+const (
+	SourceCache  = "cache"
+	SourceOrigin = "origin"
+)
+
+// Histogram is a snapshot of read latencies, in Prometheus' shape:
+// Counts[i] reads took at most LatencyBounds[i] (cumulative), Count in all,
+// Sum seconds in all.
+type Histogram struct {
+	Counts []uint64 `json:"counts"`
+	Count  uint64   `json:"count"`
+	Sum    float64  `json:"sum"`
+}
+
+// latency counts reads into LatencyBounds; safe for concurrent use.
+type latency struct {
+	buckets [16]atomic.Uint64 // one per bound, then one for slower reads
+	nanos   atomic.Int64      // the sum
+}
+
+func (l *latency) observe(d time.Duration) {
+	s := d.Seconds()
+	i := 0
+	for i < len(LatencyBounds) && s > LatencyBounds[i] {
+		i++
+	}
+	l.buckets[i].Add(1)
+	l.nanos.Add(int64(d))
+}
+
+func (l *latency) snapshot() Histogram {
+	h := Histogram{Counts: make([]uint64, len(LatencyBounds))}
+	var cum uint64
+	for i := range LatencyBounds {
+		cum += l.buckets[i].Load()
+		h.Counts[i] = cum
+	}
+	h.Count = cum + l.buckets[len(LatencyBounds)].Load()
+	h.Sum = time.Duration(l.nanos.Load()).Seconds()
+	return h
+}
+
+// CacheStats returns the counters of the cache the image reads through, as
+// this process sees it; nil without a cache.
+func (im *Image) CacheStats() *cache.Stats {
+	if im.o.cache == nil {
+		return nil
+	}
+	st := im.o.cache.Stats()
+	return &st
+}
