@@ -40,6 +40,17 @@ type Fetcher struct {
 	Blockdev Blockdev `toml:"blockdev"`
 	Prefetch Prefetch `toml:"prefetch"`
 	Metrics  Metrics  `toml:"metrics"`
+	Registry Registry `toml:"registry"`
+}
+
+// DefaultHostsDir is where containerd keeps its hosts.toml files.
+const DefaultHostsDir = "/etc/containerd/certs.d"
+
+// Registry configures how mounts reach registries.
+type Registry struct {
+	// HostsDir is containerd's hosts.toml directory (mirrors, CAs,
+	// client certificates); "" for none.
+	HostsDir string `toml:"hosts_dir"`
 }
 
 // Metrics configures the Prometheus endpoint.
@@ -96,7 +107,8 @@ func DefaultFetcher() Fetcher {
 	return Fetcher{Root: "/var/lib/lazyblk", State: "/run/lazyblk", Address: DefaultFetcherAddress,
 		Cache:    Cache{Size: "10GiB"},
 		Blockdev: Blockdev{Attach: "auto", Connections: 4, IOTimeout: "30s"},
-		Prefetch: Prefetch{Trace: true, FillBelow: "8GiB", FillRate: "0"}}
+		Prefetch: Prefetch{Trace: true, FillBelow: "8GiB", FillRate: "0"},
+		Registry: Registry{HostsDir: DefaultHostsDir}}
 }
 
 // DefaultSnapshotter is the snapshotter's configuration without a file.
@@ -167,6 +179,11 @@ func (c Fetcher) Check() error {
 	}
 	for _, d := range c.Cache.Dirs {
 		if err := absPath("cache.dirs", d); err != nil {
+			return err
+		}
+	}
+	if c.Registry.HostsDir != "" {
+		if err := absPath("registry.hosts_dir", c.Registry.HostsDir); err != nil {
 			return err
 		}
 	}

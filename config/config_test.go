@@ -33,7 +33,8 @@ func TestDefaultsAreValid(t *testing.T) {
 func TestRoundTrip(t *testing.T) {
 	f := Fetcher{Root: "/r", State: "/s", Address: "/s/f.sock", Cache: Cache{Dirs: []string{"/v1", "/v2"}, Size: "2GiB"},
 		Blockdev: Blockdev{Attach: "nbdfuse", Connections: 2, IOTimeout: "5s"},
-		Prefetch: Prefetch{Trace: false, FillBelow: "0", FillRate: "100MiB"}, Metrics: Metrics{Address: "127.0.0.1:9464"}}
+		Prefetch: Prefetch{Trace: false, FillBelow: "0", FillRate: "100MiB"}, Metrics: Metrics{Address: "127.0.0.1:9464"},
+		Registry: Registry{HostsDir: "/etc/hosts.d"}}
 	s := Snapshotter{Root: "/sr", Address: "/s/sn.sock", FetcherAddress: "/s/f.sock", PlainHTTP: []string{"127.0.0.1:5000"}}
 	for _, c := range []struct {
 		v    any
@@ -69,6 +70,7 @@ func TestRejects(t *testing.T) {
 		{"[prefetch]\ntrace = \"yes\"", "prefetch.trace"},
 		{"[metrics]\naddress = \"9464\"", "metrics.address"},
 		{"[metrics]\nport = 9464", "metrics.port"},
+		{"[registry]\nhosts_dir = \"certs.d\"", "registry.hosts_dir"},
 	} {
 		_, err := LoadFetcher(write(t, c.file))
 		if err == nil || !strings.Contains(err.Error(), c.key) {

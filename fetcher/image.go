@@ -93,7 +93,7 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	}
 	var src source
 	if l.Ref != nil {
-		src, err = newRegistrySource(ctx, l, x.Data, o.transport, o.mirrors)
+		src, err = newRegistrySource(ctx, l, x.Data, o)
 	} else {
 		src, err = newLayoutSource(l, x.Data)
 	}

@@ -59,6 +59,7 @@ type options struct {
 	maxCoalesce    int
 	fillRate       int64 // bytes per second, 0 = unlimited
 	mirrors        []string
+	hostsDir       string
 	memory         int64
 	log            *slog.Logger
 }
@@ -133,6 +134,17 @@ func WithFillRate(bps int64) Option {
 // fail verification is passed over for the origin.
 func WithMirrors(hosts ...string) Option {
 	return func(o *options) error { o.mirrors = append(o.mirrors, hosts...); return nil }
+}
+
+// WithHostsDir reads registry hosts the way containerd does, from
+// dir/<registry>/hosts.toml (dir is usually /etc/containerd/certs.d): its
+// hosts with the pull capability are tried before the origin for chunk
+// reads, in order, after WithMirrors' own, each with its ca, client and
+// skip_verify settings; the origin's own entry lends the origin its TLS
+// settings. A missing directory or host entry means none. The image's
+// index and manifests still come from the origin.
+func WithHostsDir(dir string) Option {
+	return func(o *options) error { o.hostsDir = dir; return nil }
 }
 
 // WithLogger sets the logger (discarded by default).

@@ -79,44 +79,57 @@ type endpoint struct {
 	host   string
 }
 
-func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, base http.RoundTripper, mirrors []string) (*registrySource, error) {
+// newRegistrySource reads digest from l's registry, after the mirrors. A
+// mirror that cannot be set up (unreachable, no auth endpoint) is skipped
+// with a warning: mirrors are an optimisation, never a reason to fail.
+func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, o options) (*registrySource, error) {
 	repo := l.Ref.Context()
-	origin, err := newEndpoint(ctx, repo, repo.Registry, digest, base)
+	base := o.transport
+	mirrors := mirrorHosts(o.mirrors, base)
+	if o.hostsDir != "" {
+		more, originBase, err := configuredHosts(ctx, o.hostsDir, repo.Registry, base)
+		if err != nil {
+			return nil, err
+		}
+		mirrors, base = append(mirrors, more...), originBase
+	}
+	origin, err := newEndpoint(ctx, repo, host{scheme: repo.Registry.Scheme(), host: repo.RegistryStr(), path: "/v2", base: base}, digest)
 	if err != nil {
 		return nil, err
 	}
 	s := &registrySource{origin: origin}
-	for _, m := range mirrors {
-		// "http://host" marks a plain-HTTP mirror; bare hosts use TLS.
-		var opts []name.Option
-		host, plain := strings.CutPrefix(m, "http://")
-		if plain {
-			opts = append(opts, name.Insecure)
-		}
-		reg, err := name.NewRegistry(strings.TrimPrefix(host, "https://"), opts...)
+	for _, h := range mirrors {
+		e, err := newEndpoint(ctx, repo, h, digest)
 		if err != nil {
-			return nil, fmt.Errorf("fetcher: mirror %q: %w", m, err)
-		}
-		e, err := newEndpoint(ctx, repo, reg, digest, base)
-		if err != nil {
-			return nil, fmt.Errorf("fetcher: mirror %s: %w", m, err)
+			logSkippedMirror(o.log, h, err)
+			continue
 		}
 		s.mirrors = append(s.mirrors, e)
 	}
 	return s, nil
 }
 
-func newEndpoint(ctx context.Context, repo name.Repository, reg name.Registry, digest v1.Hash, base http.RoundTripper) (*endpoint, error) {
+// newEndpoint sets up h for repo's blob digest: credentials from the docker
+// keychain for h's host, and a token for pulling repo.
+func newEndpoint(ctx context.Context, repo name.Repository, h host, digest v1.Hash) (*endpoint, error) {
+	var opts []name.Option
+	if h.scheme == "http" {
+		opts = append(opts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(h.host, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: registry host %q: %w", h.host, err)
+	}
 	auth, err := authn.DefaultKeychain.Resolve(reg)
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: credentials for %s: %w", reg.RegistryStr(), err)
 	}
 	scoped := reg.Repo(repo.RepositoryStr())
-	tr, err := transport.NewWithContext(ctx, reg, auth, base, []string{scoped.Scope(transport.PullScope)})
+	tr, err := transport.NewWithContext(ctx, reg, auth, h.base, []string{scoped.Scope(transport.PullScope)})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %s: %w", reg.RegistryStr(), err)
 	}
-	u := &url.URL{Scheme: reg.Scheme(), Host: reg.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), digest)}
+	u := &url.URL{Scheme: h.scheme, Host: h.host, Path: fmt.Sprintf("%s/%s/blobs/%s", h.path, repo.RepositoryStr(), digest)}
 	return &endpoint{client: &http.Client{Transport: tr}, url: u, host: u.Host}, nil
 }
 

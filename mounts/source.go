@@ -20,6 +20,9 @@ type Source struct {
 	PlainHTTP bool     `json:"plainHTTP,omitempty"`
 	CacheDirs []string `json:"cacheDirs,omitempty"`
 	CacheSize int64    `json:"cacheSize,omitempty"`
+	// HostsDir is containerd's hosts.toml directory: mirrors for chunk
+	// reads, CAs and client certificates (fetcher.WithHostsDir).
+	HostsDir string `json:"hostsDir,omitempty"`
 	// IndexDigest and IndexSize, when set, pin the image to the chunk
 	// index they name (the lazyblk.index annotations a snapshotter gets as
 	// labels): Ref then only names the repository, and a tag that moved
@@ -53,6 +56,9 @@ func (s Source) Open(ctx context.Context, opts ...fetcher.Option) (*fetcher.Imag
 	}
 	loc, _ := fetcher.ParseLocation(s.Ref, s.PlainHTTP)
 	opts = append([]fetcher.Option{fetcher.WithLogger(slog.Default())}, opts...)
+	if s.HostsDir != "" {
+		opts = append(opts, fetcher.WithHostsDir(s.HostsDir))
+	}
 	if len(s.CacheDirs) > 0 {
 		store, err := cache.Open(s.CacheDirs, s.CacheSize, cache.WithLogger(slog.Default()))
 		if err != nil {

@@ -65,7 +65,7 @@ func runFetcher(c *cli.Context) error {
 	}
 	m := &mounts.Manager{Root: cfg.State}
 	srv := &fetcherd.Server{Mounts: m, Defaults: fetcherd.Defaults{Attach: cfg.Blockdev.Attach,
-		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size,
+		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size, HostsDir: cfg.Registry.HostsDir,
 		Background: mounts.Background{Trace: cfg.Prefetch.Trace, FillBelow: fillBelow, FillRate: fillRate}}}
 	l, err := fetcherd.Listen(cfg.Address)
 	if err != nil {

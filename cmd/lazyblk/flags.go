@@ -16,12 +16,19 @@ func sourceFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "cache-dir", Usage: "chunk cache directory, repeatable: one per stripe, e.g. one per volume (default: no cache)"},
 		&cli.StringFlag{Name: "cache-size", Value: "10GiB", Usage: "cache capacity across all stripes"},
 		&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
+		hostsDirFlag(),
 	}
+}
+
+func hostsDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "hosts-dir", Value: config.DefaultHostsDir,
+		Usage: "containerd's hosts.toml directory: mirrors chunk reads try first, CAs, client certificates (\"\": none)"}
 }
 
 // sourceFromFlags reads REF (the first argument) and the source flags.
 func sourceFromFlags(c *cli.Context) (mounts.Source, error) {
-	s := mounts.Source{Ref: c.Args().First(), PlainHTTP: c.Bool("plain-http"), CacheDirs: c.StringSlice("cache-dir")}
+	s := mounts.Source{Ref: c.Args().First(), PlainHTTP: c.Bool("plain-http"), CacheDirs: c.StringSlice("cache-dir"),
+		HostsDir: c.String("hosts-dir")}
 	if err := s.Check(); err != nil {
 		return s, cli.Exit(err.Error(), 2)
 	}

@@ -107,7 +107,7 @@ Examples:
 			&cli.StringFlag{Name: "namespace", Value: "default", EnvVars: []string{"CONTAINERD_NAMESPACE"}, Usage: "containerd namespace"},
 			&cli.StringFlag{Name: "snapshotter", Value: "lazyblk", Usage: "containerd snapshotter to unpack into"},
 			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
-			&cli.StringFlag{Name: "hosts-dir", Value: "/etc/containerd/certs.d", Usage: "containerd-style hosts.toml directory (mirrors, CAs)"},
+			hostsDirFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		},
 		Action: runPull,

@@ -1,10 +1,13 @@
 package testutil
 
 import (
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,10 +33,30 @@ const (
 // whole-blob reads pass untouched. It returns the proxy's host:port.
 func FaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) string {
 	t.Helper()
+	srv := httptest.NewServer(faultHandler(t, host, decide))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TLSFaultProxy is FaultProxy over HTTPS with a certificate of its own,
+// which caPEM (a PEM file in a test directory) lets clients trust.
+func TLSFaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) (proxy, caPEM string) {
+	t.Helper()
+	srv := httptest.NewTLSServer(faultHandler(t, host, decide))
+	t.Cleanup(srv.Close)
+	caPEM = filepath.Join(t.TempDir(), "ca.pem")
+	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(caPEM, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimPrefix(srv.URL, "https://"), caPEM
+}
+
+func faultHandler(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) http.Handler {
 	target, _ := url.Parse("http://" + host)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.Contains(r.URL.Path, "/blobs/") || r.Header.Get("Range") == "" {
 			rp.ServeHTTP(w, r)
 			return
@@ -74,9 +97,7 @@ func FaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request)
 		default:
 			rp.ServeHTTP(w, r)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
+	})
 }
 
 // TokenProxy forwards to the registry at host but demands bearer tokens

@@ -1,0 +1,73 @@
+package fetcher_test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+// TestHostsDir: containerd's hosts.toml names the mirrors. A TLS mirror
+// trusted through its ca takes the chunk reads; one that is down is passed
+// over; a host without the pull capability is never asked; without the ca
+// the mirror is not trusted and the origin serves. Reads stay exact.
+func TestHostsDir(t *testing.T) {
+	reg := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, reg+"/img:v1", 1<<20)
+	counting := func(n *atomic.Int64) func(int64, *http.Request) testutil.Fault {
+		return func(int64, *http.Request) testutil.Fault { n.Add(1); return testutil.Pass }
+	}
+	var mirrorHits, resolveHits, originHits atomic.Int64
+	mirror, ca := testutil.TLSFaultProxy(t, reg, counting(&mirrorHits))
+	resolveOnly := testutil.FaultProxy(t, reg, counting(&resolveHits))
+	origin := testutil.FaultProxy(t, reg, counting(&originHits))
+	hostsDir := func(caLine string) string {
+		dir := t.TempDir()
+		conf := fmt.Sprintf(`server = "http://%s"
+
+[host."http://127.0.0.1:1"]
+  capabilities = ["pull", "resolve"]
+
+[host."http://%s"]
+  capabilities = ["resolve"]
+
+[host."https://%s"]
+  capabilities = ["pull", "resolve"]
+  %s
+`, origin, resolveOnly, mirror, caLine)
+		if err := os.MkdirAll(filepath.Join(dir, origin), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, origin, "hosts.toml"), []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+
+	im := openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithHostsDir(hostsDir(fmt.Sprintf("ca = %q", ca))))
+	readRandom(t, im, want, 17, 30)
+	if mirrorHits.Load() == 0 || originHits.Load() != 0 || resolveHits.Load() != 0 {
+		t.Errorf("range reads: mirror %d, origin %d, resolve-only host %d; want all from the mirror",
+			mirrorHits.Load(), originHits.Load(), resolveHits.Load())
+	}
+
+	mirrorHits.Store(0)
+	im = openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithHostsDir(hostsDir("")))
+	readRandom(t, im, want, 19, 30)
+	if mirrorHits.Load() != 0 || originHits.Load() == 0 {
+		t.Errorf("untrusted mirror: range reads: mirror %d, origin %d; want all from the origin", mirrorHits.Load(), originHits.Load())
+	}
+
+	// No entry for the registry: the origin alone.
+	originHits.Store(0)
+	im = openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithHostsDir(t.TempDir()))
+	readRandom(t, im, want, 23, 10)
+	if originHits.Load() == 0 {
+		t.Error("no hosts entry: the origin was not asked")
+	}
+}
