@@ -125,17 +125,21 @@ func (s *Store) remove(victims []*entry) {
 
 // Stats is a snapshot of the store's counters.
 type Stats struct {
-	Hits, Misses, Evictions, Corrupt int64
-	Chunks                           int
-	Used, Capacity                   int64
-	Stripes                          []StripeStats
+	Hits      int64         `json:"hits"`
+	Misses    int64         `json:"misses"`
+	Evictions int64         `json:"evictions"`
+	Corrupt   int64         `json:"corrupt"`
+	Chunks    int           `json:"chunks"`
+	Used      int64         `json:"used"`
+	Capacity  int64         `json:"capacity"`
+	Stripes   []StripeStats `json:"stripes"`
 }
 
 // StripeStats is one volume's share.
 type StripeStats struct {
-	Dir          string
-	Bytes        int64 // held now
-	BytesWritten int64 // written since Open
+	Dir          string `json:"dir"`
+	Bytes        int64  `json:"bytes"`        // held now
+	BytesWritten int64  `json:"bytesWritten"` // written since Open
 }
 
 // Stats returns the current counters.

@@ -61,6 +61,6 @@ image layouts on disk (oci:DIR or oci:DIR:TAG).`,
 			return nil
 		},
 		Commands: []*cli.Command{convertCommand(), inspectCommand(), catCommand(), mountCommand(), umountCommand(),
-			reattachCommand(), serveCommand(), fetcherCommand(), snapshotterCommand(), pullCommand(), statusCommand(), prefetchCommand(), configCommand(), serveMountCommand()},
+			reattachCommand(), serveCommand(), fetcherCommand(), snapshotterCommand(), pullCommand(), statusCommand(), prefetchCommand(), cacheCommand(), configCommand(), completionCommand(), serveMountCommand()},
 	}
 }
