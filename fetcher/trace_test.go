@@ -214,11 +214,14 @@ func TestDemandPreemptsTrace(t *testing.T) {
 	if err := <-replayed; err != nil {
 		t.Fatal(err)
 	}
+	// Every chunk of the trace is a hit now. (Bytes fetched may still
+	// grow: reading the trace in order is a sequential read, whose
+	// readahead fetches the chunks after it.)
 	before := im.Stats()
 	readChunks(t, im, trace...)
-	if s := im.Stats(); s.Misses != before.Misses || s.BytesFetched != before.BytesFetched {
-		t.Errorf("after the replay, reading the trace's chunks missed %d times, fetched %d bytes; want none",
-			s.Misses-before.Misses, s.BytesFetched-before.BytesFetched)
+	if s := im.Stats(); s.Misses != before.Misses || s.Hits-before.Hits < int64(len(trace)) {
+		t.Errorf("after the replay, reading the trace's %d chunks: %d hits, %d misses; want only hits",
+			len(trace), s.Hits-before.Hits, s.Misses-before.Misses)
 	}
 }
 
