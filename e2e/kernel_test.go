@@ -79,6 +79,18 @@ func newHoldProxy(t *testing.T, host string) string {
 // daemon are both killed with a read pending: the restarted daemon hands
 // the device to a new server (its Recover), and the read completes
 // correctly. umount leaves no nbd device behind.
+// staticLazyblk builds the binary without cgo, for a guest without libc.
+func staticLazyblk(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "lazyblk")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/lazyblk")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	return bin
+}
+
 func TestKernelNBD(t *testing.T) {
 	testutil.RequireVM(t)
 	host := testutil.GGCRRegistry(t)
@@ -88,12 +100,7 @@ func TestKernelNBD(t *testing.T) {
 	port := newHoldProxy(t, host)
 	port = port[strings.LastIndex(port, ":")+1:]
 
-	bin := filepath.Join(t.TempDir(), "lazyblk")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/lazyblk")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("static build: %v\n%s", err, out)
-	}
+	bin := staticLazyblk(t)
 	ctl := "http://10.0.2.2:" + port + "/ctl/"
 	script := fmt.Sprintf(`
 REF=10.0.2.2:%s/vm/img:v1

@@ -15,6 +15,7 @@ packages=(
   bc time curl                    # benchmark arithmetic, peak RSS, registry readiness
   containerd runc                 # containerd 1.6 for the snapshotter tests
   debootstrap gnuplot-nox         # the cold-start benchmark: a real Debian root, its chart
+  mdadm                           # scripts/setup-raid0.sh (run in the QEMU guest by its test)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -41,6 +41,11 @@ type Guest struct {
 	Files   map[string]string
 	Modules []string // "nbd nbds_max=0": name, then parameters
 	Script  string
+	// Binaries are host programs copied to the same paths in the guest
+	// with the shared libraries ldd finds for them.
+	Binaries []string
+	// Disks are raw image files attached as virtio disks: /dev/vda, vdb…
+	Disks []string
 }
 
 // Boot runs the guest under QEMU (software emulation, -cpu max for this
@@ -59,7 +64,17 @@ func (g Guest) Boot(t testing.TB, timeout time.Duration) string {
 		mkdir(d)
 	}
 	copyFile(t, "/bin/busybox", filepath.Join(root, "bin/busybox"), 0o755)
+	files := map[string]string{}
 	for dst, src := range g.Files {
+		files[dst] = src
+	}
+	for _, b := range g.Binaries {
+		files[b] = b
+		for _, lib := range sharedLibs(t, b) {
+			files[lib] = lib
+		}
+	}
+	for dst, src := range files {
 		mkdir(filepath.Dir(dst))
 		copyFile(t, src, filepath.Join(root, dst), 0o755)
 	}
@@ -109,10 +124,14 @@ poweroff -f
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var console bytes.Buffer
-	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-cpu", "max", "-smp", "2", "-m", "1024",
+	args := []string{"-cpu", "max", "-smp", "2", "-m", "1024",
 		"-kernel", filepath.Join(VMDir(), "vmlinuz"), "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 quiet", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"}
+	for _, d := range g.Disks {
+		args = append(args, "-drive", "file="+d+",if=virtio,format=raw")
+	}
+	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	qemu.Stdout, qemu.Stderr = &console, &console
 	err := qemu.Run()
 	out := strings.ReplaceAll(console.String(), "\r\n", "\n")
@@ -123,6 +142,26 @@ poweroff -f
 		t.Fatalf("qemu: %v; console:\n%s", err, out)
 	}
 	return out
+}
+
+// sharedLibs lists the libraries (and the loader) ldd finds for bin.
+func sharedLibs(t testing.TB, bin string) []string {
+	t.Helper()
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", bin, err)
+	}
+	var libs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			libs = append(libs, f[2])
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+			libs = append(libs, f[0])
+		}
+	}
+	return libs
 }
 
 func findModule(t testing.TB, name string) string {
