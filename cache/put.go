@@ -92,13 +92,17 @@ func syncDir(dir string) error {
 	return errors.Join(d.Sync(), d.Close())
 }
 
-// evictLocked unlinks least recently used, unpinned entries until used
-// fits capacity minus extra, and returns them for file removal outside the
-// lock. Metadata goes first, data after (a crash in between leaves an
+// evictLocked, once used exceeds capacity minus extra (the high
+// watermark), unlinks least recently used, unpinned entries until used fits
+// the low watermark minus extra, and returns them for file removal outside
+// the lock. Metadata goes first, data after (a crash in between leaves an
 // orphan file that Open indexes again, never an index naming no file).
 func (s *Store) evictLocked(extra int64) []*entry {
+	if s.used <= s.capacity-extra {
+		return nil
+	}
 	var victims []*entry
-	for el := s.lru.Back(); el != nil && s.used > s.capacity-extra; {
+	for el := s.lru.Back(); el != nil && s.used > s.low-extra; {
 		prev := el.Prev()
 		e := el.Value.(*entry)
 		if e.pins == 0 {

@@ -32,7 +32,9 @@ func (d Digest) String() string { return hex.EncodeToString(d[:]) }
 // Store is a node-wide chunk store striped over several directories.
 type Store struct {
 	stripes  []*stripe
-	capacity int64
+	capacity int64 // the high watermark: eviction starts above it
+	low      int64 // the low watermark: eviction stops at it
+	lowFrac  float64
 	log      *slog.Logger
 
 	mu       sync.Mutex // guards entries, lru, used
@@ -66,6 +68,20 @@ func WithLogger(l *slog.Logger) Option {
 	return func(s *Store) error { s.log = l; return nil }
 }
 
+// WithLowWatermark makes eviction, once the store exceeds its capacity,
+// go on down to fraction of it (1 by default: just below capacity). Lower
+// values evict in batches, so a store running full does not evict on
+// every Put, at the price of keeping less.
+func WithLowWatermark(fraction float64) Option {
+	return func(s *Store) error {
+		if fraction <= 0 || fraction > 1 {
+			return fmt.Errorf("cache: low watermark %v: want a fraction in (0, 1]", fraction)
+		}
+		s.lowFrac = fraction
+		return nil
+	}
+}
+
 // Open opens (creating) a store over dirs, one per volume, bounded by
 // capacity bytes. What a previous run left is reused: temp files are
 // removed, complete chunks are indexed oldest-first for eviction, and each
@@ -77,13 +93,14 @@ func Open(dirs []string, capacity int64, opts ...Option) (*Store, error) {
 	if capacity <= 0 {
 		return nil, fmt.Errorf("cache: capacity %d must be positive", capacity)
 	}
-	s := &Store{capacity: capacity, entries: map[Digest]*list.Element{}, lru: list.New(),
+	s := &Store{capacity: capacity, lowFrac: 1, entries: map[Digest]*list.Element{}, lru: list.New(),
 		log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		if err := o(s); err != nil {
 			return nil, err
 		}
 	}
+	s.low = int64(float64(capacity) * s.lowFrac)
 	type found struct {
 		e     *entry
 		mtime int64

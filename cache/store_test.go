@@ -151,6 +151,40 @@ func TestEvictionAndStripes(t *testing.T) {
 	}
 }
 
+// TestLowWatermark: a store past its capacity evicts down to the low
+// watermark at once, then takes puts without evicting until it is full
+// again.
+func TestLowWatermark(t *testing.T) {
+	const size, capacity = 4096, 10 * 4096
+	s, err := Open([]string{t.TempDir()}, capacity, WithLowWatermark(0.5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(i int) Stats {
+		b, d := chunk(i, size)
+		if err := s.Put(context.Background(), d, b); err != nil {
+			t.Fatal(err)
+		}
+		return s.Stats()
+	}
+	for i := range 10 {
+		if st := put(i); st.Evictions != 0 {
+			t.Fatalf("evicted below capacity: %+v", st)
+		}
+	}
+	if st := put(10); st.Used != capacity/2 || st.Evictions != 6 {
+		t.Fatalf("the put past capacity: %+v, want 6 evictions down to half", st)
+	}
+	for i := 11; i < 16; i++ {
+		if st := put(i); st.Evictions != 6 {
+			t.Fatalf("put %d evicted again before the store was full: %+v", i, st)
+		}
+	}
+	if _, err := Open([]string{t.TempDir()}, capacity, WithLowWatermark(1.5)); err == nil {
+		t.Error("a low watermark above 1 was accepted")
+	}
+}
+
 func TestConcurrent(t *testing.T) {
 	s, err := Open([]string{t.TempDir(), t.TempDir()}, 32*4096)
 	if err != nil {

@@ -76,6 +76,8 @@ type Cache struct {
 	// Dirs are the stripes, one per volume; empty means ROOT/cache.
 	Dirs []string `toml:"dirs"`
 	Size string   `toml:"size"`
+	// LowWatermark: once full, evict down to this percentage of Size.
+	LowWatermark int `toml:"low_watermark"`
 }
 
 // Blockdev configures how images become block devices.
@@ -105,7 +107,7 @@ const DefaultFetcherAddress = "/run/lazyblk/fetcher.sock"
 // DefaultFetcher is the fetcher daemon's configuration without a file.
 func DefaultFetcher() Fetcher {
 	return Fetcher{Root: "/var/lib/lazyblk", State: "/run/lazyblk", Address: DefaultFetcherAddress,
-		Cache:    Cache{Size: "10GiB"},
+		Cache:    Cache{Size: "10GiB", LowWatermark: 90},
 		Blockdev: Blockdev{Attach: "auto", Connections: 4, IOTimeout: "30s"},
 		Prefetch: Prefetch{Trace: true, FillBelow: "8GiB", FillRate: "0"},
 		Registry: Registry{HostsDir: DefaultHostsDir}}
@@ -189,6 +191,9 @@ func (c Fetcher) Check() error {
 	}
 	if _, err := c.CacheSize(); err != nil {
 		return err
+	}
+	if w := c.Cache.LowWatermark; w < 1 || w > 100 {
+		return fmt.Errorf("config: cache.low_watermark = %d: want a percentage of cache.size, 1 to 100", w)
 	}
 	switch c.Blockdev.Attach {
 	case "auto", "netlink", "nbdfuse":

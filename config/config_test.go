@@ -31,7 +31,7 @@ func TestDefaultsAreValid(t *testing.T) {
 // TestRoundTrip writes every key of a non-default configuration and reads
 // it back unchanged.
 func TestRoundTrip(t *testing.T) {
-	f := Fetcher{Root: "/r", State: "/s", Address: "/s/f.sock", Cache: Cache{Dirs: []string{"/v1", "/v2"}, Size: "2GiB"},
+	f := Fetcher{Root: "/r", State: "/s", Address: "/s/f.sock", Cache: Cache{Dirs: []string{"/v1", "/v2"}, Size: "2GiB", LowWatermark: 75},
 		Blockdev: Blockdev{Attach: "nbdfuse", Connections: 2, IOTimeout: "5s"},
 		Prefetch: Prefetch{Trace: false, FillBelow: "0", FillRate: "100MiB"}, Metrics: Metrics{Address: "127.0.0.1:9464"},
 		Registry: Registry{HostsDir: "/etc/hosts.d"}}
@@ -60,6 +60,8 @@ func TestRejects(t *testing.T) {
 		{"[cache]\nsise = \"1G\"", "cache.sise"},
 		{"[cache]\nsize = \"lots\"", "cache.size"},
 		{"[cache]\ndirs = [\"relative\"]", "cache.dirs"},
+		{"[cache]\nlow_watermark = 0", "cache.low_watermark"},
+		{"[cache]\nlow_watermark = 101", "cache.low_watermark"},
 		{"[blockdev]\nattach = \"ublk\"", "blockdev.attach"},
 		{"[blockdev]\nconnections = 0", "blockdev.connections"},
 		{"[blockdev]\nio_timeout = \"30\"", "blockdev.io_timeout"},

@@ -146,9 +146,14 @@ func TestPrefetchTrace(t *testing.T) {
 			w.Image.Misses-after.Image.Misses, w.Complete)
 	}
 
-	// prefetch fill fetches the rest.
-	if _, stderr, code := run(t, "prefetch", "fill", "--state-dir", e.state, dir); code != 0 {
-		t.Fatalf("prefetch fill: exit %d: %s", code, stderr)
+	// prefetch fill fetches the rest; --wait returns once it is all cached.
+	out, stderr, code = run(t, "prefetch", "fill", "--state-dir", e.state, "--wait", "--json", dir)
+	var filled mounts.Stats
+	if err := json.Unmarshal([]byte(out), &filled); code != 0 || err != nil {
+		t.Fatalf("prefetch fill --wait: exit %d, %v: %s%s", code, err, out, stderr)
+	}
+	if !filled.Complete || filled.Image.Cached != filled.ImageSize {
+		t.Errorf("prefetch fill --wait returned with %d of %d bytes cached (complete %v)", filled.Image.Cached, filled.ImageSize, filled.Complete)
 	}
 	if s := waitPrefetch(t, m, dir); s.Prefetch.Phase != mounts.PhaseDone || !s.Complete {
 		t.Errorf("after prefetch fill: %+v, complete %v", s.Prefetch, s.Complete)

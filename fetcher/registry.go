@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -195,10 +196,36 @@ func OpenBlob(ctx context.Context, l Location, digest v1.Hash) (io.ReadCloser, e
 // so a failure leaves no tag naming a partial image. A layout directory
 // that did not exist is written beside its final name and renamed.
 func Push(ctx context.Context, l Location, idx v1.ImageIndex) error {
+	return PushWithProgress(ctx, l, idx, nil)
+}
+
+// PushProgress counts a push's bytes as it goes (registries only).
+type PushProgress struct {
+	Done, Total atomic.Int64
+}
+
+// PushWithProgress is Push that counts its bytes into p (nil: not counted).
+func PushWithProgress(ctx context.Context, l Location, idx v1.ImageIndex, prog *PushProgress) error {
 	if l.Ref != nil {
-		if err := remote.WriteIndex(l.Ref, idx, remoteOptions(ctx)...); err != nil {
+		var opts []remote.Option
+		done := make(chan struct{})
+		if prog != nil {
+			updates := make(chan v1.Update, 16)
+			go func() {
+				defer close(done)
+				for u := range updates { // closed by ggcr when the write ends
+					prog.Done.Store(u.Complete)
+					prog.Total.Store(u.Total)
+				}
+			}()
+			opts = append(opts, remote.WithProgress(updates))
+		} else {
+			close(done)
+		}
+		if err := remote.WriteIndex(l.Ref, idx, remoteOptions(ctx, opts...)...); err != nil {
 			return fmt.Errorf("fetcher: push %s: %w", l, err)
 		}
+		<-done
 		return nil
 	}
 	var opts []layout.Option

@@ -32,6 +32,7 @@ type Defaults struct {
 	IOTimeout   time.Duration
 	CacheDirs   []string
 	CacheSize   int64
+	CacheLow    float64
 	HostsDir    string
 	Background  mounts.Background
 }
@@ -49,7 +50,7 @@ type Server struct {
 func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcherv1.MountInfo, error) {
 	d := s.Defaults
 	req := mounts.Request{
-		Source: mounts.Source{Ref: r.Ref, PlainHTTP: r.PlainHttp, CacheDirs: d.CacheDirs, CacheSize: d.CacheSize, HostsDir: d.HostsDir,
+		Source: mounts.Source{Ref: r.Ref, PlainHTTP: r.PlainHttp, CacheDirs: d.CacheDirs, CacheSize: d.CacheSize, CacheLow: d.CacheLow, HostsDir: d.HostsDir,
 			IndexDigest: r.IndexDigest, IndexSize: r.IndexSize},
 		Dir: filepath.Clean(r.Dir), Attach: r.Attach, Connections: int(r.Connections),
 		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond, Exclusive: r.Exclusive, Background: d.Background,

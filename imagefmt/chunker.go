@@ -8,6 +8,7 @@ import (
 	"hash"
 	"io"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
@@ -52,8 +53,9 @@ type chunker struct {
 	blobHash  hash.Hash
 
 	pos, size int64
-	head      []byte // chunk 0, held until finish
-	cur       []byte // the chunk being filled (index curIdx)
+	written   *atomic.Int64 // size, for progress; may be nil
+	head      []byte        // chunk 0, held until finish
+	cur       []byte        // the chunk being filled (index curIdx)
 	curIdx    int
 
 	work  chan *chunkJob
@@ -128,6 +130,9 @@ func (k *chunker) Write(p []byte) (int, error) {
 		p, n = p[m:], n+m
 		k.pos += int64(m)
 		k.size = k.pos
+		if k.written != nil {
+			k.written.Store(k.size)
+		}
 		if len(k.cur) == k.chunkSize {
 			if err := k.emit(); err != nil {
 				return n, err

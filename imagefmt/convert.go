@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -26,6 +27,21 @@ type options struct {
 	fallback    bool
 	tempDir     string
 	log         *slog.Logger
+	progress    *Progress
+}
+
+// Progress counts a conversion's work as it goes, for a caller to show:
+// read it from any goroutine while Convert runs.
+type Progress struct {
+	Layers     atomic.Int64 // layers in the image
+	LayersDone atomic.Int64 // layers applied
+	LayerBytes atomic.Int64 // uncompressed layer bytes read
+	ImageBytes atomic.Int64 // filesystem image bytes chunked
+}
+
+// WithProgress counts the conversion's work into p.
+func WithProgress(p *Progress) Option {
+	return func(o *options) error { o.progress = p; return nil }
 }
 
 // Option configures Convert.
@@ -128,7 +144,10 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 		return nil, fmt.Errorf("imagefmt: read image config: %w", err)
 	}
 	t := newTree(sp)
-	if err := applyLayers(ctx, t, src, cfg, o.log); err != nil {
+	if o.progress == nil {
+		o.progress = &Progress{}
+	}
+	if err := applyLayers(ctx, t, src, cfg, o.log, o.progress); err != nil {
 		return nil, err
 	}
 
@@ -175,6 +194,7 @@ const (
 // buildImage writes the filesystem image through a chunker into w.
 func buildImage(ctx context.Context, t *tree, idx *Index, w io.Writer, o options, dir string) error {
 	k := newChunker(ctx, w, o.chunkSize, o.compression)
+	k.written = &o.progress.ImageBytes
 	defer k.close()
 	var err error
 	switch o.fs {
@@ -197,7 +217,7 @@ func buildImage(ctx context.Context, t *tree, idx *Index, w io.Writer, o options
 
 // applyLayers applies every layer in order, checking each against the
 // digest the manifest names and the diff ID the config names.
-func applyLayers(ctx context.Context, t *tree, src v1.Image, cfg *v1.ConfigFile, log *slog.Logger) error {
+func applyLayers(ctx context.Context, t *tree, src v1.Image, cfg *v1.ConfigFile, log *slog.Logger, p *Progress) error {
 	layers, err := src.Layers()
 	if err != nil {
 		return fmt.Errorf("imagefmt: list layers: %w", err)
@@ -205,6 +225,7 @@ func applyLayers(ctx context.Context, t *tree, src v1.Image, cfg *v1.ConfigFile,
 	if len(layers) != len(cfg.RootFS.DiffIDs) {
 		return fmt.Errorf("imagefmt: manifest has %d layers, config names %d diff IDs", len(layers), len(cfg.RootFS.DiffIDs))
 	}
+	p.Layers.Store(int64(len(layers)))
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -213,15 +234,16 @@ func applyLayers(ctx context.Context, t *tree, src v1.Image, cfg *v1.ConfigFile,
 		if err != nil {
 			return fmt.Errorf("imagefmt: layer %d: %w", i, err)
 		}
-		if err := applyLayer(t, i, l, cfg.RootFS.DiffIDs[i]); err != nil {
+		if err := applyLayer(t, i, l, cfg.RootFS.DiffIDs[i], &p.LayerBytes); err != nil {
 			return fmt.Errorf("imagefmt: layer %d (%s): %w", i, dgst, err)
 		}
+		p.LayersDone.Add(1)
 		log.Debug("applied layer", "digest", dgst, "layer", i)
 	}
 	return nil
 }
 
-func applyLayer(t *tree, i int, l v1.Layer, diffID v1.Hash) error {
+func applyLayer(t *tree, i int, l v1.Layer, diffID v1.Hash, read *atomic.Int64) error {
 	mt, err := l.MediaType()
 	if err != nil {
 		return err
@@ -235,7 +257,7 @@ func applyLayer(t *tree, i int, l v1.Layer, diffID v1.Hash) error {
 	}
 	defer rc.Close()
 	h := sha256.New()
-	r := io.TeeReader(rc, h)
+	r := io.TeeReader(counting{rc, read}, h)
 	if err := t.applyLayer(i, r); err != nil {
 		return err
 	}
@@ -247,6 +269,18 @@ func applyLayer(t *tree, i int, l v1.Layer, diffID v1.Hash) error {
 		return fmt.Errorf("%w: uncompressed content is %s, config names diff ID %s", ErrBadLayer, got, diffID)
 	}
 	return nil
+}
+
+// counting counts the bytes read through it.
+type counting struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c counting) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func readableLayer(mt types.MediaType) bool {

@@ -20,6 +20,9 @@ type Source struct {
 	PlainHTTP bool     `json:"plainHTTP,omitempty"`
 	CacheDirs []string `json:"cacheDirs,omitempty"`
 	CacheSize int64    `json:"cacheSize,omitempty"`
+	// CacheLow is the cache's low watermark, a fraction of CacheSize
+	// (cache.WithLowWatermark); 0 for the cache's default.
+	CacheLow float64 `json:"cacheLow,omitempty"`
 	// HostsDir is containerd's hosts.toml directory: mirrors for chunk
 	// reads, CAs and client certificates (fetcher.WithHostsDir).
 	HostsDir string `json:"hostsDir,omitempty"`
@@ -60,7 +63,11 @@ func (s Source) Open(ctx context.Context, opts ...fetcher.Option) (*fetcher.Imag
 		opts = append(opts, fetcher.WithHostsDir(s.HostsDir))
 	}
 	if len(s.CacheDirs) > 0 {
-		store, err := cache.Open(s.CacheDirs, s.CacheSize, cache.WithLogger(slog.Default()))
+		copts := []cache.Option{cache.WithLogger(slog.Default())}
+		if s.CacheLow > 0 {
+			copts = append(copts, cache.WithLowWatermark(s.CacheLow))
+		}
+		store, err := cache.Open(s.CacheDirs, s.CacheSize, copts...)
 		if err != nil {
 			return nil, v1.Hash{}, err
 		}

@@ -75,13 +75,26 @@ func runConvert(c *cli.Context) error {
 		return err
 	}
 	progress.start("flattening layers and writing the block image")
-	res, err := imagefmt.Convert(c.Context, img, opts...)
+	var conv imagefmt.Progress
+	m := startMeter(c.App.ErrWriter, progress.on, func() (string, int64, int64) {
+		// Uncompressed layer sizes are not known ahead: bytes, no total.
+		if n, done := conv.Layers.Load(), conv.LayersDone.Load(); done < n || n == 0 {
+			return fmt.Sprintf("layer %d/%d read", min(done+1, n), n), conv.LayerBytes.Load(), 0
+		}
+		return "block image written", conv.ImageBytes.Load(), 0
+	})
+	res, err := imagefmt.Convert(c.Context, img, append(opts, imagefmt.WithProgress(&conv))...)
+	m.stop()
 	if err != nil {
 		return err
 	}
 	defer res.Close()
 	progress.start("pushing to " + dst.String())
-	if err := fetcher.Push(c.Context, dst, res.Image); err != nil {
+	var push fetcher.PushProgress
+	m = startMeter(c.App.ErrWriter, progress.on, func() (string, int64, int64) { return "pushed", push.Done.Load(), push.Total.Load() })
+	err = fetcher.PushWithProgress(c.Context, dst, res.Image, &push)
+	m.stop()
+	if err != nil {
 		return err
 	}
 	digest, err := res.Image.Digest()

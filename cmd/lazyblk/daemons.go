@@ -65,7 +65,8 @@ func runFetcher(c *cli.Context) error {
 	}
 	m := &mounts.Manager{Root: cfg.State}
 	srv := &fetcherd.Server{Mounts: m, Defaults: fetcherd.Defaults{Attach: cfg.Blockdev.Attach,
-		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size, HostsDir: cfg.Registry.HostsDir,
+		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size,
+		CacheLow: float64(cfg.Cache.LowWatermark) / 100, HostsDir: cfg.Registry.HostsDir,
 		Background: mounts.Background{Trace: cfg.Prefetch.Trace, FillBelow: fillBelow, FillRate: fillRate}}}
 	l, err := fetcherd.Listen(cfg.Address)
 	if err != nil {

@@ -92,3 +92,14 @@ func refArgs(c *cli.Context, n int, usage string) (fetcher.Location, error) {
 	}
 	return loc, nil
 }
+
+// describeArg parses the command's one REF argument and describes the
+// block image it names.
+func describeArg(c *cli.Context) (fetcher.Location, *fetcher.Description, error) {
+	loc, err := refArgs(c, 1, "REF")
+	if err != nil {
+		return loc, nil, err
+	}
+	d, err := fetcher.Describe(c.Context, loc)
+	return loc, d, err
+}

@@ -8,7 +8,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
 
-	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
 )
 
@@ -25,11 +24,7 @@ Examples:
   lazyblk inspect --json oci:./out:v1`,
 		Flags: registryFlags("print as JSON"),
 		Action: func(c *cli.Context) error {
-			loc, err := refArgs(c, 1, "REF")
-			if err != nil {
-				return err
-			}
-			d, err := fetcher.Describe(c.Context, loc)
+			loc, d, err := describeArg(c)
 			if err != nil {
 				return err
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -209,11 +210,7 @@ func prefetchShowCommand() *cli.Command {
 		ArgsUsage: "REF",
 		Flags:     registryFlags("print the trace itself, as JSON"),
 		Action: func(c *cli.Context) error {
-			loc, err := refArgs(c, 1, "REF")
-			if err != nil {
-				return err
-			}
-			d, err := fetcher.Describe(c.Context, loc)
+			loc, d, err := describeArg(c)
 			if err != nil {
 				return err
 			}
@@ -239,9 +236,17 @@ func prefetchFillCommand() *cli.Command {
 		Usage:     "fetch the rest of a mounted image into the cache, below demand reads",
 		ArgsUsage: "DIR|REF",
 		Description: `Starts fetching every chunk not cached yet (after the trace, while one is being
-replayed) and returns; lazyblk status shows the progress. Images up to the fill
-size (--fill-below, fetcher config prefetch.fill_below) fill by themselves.`,
-		Flags: []cli.Flag{stateDirFlag()},
+replayed) and returns; lazyblk status shows the progress. With --wait it stays
+until the image is complete, with a progress bar on a terminal. Images up to
+the fill size (--fill-below, fetcher config prefetch.fill_below) fill by
+themselves.
+
+Examples:
+  lazyblk prefetch fill /mnt/app
+  lazyblk prefetch fill --wait --json registry.example.com/app:v1-lazyblk`,
+		Flags: []cli.Flag{stateDirFlag(),
+			&cli.BoolFlag{Name: "wait", Usage: "return once every chunk is cached"},
+			&cli.BoolFlag{Name: "json", Usage: "print the mount's counters as JSON at the end"}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("prefetch fill needs DIR or REF (see lazyblk prefetch fill --help)", 2)
@@ -254,9 +259,57 @@ size (--fill-below, fetcher config prefetch.fill_below) fill by themselves.`,
 			if err := m.Prefetch(c.Context, st.Dir); err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "filling %s (%s)\n", st.Dir, st.Source.Ref)
+			if !c.Bool("wait") {
+				if c.Bool("json") {
+					return printJSON(c.App.Writer, map[string]string{"dir": st.Dir, "ref": st.Source.Ref, "phase": "started"})
+				}
+				fmt.Fprintf(c.App.Writer, "filling %s (%s)\n", st.Dir, st.Source.Ref)
+				return nil
+			}
+			ms, err := waitFilled(c, m, st)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, ms)
+			}
+			fmt.Fprintf(c.App.Writer, "%s (%s) is complete: %s fetched\n", st.Dir, st.Source.Ref, mib(ms.Image.BytesFetched))
 			return nil
 		},
+	}
+}
+
+// waitFilled polls the mount's counters until every chunk is cached,
+// drawing the cached share on a terminal; it fails when the fill stops on
+// an error or the mount goes away.
+func waitFilled(c *cli.Context, m *mounts.Manager, st *mounts.State) (*mounts.Stats, error) {
+	var last atomic.Pointer[mounts.Stats]
+	bar := startMeter(c.App.ErrWriter, !c.Bool("json"), func() (string, int64, int64) {
+		if ms := last.Load(); ms != nil {
+			return "cached", ms.Image.Cached, ms.ImageSize
+		}
+		return "cached", 0, 0
+	})
+	defer bar.stop()
+	t := time.NewTicker(meterEvery)
+	defer t.Stop()
+	for {
+		ms, err := m.Stats(c.Context, st)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", st.Dir, err)
+		}
+		last.Store(ms)
+		switch {
+		case ms.Complete:
+			return ms, nil
+		case ms.Prefetch.Phase == mounts.PhaseError:
+			return nil, fmt.Errorf("%s: the fill stopped: %s", st.Dir, ms.Prefetch.Error)
+		}
+		select {
+		case <-t.C:
+		case <-c.Context.Done():
+			return nil, c.Context.Err()
+		}
 	}
 }
 
