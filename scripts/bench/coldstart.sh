@@ -17,6 +17,7 @@
 # The dense throughput is compared with a raw parallel download of the
 # image's data blob (8 connections, 32 MiB ranges) through the same shaper.
 #
+# CHUNK_SIZE passes --chunk-size to convert (default: lazyblk's, 4MiB).
 # FILL_BELOW passes --fill-below to every mount (default: lazyblk's, 8GiB,
 # so the whole image fills in the background below demand).
 #
@@ -69,7 +70,7 @@ via=127.0.0.1:$proxy_port
 echo "generating and pushing: $(du -h "$rootfs" | cut -f1) root + $(numfmt --to=iec "$weights") random weights"
 "$work/genimage" -dir "$work" -base-tar "$rootfs" -weights "$weights" -text "$text" "$src"
 rm -f "$work"/genimage-*.tar
-"$lb" convert --plain-http --tmp-dir "$work" "$src" "$lazy" >/dev/null
+"$lb" convert --plain-http --tmp-dir "$work" ${CHUNK_SIZE:+--chunk-size "$CHUNK_SIZE"} "$src" "$lazy" >/dev/null
 "$lb" inspect --plain-http --json "$lazy" >"$work/inspect.json"
 field() { sed -n "s/.*\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$work/inspect.json" | head -1; }
 image_size=$(field imageSize) data_digest=$(field dataDigest) data_size=$(field dataSize)
@@ -162,7 +163,7 @@ EOF
 cat >"$out_dir/coldstart.json" <<EOF
 {
   "image": {"filesystemBytes": $image_size, "weightsBytes": $weights, "packages": "${pkgs}"},
-  "shaper": {"delay": "$delay", "connRate": "$conn_rate", "rate": "$rate"}, "fillBelow": "${FILL_BELOW:-default}",
+  "shaper": {"delay": "$delay", "connRate": "$conn_rate", "rate": "$rate"}, "fillBelow": "${FILL_BELOW:-default}", "chunkSize": "${CHUNK_SIZE:-default}",
   "ms": {
     "sparse": {"pull": ${t[pull_sparse]}, "lazy": ${t[lazy_sparse]}, "lazyTrace": ${t[trace_sparse]}, "warm": ${t[warm_sparse]}},
     "dense": {"pull": ${t[pull_dense]}, "lazy": ${t[lazy_dense]}, "lazyTrace": ${t[trace_dense]}, "warm": ${t[warm_dense]}},
