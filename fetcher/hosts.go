@@ -40,13 +40,19 @@ func mirrorHosts(mirrors []string, base http.RoundTripper) []host {
 // order, each with its TLS settings (ca, client certs, skip_verify), and
 // the transport for the origin (its own CA, when the directory names one).
 func configuredHosts(ctx context.Context, dir string, reg name.Registry, base http.RoundTripper) (mirrors []host, origin http.RoundTripper, err error) {
+	// containerd names Docker Hub docker.io (its directory too);
+	// go-containerregistry index.docker.io.
+	regName := reg.Name()
+	if regName == name.DefaultRegistry {
+		regName = "docker.io"
+	}
 	hostDir := dockerconfig.HostDirFromRoot(dir)
-	if _, err := hostDir(reg.Name()); errdefs.IsNotFound(err) {
+	if _, err := hostDir(regName); errdefs.IsNotFound(err) {
 		return nil, base, nil // nothing configured for reg: the origin as it is
 	}
-	hs, err := dockerconfig.ConfigureHosts(ctx, dockerconfig.HostOptions{HostDir: hostDir})(reg.Name())
+	hs, err := dockerconfig.ConfigureHosts(ctx, dockerconfig.HostOptions{HostDir: hostDir})(regName)
 	if err != nil {
-		return nil, nil, fmt.Errorf("fetcher: hosts for %s in %s: %w", reg.Name(), dir, err)
+		return nil, nil, fmt.Errorf("fetcher: hosts for %s in %s: %w", regName, dir, err)
 	}
 	origin = base
 	for i, h := range hs {
