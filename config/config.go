@@ -97,6 +97,7 @@ type Snapshotter struct {
 	FetcherAddress string `toml:"fetcher_address"`
 	// PlainHTTP lists registries (host:port) the fetcher talks plain HTTP to.
 	PlainHTTP []string `toml:"plain_http"`
+	Metrics   Metrics  `toml:"metrics"`
 }
 
 // DefaultFetcherAddress is the fetcher daemon's socket unless configured
@@ -206,10 +207,8 @@ func (c Fetcher) Check() error {
 	if _, err := c.IOTimeout(); err != nil {
 		return err
 	}
-	if a := c.Metrics.Address; a != "" {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return fmt.Errorf("config: metrics.address = %q: want host:port like 127.0.0.1:9464, or empty for none", a)
-		}
+	if err := c.Metrics.check(); err != nil {
+		return err
 	}
 	_, _, err := c.Fill()
 	return err
@@ -270,6 +269,15 @@ func (c Snapshotter) Check() error {
 	for _, h := range c.PlainHTTP {
 		if h == "" || strings.ContainsAny(h, "/ ") {
 			return fmt.Errorf("config: plain_http entry %q: want host or host:port", h)
+		}
+	}
+	return c.Metrics.check()
+}
+
+func (m Metrics) check() error {
+	if a := m.Address; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("config: metrics.address = %q: want host:port like 127.0.0.1:9464, or empty for none", a)
 		}
 	}
 	return nil

@@ -35,7 +35,8 @@ func TestRoundTrip(t *testing.T) {
 		Blockdev: Blockdev{Attach: "nbdfuse", Connections: 2, IOTimeout: "5s"},
 		Prefetch: Prefetch{Trace: false, FillBelow: "0", FillRate: "100MiB"}, Metrics: Metrics{Address: "127.0.0.1:9464"},
 		Registry: Registry{HostsDir: "/etc/hosts.d"}}
-	s := Snapshotter{Root: "/sr", Address: "/s/sn.sock", FetcherAddress: "/s/f.sock", PlainHTTP: []string{"127.0.0.1:5000"}}
+	s := Snapshotter{Root: "/sr", Address: "/s/sn.sock", FetcherAddress: "/s/f.sock", PlainHTTP: []string{"127.0.0.1:5000"},
+		Metrics: Metrics{Address: "[::1]:9465"}}
 	for _, c := range []struct {
 		v    any
 		load func(string) (any, error)
@@ -81,6 +82,9 @@ func TestRejects(t *testing.T) {
 	}
 	if _, err := LoadSnapshotter(write(t, "plain_http = [\"http://x\"]")); err == nil || !strings.Contains(err.Error(), "plain_http") {
 		t.Errorf("snapshotter plain_http URL: %v", err)
+	}
+	if _, err := LoadSnapshotter(write(t, "[metrics]\naddress = \"localhost\"")); err == nil || !strings.Contains(err.Error(), "metrics.address") {
+		t.Errorf("snapshotter metrics.address without a port: %v", err)
 	}
 	if _, err := LoadFetcher("/nonexistent/fetcher.toml"); err == nil || !strings.Contains(err.Error(), "/nonexistent/fetcher.toml") {
 		t.Errorf("missing file: %v", err)

@@ -73,7 +73,14 @@ func (e *containerdEnv) startSnapshotter(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.snapshotter = startDaemon(t, "listening on", lazyblk, "--log-level", "info", "snapshotter", "--config", cfg,
-		"--root", filepath.Join(e.dir, "snapshotter"), "--address", e.snapSock, "--fetcher-address", e.fetcherSock)
+		"--root", filepath.Join(e.dir, "snapshotter"), "--address", e.snapSock, "--fetcher-address", e.fetcherSock,
+		"--metrics-address", "127.0.0.1:0")
+}
+
+// snapshotterCounter reads one of the running snapshotter's metrics.
+func (e *containerdEnv) snapshotterCounter(t *testing.T, name string) float64 {
+	t.Helper()
+	return scrapeMetrics(t, metricsURL(t, e.snapshotter)).must(t, name)
 }
 
 // ctr runs containerd's ctr against this containerd.
@@ -230,6 +237,9 @@ func TestContainerd(t *testing.T) {
 	}
 
 	e.pull(t, lazy)
+	if n := e.snapshotterCounter(t, "lazyblk_snapshotter_remote_layers_total"); n != 1 {
+		t.Errorf("lazyblk_snapshotter_remote_layers_total %v after the lazy pull, want 1", n)
+	}
 	ms := e.mounts(t)
 	if len(ms) != 1 || !ms[0].Serving || ms[0].Fs != "erofs" || !strings.HasPrefix(ms[0].Dir, filepath.Join(e.dir, "snapshotter")) {
 		t.Fatalf("after the lazy pull the fetcher has mounts %v, want one erofs under the snapshotter's root", ms)
@@ -333,6 +343,9 @@ func TestContainerd(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(e.snapshotter.log); !bytes.Contains(b, []byte("falling back to download and unpack")) {
 		t.Fatalf("the snapshotter did not log the fallback:\n%s", b)
+	}
+	if n := e.snapshotterCounter(t, "lazyblk_snapshotter_fallbacks_total"); n != 1 {
+		t.Errorf("lazyblk_snapshotter_fallbacks_total %v after the pull without a fetcher, want 1", n)
 	}
 	e.startFetcher(t)
 	e.ctr(t, "images", "rm", "--sync", lazy)

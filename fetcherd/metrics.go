@@ -2,7 +2,6 @@ package fetcherd
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -178,19 +177,4 @@ func (s *Server) registry() *metrics {
 // MetricsHandler serves the daemon's metrics in the Prometheus text format.
 func (s *Server) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(s.registry().reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
-}
-
-// ServeMetrics serves GET /metrics on l until ctx ends.
-func (s *Server) ServeMetrics(ctx context.Context, l net.Listener) error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", s.MetricsHandler())
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		hs.Close()
-	}()
-	if err := hs.Serve(l); err != http.ErrServerClosed {
-		return err
-	}
-	return nil
 }

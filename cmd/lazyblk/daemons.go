@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
@@ -72,22 +74,39 @@ func runFetcher(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if a := cfg.Metrics.Address; a != "" {
-		ml, err := net.Listen("tcp", a)
-		if err != nil {
-			l.Close()
-			return fmt.Errorf("metrics endpoint (metrics.address): %w", err)
-		}
-		go func() {
-			if err := srv.ServeMetrics(c.Context, ml); err != nil {
-				slog.Error("metrics endpoint stopped", "address", a, "err", err)
-			}
-		}()
-		fmt.Fprintf(c.App.ErrWriter, "lazyblk fetcher: metrics on http://%s/metrics\n", ml.Addr())
+	if err := serveMetrics(c, "fetcher", cfg.Metrics.Address, srv.MetricsHandler()); err != nil {
+		l.Close()
+		return err
 	}
 	fetcherd.Recover(c.Context, m)
 	slog.Info("fetcher daemon", "state", cfg.State, "cache", cfg.CacheDirs())
 	return serveGRPC(c, "fetcher", fetcherd.NewGRPCServer(srv), l)
+}
+
+// serveMetrics serves GET /metrics on addr (host:port; "" for none) until
+// the command's context ends, and says where on stderr.
+func serveMetrics(c *cli.Context, daemon, addr string, h http.Handler) error {
+	if addr == "" {
+		return nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics endpoint (metrics.address): %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-c.Context.Done()
+		hs.Close()
+	}()
+	go func() {
+		if err := hs.Serve(l); err != http.ErrServerClosed {
+			slog.Error("metrics endpoint stopped", "address", addr, "err", err)
+		}
+	}()
+	fmt.Fprintf(c.App.ErrWriter, "lazyblk %s: metrics on http://%s/metrics\n", daemon, l.Addr())
+	return nil
 }
 
 // overrides applies the flags that were given over their configuration

@@ -1,7 +1,12 @@
 package main
 
 import (
+	"net/http"
+
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"log/slog"
 	"time"
 
@@ -52,6 +57,7 @@ Examples:
 			&cli.StringFlag{Name: "root", Usage: "snapshot metadata and layers; overrides root"},
 			&cli.StringFlag{Name: "address", Usage: "snapshots API socket; overrides address"},
 			&cli.StringFlag{Name: "fetcher-address", Usage: "the fetcher daemon's socket; overrides fetcher_address"},
+			&cli.StringFlag{Name: "metrics-address", Usage: "host:port of a Prometheus endpoint (GET /metrics); overrides metrics.address"},
 		},
 		Action: runSnapshotter,
 	}
@@ -60,7 +66,8 @@ Examples:
 func runSnapshotter(c *cli.Context) error {
 	cfg, err := config.LoadSnapshotter(c.String("config"))
 	if err == nil {
-		err = overrides(c, cfg.Check, map[string]*string{"root": &cfg.Root, "address": &cfg.Address, "fetcher-address": &cfg.FetcherAddress})
+		err = overrides(c, cfg.Check, map[string]*string{"root": &cfg.Root, "address": &cfg.Address, "fetcher-address": &cfg.FetcherAddress,
+			"metrics-address": &cfg.Metrics.Address})
 	}
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
@@ -77,6 +84,10 @@ func runSnapshotter(c *cli.Context) error {
 	defer sn.Close()
 	l, err := fetcherd.Listen(cfg.Address)
 	if err != nil {
+		return err
+	}
+	if err := serveMetrics(c, "snapshotter", cfg.Metrics.Address, snapshotterMetrics(sn)); err != nil {
+		l.Close()
 		return err
 	}
 	g := grpc.NewServer()
@@ -146,4 +157,18 @@ func runPull(c *cli.Context) error {
 	}
 	_, err = fmt.Fprintf(c.App.Writer, "pulled %s (%s) in %d ms\n", out.Name, out.Digest, out.MS)
 	return err
+}
+
+// snapshotterMetrics exposes the snapshotter's counters.
+func snapshotterMetrics(sn *snapshotter.Snapshotter) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lazyblk_snapshotter_remote_layers_total",
+			Help: "lazyblk layers mounted lazily (containerd skipped their download)."},
+			func() float64 { return float64(sn.Stats().Remote) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lazyblk_snapshotter_fallbacks_total",
+			Help: "lazyblk layers whose lazy mount failed and that containerd downloaded and unpacked instead."},
+			func() float64 { return float64(sn.Stats().Fallbacks) }),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
