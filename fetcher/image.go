@@ -377,7 +377,16 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	first := x.Chunks[run[0]]
 	lastc := x.Chunks[run[len(run)-1]]
 	stored := make([]byte, lastc.Offset+uint64(lastc.Length)-first.Offset)
-	if err := im.get(ctx, stored, int64(first.Offset), false); err != nil {
+	parts := 1
+	if slots != nil {
+		parts += im.spareSlots(slots, len(stored))
+		defer func() {
+			for range parts - 1 {
+				<-slots
+			}
+		}()
+	}
+	if err := im.getParts(ctx, stored, int64(first.Offset), parts); err != nil {
 		for _, j := range run {
 			cl.errs[j] = err
 		}
