@@ -13,18 +13,23 @@
 //	ReadAt(off, len) ─► chunks ─► hole? zeros
 //	                           ─► cache hit? read the needed part of the chunk file
 //	                           ─► in flight? wait for that fetch (own ctx)
-//	                           ─► miss: one closed range request for a run of
-//	                              chunks stored back to back ─► verify each
-//	                              (sha256; a bad one is refetched once, then
-//	                              ErrChunkCorrupt) ─► wake readers ─► cache
+//	                           ─► miss: closed range requests for a run of
+//	                              chunks stored back to back (split over idle
+//	                              connections) ─► verify each (sha256; a bad
+//	                              one is refetched once, then ErrChunkCorrupt)
+//	                              ─► wake readers ─► cache
 //
 // Concurrent misses on a chunk share one fetch. A sequential reader's
-// misses grow runs up to the coalescing cap (32 MiB) and readahead keeps
-// two runs in flight ahead of it. Demand requests use their own connection
-// slots (8); Prefetch and Fill use separate background slots (2), claim
-// chunks only while holding a slot, and can be rate-capped, so a demand
-// miss never queues behind them; a demand reader whose chunk sits in a
-// cancelled prefetch fetches it itself.
+// misses grow runs up to the coalescing cap (8 MiB) and readahead keeps up
+// to eight runs in flight ahead of it, the window doubling with the run.
+// Demand requests use their own connection slots (8); a run of 2 MiB or
+// more takes idle ones too, up to four ranges at once and never more than
+// half the slots, because one connection's throughput is capped by most
+// registries and blob stores. Prefetch and Fill use separate background
+// slots (4), claim chunks only while holding a slot, and can be
+// rate-capped, so a demand miss never queues behind them; the fill also
+// waits for demand to be quiet (priority.go); a demand reader whose chunk
+// sits in a cancelled prefetch fetches it itself.
 //
 // The one model of time (per-attempt timeout, bounded jittered retries,
 // per-read deadline) is documented in options.go beside its defaults.
