@@ -39,7 +39,7 @@ func mirrorHosts(mirrors []string, base http.RoundTripper) []host {
 // or the docker certs.d layout) for reg: the mirrors that may pull, in
 // order, each with its TLS settings (ca, client certs, skip_verify), and
 // the transport for the origin (its own CA, when the directory names one).
-func configuredHosts(ctx context.Context, dir string, reg name.Registry, base http.RoundTripper) (mirrors []host, origin http.RoundTripper, err error) {
+func configuredHosts(ctx context.Context, dir string, reg name.Registry, base http.RoundTripper, idle int) (mirrors []host, origin http.RoundTripper, err error) {
 	// containerd names Docker Hub docker.io (its directory too);
 	// go-containerregistry index.docker.io.
 	regName := reg.Name()
@@ -54,21 +54,27 @@ func configuredHosts(ctx context.Context, dir string, reg name.Registry, base ht
 	if err != nil {
 		return nil, nil, fmt.Errorf("fetcher: hosts for %s in %s: %w", regName, dir, err)
 	}
+	// Each host's client is made for this call: keep as many of its
+	// connections idle as the image may use at once.
+	transport := func(h docker.RegistryHost) http.RoundTripper {
+		if h.Client == nil || h.Client.Transport == nil {
+			return base
+		}
+		if t, ok := h.Client.Transport.(*http.Transport); ok {
+			t.MaxIdleConnsPerHost = max(t.MaxIdleConnsPerHost, idle)
+		}
+		return h.Client.Transport
+	}
 	origin = base
 	for i, h := range hs {
 		if i == len(hs)-1 && isOrigin(h, reg) {
-			if h.Client != nil && h.Client.Transport != nil {
-				origin = h.Client.Transport
-			}
+			origin = transport(h)
 			continue
 		}
 		if h.Capabilities&docker.HostCapabilityPull == 0 {
 			continue
 		}
-		tr := base
-		if h.Client != nil && h.Client.Transport != nil {
-			tr = h.Client.Transport
-		}
+		tr := transport(h)
 		mirrors = append(mirrors, host{scheme: h.Scheme, host: h.Host, path: strings.TrimSuffix(h.Path, "/"), base: tr})
 	}
 	return mirrors, origin, nil

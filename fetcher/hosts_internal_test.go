@@ -26,7 +26,7 @@ func TestDockerHubHostsDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mirrors, _, err := configuredHosts(context.Background(), dir, reg, http.DefaultTransport)
+	mirrors, _, err := configuredHosts(context.Background(), dir, reg, http.DefaultTransport, 12)
 	if err != nil || len(mirrors) != 1 || mirrors[0].host != "mirror.example" || mirrors[0].path != "/v2" {
 		t.Fatalf("mirrors %+v, %v; want mirror.example with /v2", mirrors, err)
 	}

@@ -120,8 +120,13 @@ func (im *Image) Index() *imagefmt.Index { return im.index }
 func (im *Image) Close() error {
 	im.cancel()
 	im.wg.Wait()
-	if s, ok := im.src.(*layoutSource); ok {
+	switch s := im.src.(type) {
+	case *layoutSource:
 		return s.f.Close()
+	case *registrySource:
+		if s.pool != nil {
+			s.pool.CloseIdleConnections()
+		}
 	}
 	return nil
 }

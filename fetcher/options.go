@@ -71,7 +71,10 @@ type Option func(*options) error
 // every read fetches).
 func WithCache(c *cache.Store) Option { return func(o *options) error { o.cache = c; return nil } }
 
-// WithTransport sets the base HTTP transport (http.DefaultTransport).
+// WithTransport sets the base HTTP transport (default: one of the image's
+// own, like http.DefaultTransport but keeping a connection idle for every
+// demand and background slot; the default transport keeps two, so the
+// others would be opened again, TLS handshake and all, for every burst).
 func WithTransport(t http.RoundTripper) Option {
 	return func(o *options) error { o.transport = t; return nil }
 }
@@ -162,7 +165,7 @@ func newOptions(opts []Option) (options, error) {
 }
 
 func defaultOptions() options {
-	return options{transport: http.DefaultTransport, attemptTimeout: DefaultAttemptTimeout,
+	return options{attemptTimeout: DefaultAttemptTimeout,
 		attempts: DefaultAttempts, readTimeout: DefaultReadTimeout, connections: DefaultConnections,
 		background: DefaultBackgroundConnections, maxCoalesce: DefaultMaxCoalesce, memory: DefaultMemory,
 		log: slog.New(slog.DiscardHandler)}

@@ -70,6 +70,7 @@ type source interface {
 type registrySource struct {
 	mirrors []*endpoint
 	origin  *endpoint
+	pool    *http.Transport // the image's own connections, unless WithTransport
 }
 
 // endpoint is one host serving the blob.
@@ -85,9 +86,15 @@ type endpoint struct {
 func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, o options) (*registrySource, error) {
 	repo := l.Ref.Context()
 	base := o.transport
+	var pool *http.Transport
+	if base == nil {
+		pool = http.DefaultTransport.(*http.Transport).Clone()
+		pool.MaxIdleConnsPerHost = o.connections + o.background
+		base = pool
+	}
 	mirrors := mirrorHosts(o.mirrors, base)
 	if o.hostsDir != "" {
-		more, originBase, err := configuredHosts(ctx, o.hostsDir, repo.Registry, base)
+		more, originBase, err := configuredHosts(ctx, o.hostsDir, repo.Registry, base, o.connections+o.background)
 		if err != nil {
 			return nil, err
 		}
@@ -97,7 +104,7 @@ func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, o option
 	if err != nil {
 		return nil, err
 	}
-	s := &registrySource{origin: origin}
+	s := &registrySource{origin: origin, pool: pool}
 	for _, h := range mirrors {
 		e, err := newEndpoint(ctx, repo, h, digest)
 		if err != nil {

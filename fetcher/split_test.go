@@ -3,6 +3,7 @@ package fetcher_test
 import (
 	"bytes"
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -68,5 +69,54 @@ func TestMissSplitsOverIdleConnections(t *testing.T) {
 	}
 	if st := im.Stats(); st.Requests != 4 || st.BytesFetched != 4<<20 {
 		t.Errorf("one 4 MiB miss: %d requests, %d bytes; want 4 requests for exactly the chunk", st.Requests, st.BytesFetched)
+	}
+}
+
+// TestConnectionsReused: misses split over several connections find them
+// open the next time: the image keeps as many idle as it may use, where
+// Go's default transport keeps two and would reconnect (with TLS, a
+// handshake) for every burst.
+func TestConnectionsReused(t *testing.T) {
+	reg := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, reg+"/img:v1", 40<<20, imagefmt.WithChunkSize(4<<20), imagefmt.WithCompression(imagefmt.CompressionNone))
+	target, _ := url.Parse("http://" + reg)
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(target))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	im := openImage(t, viaProxy(t, loc, strings.TrimPrefix(srv.URL, "http://")))
+	x := im.Index()
+	var full []int
+	for k, c := range x.Chunks {
+		if c.Encoding == imagefmt.EncodingRaw && x.ChunkLen(k) == 4<<20 {
+			full = append(full, k)
+		}
+	}
+	if len(full) < 8 {
+		t.Fatalf("%d full raw chunks, want 8", len(full))
+	}
+	// Every other one, backwards: no reader looks sequential, so each miss
+	// is its own split fetch.
+	p := make([]byte, 4096)
+	before := conns.Load()
+	reads := 0
+	for k := len(full) - 1; k >= 0; k -= 2 {
+		off := int64(full[k]) * int64(x.ChunkSize)
+		if _, err := im.ReadAt(context.Background(), p, off); err != nil || !bytes.Equal(p, want[off:off+4096]) {
+			t.Fatalf("read chunk %d: %v", full[k], err)
+		}
+		reads++
+	}
+	st := im.Stats()
+	if st.Requests < int64(2*reads) {
+		t.Fatalf("%d requests for %d misses: the misses were not split", st.Requests, reads)
+	}
+	if opened := conns.Load() - before; opened > 4 {
+		t.Errorf("%d split misses (%d requests) opened %d new connections; want at most 4, then reused", reads, st.Requests, opened)
 	}
 }
