@@ -127,15 +127,18 @@ func TestFetcherDaemon(t *testing.T) {
 		Dir     string
 		Serving bool
 		Stats   struct {
-			ImageSize int64 `json:"image_size"`
-			Complete  bool
+			ImageSize   int64 `json:"image_size"`
+			CachedBytes int64 `json:"cached_bytes"`
+			Complete    bool
 		}
 	}
 	if err := json.Unmarshal([]byte(out), &sts); code != 0 || err != nil || len(sts) != 1 || sts[0].Dir != mnt ||
-		!sts[0].Serving || !sts[0].Stats.Complete || sts[0].Stats.ImageSize != int64(len(want)) {
+		!sts[0].Serving || !sts[0].Stats.Complete || sts[0].Stats.ImageSize != int64(len(want)) ||
+		sts[0].Stats.CachedBytes != sts[0].Stats.ImageSize {
 		t.Fatalf("status --json: exit %d %v: %s %s", code, err, out, stderr)
 	}
-	if out, _, _ := run(t, "status", "--address", sock); !strings.Contains(out, mnt) || !strings.Contains(out, "MiB (") {
+	if out, _, _ := run(t, "status", "--address", sock); !strings.Contains(out, mnt) || !strings.Contains(out, "MiB (") ||
+		!strings.Contains(out, "100.0%") || !strings.Contains(out, "READS") {
 		t.Errorf("status: %s", out)
 	}
 	// umount finds the daemon's mount in the daemon's state directory.

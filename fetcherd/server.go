@@ -140,6 +140,9 @@ func (s *Server) Stats(ctx context.Context, r *fetcherv1.StatsRequest) (*fetcher
 				is.Requests, is.Retries, is.VerifyFailures = ms.Image.Requests, ms.Image.Retries, ms.Image.VerifyFailures
 				p := ms.Prefetch
 				is.PrefetchPhase, is.TraceDigest, is.TraceChunks, is.PrefetchError = p.Phase, p.Trace, int32(p.TraceChunks), p.Error
+				is.CachedBytes = ms.Image.Cached
+				is.ReadsInFlight, is.ReadsStuck = int32(ms.Server.InFlight), int32(ms.Server.Stuck)
+				is.OldestReadMs = ms.Server.Oldest.Milliseconds()
 			}
 		}
 		out.Images = append(out.Images, is)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -91,12 +92,20 @@ func runStatus(c *cli.Context) error {
 		return printJSON(c.App.Writer, out)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tHITS\tMISSES\tPREFETCH")
+	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tCACHED\tHITS\tMISSES\tREADS\tPREFETCH")
 	for _, m := range out {
-		fetched := "-"
+		fetched, cached, reads := "-", "-", "-"
 		hits, misses, prefetch := "-", "-", "-"
 		if s := m.Stats; s != nil && s.ImageSize > 0 {
 			fetched = fmt.Sprintf("%.1f MiB (%.1f%%)", float64(s.BytesFetched)/(1<<20), 100*float64(s.BytesFetched)/float64(s.ImageSize))
+			cached = fmt.Sprintf("%.1f%%", 100*float64(s.CachedBytes)/float64(s.ImageSize))
+			reads = fmt.Sprint(s.ReadsInFlight)
+			if s.ReadsInFlight > 0 {
+				reads += fmt.Sprintf(" (oldest %s)", (time.Duration(s.OldestReadMs) * time.Millisecond).String())
+			}
+			if s.ReadsStuck > 0 {
+				reads += fmt.Sprintf(", %d STUCK", s.ReadsStuck)
+			}
 			hits, misses, prefetch = fmt.Sprint(s.CacheHits), fmt.Sprint(s.CacheMisses), s.PrefetchPhase
 			if s.TraceChunks > 0 {
 				prefetch += fmt.Sprintf(" (trace of %d chunks)", s.TraceChunks)
@@ -105,7 +114,8 @@ func runStatus(c *cli.Context) error {
 				prefetch += ": " + s.PrefetchError
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", m.Dir, m.Ref, m.Fs, m.Attach, m.Serving, fetched, hits, misses, prefetch)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Dir, m.Ref, m.Fs, m.Attach, m.Serving, fetched, cached,
+			hits, misses, reads, prefetch)
 	}
 	return tw.Flush()
 }

@@ -557,6 +557,10 @@ type ImageStats struct {
 	TraceDigest   string `protobuf:"bytes,12,opt,name=trace_digest,json=traceDigest,proto3" json:"trace_digest,omitempty"` // the replayed trace artifact
 	TraceChunks   int32  `protobuf:"varint,13,opt,name=trace_chunks,json=traceChunks,proto3" json:"trace_chunks,omitempty"`
 	PrefetchError string `protobuf:"bytes,14,opt,name=prefetch_error,json=prefetchError,proto3" json:"prefetch_error,omitempty"`
+	CachedBytes   int64  `protobuf:"varint,15,opt,name=cached_bytes,json=cachedBytes,proto3" json:"cached_bytes,omitempty"`         // of the image, in the cache (holes count)
+	ReadsInFlight int32  `protobuf:"varint,16,opt,name=reads_in_flight,json=readsInFlight,proto3" json:"reads_in_flight,omitempty"` // NBD reads being answered
+	ReadsStuck    int32  `protobuf:"varint,17,opt,name=reads_stuck,json=readsStuck,proto3" json:"reads_stuck,omitempty"`            // of them, in flight for over 10 s
+	OldestReadMs  int64  `protobuf:"varint,18,opt,name=oldest_read_ms,json=oldestReadMs,proto3" json:"oldest_read_ms,omitempty"`    // age of the oldest read in flight
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,6 +693,34 @@ func (x *ImageStats) GetPrefetchError() string {
 	return ""
 }
 
+func (x *ImageStats) GetCachedBytes() int64 {
+	if x != nil {
+		return x.CachedBytes
+	}
+	return 0
+}
+
+func (x *ImageStats) GetReadsInFlight() int32 {
+	if x != nil {
+		return x.ReadsInFlight
+	}
+	return 0
+}
+
+func (x *ImageStats) GetReadsStuck() int32 {
+	if x != nil {
+		return x.ReadsStuck
+	}
+	return 0
+}
+
+func (x *ImageStats) GetOldestReadMs() int64 {
+	if x != nil {
+		return x.OldestReadMs
+	}
+	return 0
+}
+
 type StatsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Images        []*ImageStats          `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
@@ -770,7 +802,7 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x12\n" +
 	"\x10PrefetchResponse\" \n" +
 	"\fStatsRequest\x12\x10\n" +
-	"\x03dir\x18\x01 \x01(\tR\x03dir\"\xc5\x03\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\"\xd7\x04\n" +
 	"\n" +
 	"ImageStats\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x10\n" +
@@ -789,7 +821,12 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x0eprefetch_phase\x18\v \x01(\tR\rprefetchPhase\x12!\n" +
 	"\ftrace_digest\x18\f \x01(\tR\vtraceDigest\x12!\n" +
 	"\ftrace_chunks\x18\r \x01(\x05R\vtraceChunks\x12%\n" +
-	"\x0eprefetch_error\x18\x0e \x01(\tR\rprefetchError\"G\n" +
+	"\x0eprefetch_error\x18\x0e \x01(\tR\rprefetchError\x12!\n" +
+	"\fcached_bytes\x18\x0f \x01(\x03R\vcachedBytes\x12&\n" +
+	"\x0freads_in_flight\x18\x10 \x01(\x05R\rreadsInFlight\x12\x1f\n" +
+	"\vreads_stuck\x18\x11 \x01(\x05R\n" +
+	"readsStuck\x12$\n" +
+	"\x0eoldest_read_ms\x18\x12 \x01(\x03R\foldestReadMs\"G\n" +
 	"\rStatsResponse\x126\n" +
 	"\x06images\x18\x01 \x03(\v2\x1e.lazyblk.fetcher.v1.ImageStatsR\x06images2\x97\x03\n" +
 	"\aFetcher\x12H\n" +
