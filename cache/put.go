@@ -105,7 +105,7 @@ func (s *Store) evictLocked(extra int64) []*entry {
 	for el := s.lru.Back(); el != nil && s.used > s.low-extra; {
 		prev := el.Prev()
 		e := el.Value.(*entry)
-		if e.pins == 0 {
+		if e.pins == 0 && (s.pinned == nil || !s.pinned(e.d)) {
 			s.lru.Remove(el)
 			delete(s.entries, e.d)
 			s.used -= e.size

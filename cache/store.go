@@ -35,6 +35,7 @@ type Store struct {
 	capacity int64 // the high watermark: eviction starts above it
 	low      int64 // the low watermark: eviction stops at it
 	lowFrac  float64
+	pinned   func(Digest) bool // never evicted; nil: none
 	log      *slog.Logger
 
 	mu       sync.Mutex // guards entries, lru, used
@@ -66,6 +67,16 @@ type Option func(*Store) error
 // WithLogger sets the logger (discarded by default).
 func WithLogger(l *slog.Logger) Option {
 	return func(s *Store) error { s.log = l; return nil }
+}
+
+// WithPinned exempts the chunks for which pinned returns true from
+// eviction: the working sets of running containers, which other images'
+// reads must not push out. It is called with the store's lock held, for
+// every eviction candidate: it must be fast and must not call the store.
+// A store whose unpinned chunks are all evicted grows past its capacity
+// rather than evict a pinned one.
+func WithPinned(pinned func(Digest) bool) Option {
+	return func(s *Store) error { s.pinned = pinned; return nil }
 }
 
 // WithLowWatermark makes eviction, once the store exceeds its capacity,

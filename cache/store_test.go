@@ -185,6 +185,33 @@ func TestLowWatermark(t *testing.T) {
 	}
 }
 
+// TestPinnedNeverEvicted: pinned chunks stay however much else is put;
+// the unpinned ones go first, least recently used first.
+func TestPinnedNeverEvicted(t *testing.T) {
+	const size, capacity = 4096, 4 * 4096
+	_, first := chunk(0, size)
+	_, second := chunk(1, size)
+	s, err := Open([]string{t.TempDir()}, capacity, WithPinned(func(d Digest) bool { return d == first || d == second }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		b, d := chunk(i, size)
+		if err := s.Put(context.Background(), d, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !s.Has(first) || !s.Has(second) {
+		t.Error("a pinned chunk was evicted")
+	}
+	if st := s.Stats(); st.Used != capacity || st.Evictions != 16 {
+		t.Errorf("after 20 puts with 2 pinned into room for 4: %+v", st)
+	}
+	if _, d := chunk(19, size); !s.Has(d) {
+		t.Error("the newest chunk was evicted instead of older unpinned ones")
+	}
+}
+
 func TestConcurrent(t *testing.T) {
 	s, err := Open([]string{t.TempDir(), t.TempDir()}, 32*4096)
 	if err != nil {

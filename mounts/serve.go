@@ -40,13 +40,21 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 			report = nil
 		}
 	}
-	srv, im, index, st, err := setUp(ctx, work)
+	pins := newPins(work)
+	srv, im, index, st, err := setUp(ctx, work, pins)
 	if err != nil {
 		say(readyReport{Error: err.Error()})
 		return err
 	}
 	defer im.Close()
 	defer srv.Close()
+	pinned := make(chan struct{}) // closed once the pins stop being written
+	if len(st.Source.CacheDirs) > 0 {
+		go func() { defer close(pinned); pins.run(ctx, im) }()
+	} else {
+		close(pinned)
+	}
+	defer func() { <-pinned }() // on early returns
 	loc, _ := fetcher.ParseLocation(st.Source.Ref, st.Source.PlainHTTP)
 	pf := newPrefetcher(im, index, loc)
 	ctl, err := serveControl(ctx, work, im, srv, pf)
@@ -72,6 +80,7 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	slog.Info("serving", "ref", st.Source.Ref, "dir", st.Dir, "source", st.Mount.Source)
 
 	<-ctx.Done()
+	<-pinned // no pin file is written while the work directory goes
 	err = st.Mount.Unmount()
 	slog.Info("stopped", "dir", st.Dir, "stats", fmt.Sprintf("%+v", srv.Stats()), "err", err)
 	if err == nil {
@@ -80,12 +89,12 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	return err
 }
 
-func setUp(ctx context.Context, work string) (*blockdev.Server, *fetcher.Image, v1.Hash, *State, error) {
+func setUp(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fetcher.Image, v1.Hash, *State, error) {
 	st, err := readState(work)
 	if err != nil {
 		return nil, nil, v1.Hash{}, nil, err
 	}
-	im, index, err := st.Source.Open(ctx, fetcher.WithFillRate(st.Background.FillRate))
+	im, index, err := st.Source.open(ctx, []cache.Option{cache.WithPinned(pins.pinned)}, fetcher.WithFillRate(st.Background.FillRate))
 	if err != nil {
 		return nil, nil, v1.Hash{}, nil, fmt.Errorf("mount %s: %w", st.Source.Ref, err)
 	}

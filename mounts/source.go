@@ -54,6 +54,11 @@ func (s Source) Check() error {
 // with the image; the image reads through the cache when one is
 // configured. opts add to the fetcher's options.
 func (s Source) Open(ctx context.Context, opts ...fetcher.Option) (*fetcher.Image, v1.Hash, error) {
+	return s.open(ctx, nil, opts...)
+}
+
+// open is Open with options for the cache, when there is one.
+func (s Source) open(ctx context.Context, copts []cache.Option, opts ...fetcher.Option) (*fetcher.Image, v1.Hash, error) {
 	if err := s.Check(); err != nil {
 		return nil, v1.Hash{}, err
 	}
@@ -63,7 +68,7 @@ func (s Source) Open(ctx context.Context, opts ...fetcher.Option) (*fetcher.Imag
 		opts = append(opts, fetcher.WithHostsDir(s.HostsDir))
 	}
 	if len(s.CacheDirs) > 0 {
-		copts := []cache.Option{cache.WithLogger(slog.Default())}
+		copts := append([]cache.Option{cache.WithLogger(slog.Default())}, copts...)
 		if s.CacheLow > 0 {
 			copts = append(copts, cache.WithLowWatermark(s.CacheLow))
 		}

@@ -67,11 +67,17 @@ func (st *State) write(work string) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(work, ".state.json.tmp")
+	return replaceFile(filepath.Join(work, "state.json"), b)
+}
+
+// replaceFile writes path through a temp file and a rename: readers see
+// the old content or the new, never part of it.
+func replaceFile(path string, b []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(work, "state.json"))
+	return os.Rename(tmp, path)
 }
 
 // serverAlive reports whether the recorded serving process still runs: the

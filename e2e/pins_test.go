@@ -1,0 +1,82 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/lazyblk/lazyblk/internal/testutil"
+	"github.com/lazyblk/lazyblk/mounts"
+)
+
+// TestPinnedWorkingSet: two mounts share a small cache. What the first
+// mount's workload read is pinned: the second image's reads, which evict
+// everything else many times over, leave it in place, and the first
+// workload reads it again without a miss.
+func TestPinnedWorkingSet(t *testing.T) {
+	e := newMountEnv(t)
+	m := &mounts.Manager{Root: e.state}
+	refs := map[string]string{}
+	for name, f := range map[string]testutil.Entry{"a": randomFile("a.bin", 1<<20, 11), "b": randomFile("b.bin", 12<<20, 12)} {
+		src, ref := e.host+"/pins/"+name+":v1", e.host+"/pins/"+name+":v1-lazyblk"
+		push(t, src, testutil.Image(t, false, testutil.Layer(t, []testutil.Entry{f}, testutil.Uncompressed, false)))
+		if _, stderr, code := run(t, "convert", "--plain-http", "--chunk-size", "64KiB", src, ref); code != 0 {
+			t.Fatalf("convert %s: exit %d: %s", src, code, stderr)
+		}
+		refs[name] = ref
+	}
+	cacheDir := t.TempDir()
+	flags := []string{"--cache-dir", cacheDir, "--cache-size", "4MiB", "--fill-below", "0", "--no-trace"}
+	dirA, dirB := t.TempDir(), t.TempDir()
+	e.mount(t, refs["a"], dirA, flags...)
+	defer e.umount(t, dirA)
+	readAll := func(p string) {
+		t.Helper()
+		if _, err := os.ReadFile(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readAll(filepath.Join(dirA, "a.bin"))
+	// The pins are written every couple of seconds: wait for a's.
+	// <state>/mounts/<first 8 bytes of sha256(DIR), hex>/pins (mounts/pins.go)
+	pinsOf := func(dir string) int {
+		sum := sha256.Sum256([]byte(dir))
+		fi, err := os.Stat(filepath.Join(e.state, "mounts", hex.EncodeToString(sum[:8]), "pins"))
+		if err != nil {
+			return 0
+		}
+		return int(fi.Size() / 32)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for pinsOf(dirA) < 16 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // polling a file another process writes
+	}
+	if n := pinsOf(dirA); n < 16 {
+		t.Fatalf("mount a pinned %d chunks, want the 16 of a.bin at least", n)
+	}
+
+	e.mount(t, refs["b"], dirB, flags...)
+	readAll(filepath.Join(dirB, "b.bin")) // 12 MiB through a 4 MiB cache
+	e.umount(t, dirB)
+
+	before, err := m.Stats(context.Background(), must(m.Get(dirA)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		t.Fatal(err)
+	}
+	readAll(filepath.Join(dirA, "a.bin"))
+	after, err := m.Stats(context.Background(), must(m.Get(dirA)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Image.Misses != before.Image.Misses || after.Image.Hits == before.Image.Hits {
+		t.Errorf("re-reading a.bin after b's reads: %d misses, %d hits; want hits only (its chunks pinned)",
+			after.Image.Misses-before.Image.Misses, after.Image.Hits-before.Image.Hits)
+	}
+}

@@ -1,0 +1,95 @@
+package mounts
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
+)
+
+// Pins keep running containers' working sets in the node's chunk cache.
+// Every mount's serving process writes the digests of the chunks its
+// image has had read so far (first touches) to its work directory, and
+// every serving process's cache evicts none of the chunks any mount
+// lists: reads of one image never push out what another's container
+// uses. A pin file goes with its mount's work directory, at unmount or at
+// the cleanup after a crash.
+//
+//	<root>/mounts/<hash of DIR>/pins   32-byte sha256 digests, back to back
+const (
+	pinFile  = "pins"
+	pinEvery = 2 * time.Second // how often pin files are written and read
+)
+
+// pins is the node's pinned chunks as this serving process last read them.
+type pins struct {
+	root, own string
+	set       atomic.Pointer[map[cache.Digest]struct{}]
+}
+
+// newPins reads every mount's pins under the state root of work (this
+// mount's work directory).
+func newPins(work string) *pins {
+	p := &pins{root: filepath.Dir(filepath.Dir(work)), own: filepath.Join(work, pinFile)}
+	p.load()
+	return p
+}
+
+// pinned is the cache's WithPinned test.
+func (p *pins) pinned(d cache.Digest) bool {
+	_, ok := (*p.set.Load())[d]
+	return ok
+}
+
+// load reads every mount's pin file.
+func (p *pins) load() {
+	set := map[cache.Digest]struct{}{}
+	files, _ := filepath.Glob(filepath.Join(p.root, "mounts", "*", pinFile))
+	for _, f := range files {
+		b, err := os.ReadFile(f) // a mount going away: its pins go with it
+		if err != nil {
+			continue
+		}
+		for ; len(b) >= len(cache.Digest{}); b = b[len(cache.Digest{}):] {
+			set[cache.Digest(b)] = struct{}{}
+		}
+	}
+	p.set.Store(&set)
+}
+
+// run keeps this mount's pin file up to date with im's first touches and
+// reloads everyone's, every pinEvery until ctx ends.
+func (p *pins) run(ctx context.Context, im *fetcher.Image) {
+	t := time.NewTicker(pinEvery)
+	defer t.Stop()
+	written := -1
+	for {
+		if touched := im.Touched(); len(touched) != written {
+			if err := replaceFile(p.own, pinBytes(im.Index(), touched)); err == nil {
+				written = len(touched)
+			}
+		}
+		p.load()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pinBytes lists the digests of the chunks (holes aside) in x.
+func pinBytes(x *imagefmt.Index, chunks []int) []byte {
+	b := make([]byte, 0, len(chunks)*len(cache.Digest{}))
+	for _, i := range chunks {
+		if c := x.Chunks[i]; c.Encoding != imagefmt.EncodingHole {
+			b = append(b, c.Digest[:]...)
+		}
+	}
+	return b
+}
