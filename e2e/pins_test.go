@@ -16,7 +16,7 @@ import (
 // TestPinnedWorkingSet: two mounts share a small cache. What the first
 // mount's workload read is pinned: the second image's reads, which evict
 // everything else many times over, leave it in place, and the first
-// workload reads it again without a miss.
+// workload reads it again without a miss; so does cache gc.
 func TestPinnedWorkingSet(t *testing.T) {
 	e := newMountEnv(t)
 	m := &mounts.Manager{Root: e.state}
@@ -62,6 +62,10 @@ func TestPinnedWorkingSet(t *testing.T) {
 	e.mount(t, refs["b"], dirB, flags...)
 	readAll(filepath.Join(dirB, "b.bin")) // 12 MiB through a 4 MiB cache
 	e.umount(t, dirB)
+	// cache gc keeps what mounts pin, too.
+	if left := cacheCmd(t, "gc", "--target", "0", "--cache-dir", cacheDir, "--state-dir", e.state); left.Bytes < 1<<20 {
+		t.Errorf("cache gc --target 0 left %d bytes: it evicted a's pinned chunks", left.Bytes)
+	}
 
 	before, err := m.Stats(context.Background(), must(m.Get(dirA)))
 	if err != nil {

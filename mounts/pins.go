@@ -40,6 +40,17 @@ func newPins(work string) *pins {
 	return p
 }
 
+// Pinned returns the test for cache.WithPinned of the chunks the mounts
+// under root (a state directory, DefaultRoot for "") have pinned now.
+func Pinned(root string) func(cache.Digest) bool {
+	if root == "" {
+		root = DefaultRoot
+	}
+	p := &pins{root: root}
+	p.load()
+	return p.pinned
+}
+
 // pinned is the cache's WithPinned test.
 func (p *pins) pinned(d cache.Digest) bool {
 	_, ok := (*p.set.Load())[d]

@@ -9,6 +9,7 @@ import (
 
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/config"
+	"github.com/lazyblk/lazyblk/mounts"
 )
 
 func cacheCommand() *cli.Command {
@@ -16,6 +17,7 @@ func cacheCommand() *cli.Command {
 		&cli.StringFlag{Name: "config", Usage: "the fetcher daemon's TOML configuration: its [cache] dirs and root (default: built-in defaults)"},
 		&cli.StringSliceFlag{Name: "cache-dir", Usage: "cache stripe directory, repeatable (overrides the configuration)"},
 		&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		stateDirFlag(),
 	}
 	return &cli.Command{
 		Name:  "cache",
@@ -30,13 +32,22 @@ Examples:
   lazyblk cache stats --json --cache-dir /mnt/ebs1/lazyblk --cache-dir /mnt/ebs2/lazyblk
   lazyblk cache gc --target 20GiB`,
 		Subcommands: []*cli.Command{{
-			Name:   "stats",
-			Usage:  "chunks and bytes held, per stripe",
+			Name:  "stats",
+			Usage: "chunks and bytes held, per stripe",
+			Description: `Examples:
+  lazyblk cache stats
+  lazyblk cache stats --json --config /etc/lazyblk/fetcher.toml`,
 			Flags:  flags,
 			Action: func(c *cli.Context) error { return runCache(c, math.MaxInt64) },
 		}, {
 			Name:  "gc",
 			Usage: "evict least recently used chunks until the cache holds at most --target bytes",
+			Description: `Chunks that running containers have read (pinned by their mounts, found
+through --state-dir) are kept, so the cache may stay above --target.
+
+Examples:
+  lazyblk cache gc --target 20GiB
+  lazyblk cache gc --target 0 --cache-dir /mnt/ebs1/lazyblk --cache-dir /mnt/ebs2/lazyblk`,
 			Flags: append(flags, &cli.StringFlag{Name: "target", Required: true,
 				Usage: "bytes to keep at most, like 20GiB (0: empty the cache)"}),
 			Action: func(c *cli.Context) error {
@@ -78,7 +89,7 @@ func runCache(c *cli.Context, keep int64) error {
 	before, st := all.Stats(), all.Stats()
 	if keep < math.MaxInt64 {
 		// A capacity of 0 is not a store; 1 byte keeps only empty chunks.
-		s, err := cache.Open(dirs, max(keep, 1))
+		s, err := cache.Open(dirs, max(keep, 1), cache.WithPinned(mounts.Pinned(c.String("state-dir"))))
 		if err != nil {
 			return err
 		}

@@ -168,7 +168,11 @@ func reattachCommand() *cli.Command {
 reattach starts a new serving process that hands the device fresh connections:
 reads in flight and after complete. Kernel NBD (netlink) mounts only: nbdfuse
 cannot take a new server. A fetcher daemon does this for every such mount when
-it starts.`,
+it starts.
+
+Examples:
+  lazyblk reattach /mnt/app
+  lazyblk reattach --state-dir /run/lazyblk /mnt/app`,
 		Flags: []cli.Flag{stateDirFlag()},
 		Action: func(c *cli.Context) error {
 			dir, err := dirArg(c)

@@ -47,8 +47,9 @@ writes the trace of everything read since the mount to --output; --duration 0
 saves what was read until now. REF picks the mount of that reference when only
 one has it.
 
-Example:
-  lazyblk prefetch record --duration 30s -o app.trace.json /mnt/app`,
+Examples:
+  lazyblk prefetch record --duration 30s -o app.trace.json /mnt/app
+  lazyblk prefetch record --duration 0 --json -o app.trace.json registry.local/app:v1-lazyblk`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "duration", Usage: "how long to go on recording (default: until unmounted or interrupted)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "file to write the trace to (-: stdout)"},
@@ -172,8 +173,9 @@ func prefetchPushCommand() *cli.Command {
 artifact referring to REF (the image is not pushed again). Mounts of REF with a
 cache replay the newest trace.
 
-Example:
-  lazyblk prefetch push registry.local/app:v1-lazyblk app.trace.json`,
+Examples:
+  lazyblk prefetch push registry.local/app:v1-lazyblk app.trace.json
+  lazyblk prefetch push --plain-http --json 127.0.0.1:5000/app:v1-lazyblk app.trace.json`,
 		Flags: registryFlags("print the result as JSON"),
 		Action: func(c *cli.Context) error {
 			loc, err := refArgs(c, 2, "REF and TRACE")
@@ -208,7 +210,13 @@ func prefetchShowCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "print the trace a mount of REF would replay",
 		ArgsUsage: "REF",
-		Flags:     registryFlags("print the trace itself, as JSON"),
+		Description: `Looks up the newest trace recorded against REF's chunk index in the registry
+(referrers API, or the sha256-<digest> tag) and summarizes it.
+
+Examples:
+  lazyblk prefetch show registry.local/app:v1-lazyblk
+  lazyblk prefetch show --json registry.local/app:v1-lazyblk > app.trace.json`,
+		Flags: registryFlags("print the trace itself, as JSON"),
 		Action: func(c *cli.Context) error {
 			loc, d, err := describeArg(c)
 			if err != nil {
