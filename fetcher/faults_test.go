@@ -200,6 +200,12 @@ func TestMirrors(t *testing.T) {
 			if st := im.Stats(); c.fault == testutil.Flip && st.VerifyFailures == 0 {
 				t.Errorf("corrupt mirror not detected: %+v", st)
 			}
+			// The read latency is counted under the source that served.
+			lat := im.Stats().Latency
+			if served := lat[fetcher.SourceMirror].Count > 0; served == c.originReads || (lat[fetcher.SourceOrigin].Count > 0) != c.originReads {
+				t.Errorf("latency counted: mirror %d, origin %d; want the %s", lat[fetcher.SourceMirror].Count,
+					lat[fetcher.SourceOrigin].Count, map[bool]string{true: "origin", false: "mirror"}[c.originReads])
+			}
 		})
 	}
 }

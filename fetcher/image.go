@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,7 @@ type Image struct {
 // in the run wait on it.
 type call struct {
 	background bool // a prefetch or fill: its cancellation is not a reader's error
+	mirror     bool // a mirror served it (set before done is closed)
 	done       chan struct{}
 	chunks     map[int][]byte // decoded, verified chunk contents
 	errs       map[int]error
@@ -183,13 +185,18 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 		}
 	}
 	im.stats.misses.Add(1)
-	defer func() { im.stats.fromOrigin.observe(time.Since(start)) }()
 	for {
 		cl := im.join(i, last)
 		select {
 		case <-cl.done:
 		case <-ctx.Done():
+			im.stats.fromOrigin.observe(time.Since(start))
 			return ctx.Err()
+		}
+		if cl.mirror {
+			im.stats.fromMirror.observe(time.Since(start))
+		} else {
+			im.stats.fromOrigin.observe(time.Since(start))
 		}
 		err := cl.errs[i]
 		if cl.background && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
@@ -391,7 +398,8 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 			}
 		}()
 	}
-	if err := im.getParts(ctx, stored, int64(first.Offset), parts); err != nil {
+	mirror, err := im.getParts(ctx, stored, int64(first.Offset), parts)
+	if err != nil {
 		for _, j := range run {
 			cl.errs[j] = err
 		}
@@ -401,13 +409,14 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	// cold read costs.
 	outs := make([][]byte, len(run))
 	errs := make([]error, len(run))
+	refetched := make([]bool, len(run))
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
 	for k, j := range run {
 		c := x.Chunks[j]
 		part := stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
 		g.Go(func() error {
-			outs[k], errs[k] = im.decode(ctx, j, part)
+			outs[k], refetched[k], errs[k] = im.decode(ctx, j, part)
 			return nil
 		})
 	}
@@ -415,25 +424,29 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	for k, j := range run {
 		cl.chunks[j], cl.errs[j] = outs[k], errs[k]
 	}
+	// A mirror served the run unless its bad chunks came from the origin.
+	cl.mirror = mirror && !slices.Contains(refetched, true)
 	return true
 }
 
 // get fetches stored bytes with retries, counting traffic; originOnly
-// bypasses mirrors.
-func (im *Image) get(ctx context.Context, p []byte, off int64, originOnly bool) error {
-	err := retry(ctx, &im.o, func(error) { im.stats.retries.Add(1) }, func(ctx context.Context) error {
+// bypasses mirrors. mirror reports that a mirror served them.
+func (im *Image) get(ctx context.Context, p []byte, off int64, originOnly bool) (mirror bool, err error) {
+	err = retry(ctx, &im.o, func(error) { im.stats.retries.Add(1) }, func(ctx context.Context) error {
 		im.stats.requests.Add(1)
-		return im.src.readRange(ctx, p, off, originOnly)
+		var err error
+		mirror, err = im.src.readRange(ctx, p, off, originOnly)
+		return err
 	})
 	if err == nil {
 		im.stats.bytesFetched.Add(int64(len(p)))
 	}
-	return err
+	return mirror, err
 }
 
 // decode verifies chunk j (raw chunks in place, without a copy); a
 // failure is refetched once on its own before it is reported.
-func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, error) {
+func (im *Image) decode(ctx context.Context, j int, stored []byte) (_ []byte, refetched bool, _ error) {
 	x := im.index
 	out := stored
 	if x.Chunks[j].Encoding != imagefmt.EncodingRaw {
@@ -444,7 +457,8 @@ func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, erro
 		im.stats.verifyFailures.Add(1)
 		im.o.log.Warn("chunk failed verification, refetching", "chunk", j, "ref", im.loc.String())
 		again := make([]byte, len(stored))
-		if err = im.get(ctx, again, int64(x.Chunks[j].Offset), true); err == nil {
+		refetched = true
+		if _, err = im.get(ctx, again, int64(x.Chunks[j].Offset), true); err == nil {
 			if x.Chunks[j].Encoding == imagefmt.EncodingRaw {
 				out = again
 			}
@@ -454,9 +468,9 @@ func (im *Image) decode(ctx context.Context, j int, stored []byte) ([]byte, erro
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, refetched, err
 	}
-	return out, nil
+	return out, refetched, nil
 }
 
 // chunkCost is the memory chunk i takes while fetched: its stored bytes,

@@ -53,10 +53,11 @@ func redact(u *url.URL) string {
 	return c.String()
 }
 
-// source reads byte ranges of one blob. originOnly skips mirrors: the
-// refetch of a chunk that failed verification goes to the origin.
+// source reads byte ranges of one blob and says whether a mirror served
+// them. originOnly skips mirrors: the refetch of a chunk that failed
+// verification goes to the origin.
 type source interface {
-	readRange(ctx context.Context, p []byte, off int64, originOnly bool) error
+	readRange(ctx context.Context, p []byte, off int64, originOnly bool) (mirror bool, err error)
 }
 
 // registrySource reads a blob with closed HTTP range requests. Its client
@@ -140,15 +141,15 @@ func newEndpoint(ctx context.Context, repo name.Repository, h host, digest v1.Ha
 	return &endpoint{client: &http.Client{Transport: tr}, url: u, host: u.Host}, nil
 }
 
-func (s *registrySource) readRange(ctx context.Context, p []byte, off int64, originOnly bool) error {
+func (s *registrySource) readRange(ctx context.Context, p []byte, off int64, originOnly bool) (bool, error) {
 	if !originOnly {
 		for _, m := range s.mirrors {
 			if err := m.readRange(ctx, p, off); err == nil || ctx.Err() != nil {
-				return err
+				return err == nil, err
 			}
 		}
 	}
-	return s.origin.readRange(ctx, p, off)
+	return false, s.origin.readRange(ctx, p, off)
 }
 
 func (s *endpoint) readRange(ctx context.Context, p []byte, off int64) error {
@@ -214,7 +215,7 @@ func newLayoutSource(l Location, digest v1.Hash) (*layoutSource, error) {
 	return &layoutSource{f: f}, nil
 }
 
-func (s *layoutSource) readRange(_ context.Context, p []byte, off int64, _ bool) error {
+func (s *layoutSource) readRange(_ context.Context, p []byte, off int64, _ bool) (bool, error) {
 	_, err := s.f.ReadAt(p, off)
-	return err
+	return false, err
 }

@@ -2,6 +2,7 @@ package fetcher
 
 import (
 	"context"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -33,17 +34,26 @@ func (im *Image) spareSlots(slots chan struct{}, n int) int {
 }
 
 // getParts fetches p from off as parts range requests in parallel (each
-// with its own retries); the first failure cancels the others.
-func (im *Image) getParts(ctx context.Context, p []byte, off int64, parts int) error {
+// with its own retries); the first failure cancels the others. mirror
+// reports that a mirror served any of them.
+func (im *Image) getParts(ctx context.Context, p []byte, off int64, parts int) (mirror bool, err error) {
 	if parts <= 1 {
 		return im.get(ctx, p, off, false)
 	}
 	const align = 64 << 10
 	size := (len(p)/parts + align - 1) / align * align
+	var fromMirror atomic.Bool
 	g, ctx := errgroup.WithContext(ctx)
 	for start := 0; start < len(p); start += size {
 		part := p[start:min(start+size, len(p))]
-		g.Go(func() error { return im.get(ctx, part, off+int64(start), false) })
+		g.Go(func() error {
+			m, err := im.get(ctx, part, off+int64(start), false)
+			if m {
+				fromMirror.Store(true)
+			}
+			return err
+		})
 	}
-	return g.Wait()
+	err = g.Wait()
+	return fromMirror.Load(), err
 }

@@ -14,14 +14,15 @@ type Stats struct {
 	// Cached is how many bytes of the image the cache holds (holes count
 	// as held): Cached == Size() once the image is complete.
 	Cached int64
-	// Latency of chunk reads by source (SourceCache, SourceOrigin), from
+	// Latency of chunk reads by source (SourceCache, SourceMirror,
+	// SourceOrigin), from
 	// the read's start to its chunk's bytes in hand.
 	Latency map[string]Histogram
 }
 
 type counters struct {
 	hits, misses, requests, retries, verifyFailures, bytesFetched atomic.Int64
-	fromCache, fromOrigin                                         latency
+	fromCache, fromMirror, fromOrigin                             latency
 }
 
 // Stats returns the image's counters.
@@ -29,8 +30,9 @@ func (im *Image) Stats() Stats {
 	s := &im.stats
 	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
 		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
-		Cached:  im.Cached(),
-		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceOrigin: s.fromOrigin.snapshot()}}
+		Cached: im.Cached(),
+		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceMirror: s.fromMirror.snapshot(),
+			SourceOrigin: s.fromOrigin.snapshot()}}
 }
 
 // Cached returns how many bytes of the image the cache holds; holes count
@@ -54,9 +56,11 @@ func (im *Image) Cached() int64 {
 var LatencyBounds = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
 // Sources of a chunk read, the keys of Stats.Latency: the node's chunk
-// cache, or the registry (a demand fetch, or one that was already in flight).
+// cache, a mirror (hosts.toml, WithMirrors) or the registry itself — a
+// demand fetch, or one that was already in flight.
 const (
 	SourceCache  = "cache"
+	SourceMirror = "mirror"
 	SourceOrigin = "origin"
 )
 

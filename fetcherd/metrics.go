@@ -35,7 +35,7 @@ var (
 	descRequests     = metric("registry_requests_total", "HTTP range requests sent to the registry.")
 	descRetries      = metric("registry_retries_total", "Range requests retried after a failure.")
 	descVerify       = metric("verify_failures_total", "Chunks whose sha256 or decompression failed (refetched, then an error).")
-	descReadSeconds  = metric("chunk_read_seconds", "Latency of chunk reads by source: cache (a hit) or origin (waited for the registry).", "source")
+	descReadSeconds  = metric("chunk_read_seconds", "Latency of chunk reads by source: cache (a hit), mirror or origin (waited for a fetch).", "source")
 	descNBDRequests  = metric("nbd_requests_total", "NBD requests of any kind the mount's server answered.")
 	descNBDBytes     = metric("nbd_read_bytes_total", "Bytes the mount's NBD server returned to reads.")
 	descNBDErrors    = metric("nbd_read_errors_total", "NBD reads answered with an error (EIO to the kernel).")
