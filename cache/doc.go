@@ -30,7 +30,13 @@
 // A plain LRU over bytes, not ristretto: eviction must account bytes
 // exactly against the configured capacity and must never refuse a chunk
 // just fetched (TinyLFU admission would drop it and force a refetch on
-// the very next read). Chunks being read are pinned and skipped. An
-// evicted chunk is simply fetched again. Metadata is updated before files
-// are removed.
+// the very next read). Chunks being read are skipped, and so are the
+// chunks WithPinned names (running containers' working sets). Once past
+// its capacity a store evicts down to its low watermark. An evicted chunk
+// is simply fetched again. Metadata is updated before files are removed.
+//
+// Several processes may share the directories (one per mount); each
+// indexes what it finds at Open plus what it writes, and Rescan catches up
+// with what the others added and removed, so that calling it now and then
+// bounds the directories by the capacity.
 package cache

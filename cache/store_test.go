@@ -298,3 +298,58 @@ func TestFirstReadsShareOneCheck(t *testing.T) {
 		t.Errorf("stats %+v: want 1 corrupt, %d hits", st, readers)
 	}
 }
+
+// TestRescanSharedDirs: two stores (two serving processes) share a
+// directory, each bounded to 10 chunks, and each puts 10 of its own: 20
+// files. After Rescan the directory holds 10 again and both stores
+// account exactly what is on disk.
+func TestRescanSharedDirs(t *testing.T) {
+	dir := t.TempDir()
+	const size, capacity = 4096, 10 * 4096
+	a, err := Open([]string{dir}, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open([]string{dir}, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		s := a
+		if i >= 10 {
+			s = b
+		}
+		data, d := chunk(i, size)
+		if err := s.Put(context.Background(), d, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onDisk := func() int64 {
+		files, _ := filepath.Glob(filepath.Join(dir, chunkDir, "*", "*"))
+		return int64(len(files)) * size
+	}
+	if n := onDisk(); n != 2*capacity {
+		t.Fatalf("%d bytes on disk before the rescans, want %d", n, 2*capacity)
+	}
+	for _, s := range []*Store{a, b} {
+		if err := s.Rescan(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := onDisk(); n != capacity {
+		t.Errorf("%d bytes on disk after the rescans, want the capacity %d", n, capacity)
+	}
+	for name, s := range map[string]*Store{"a": a, "b": b} {
+		if st := s.Stats(); st.Used != onDisk() {
+			t.Errorf("store %s accounts %d bytes, %d are on disk", name, st.Used, onDisk())
+		}
+	}
+	// What a evicted of b's is a miss for b, never an error.
+	for i := 10; i < 20; i++ {
+		data, d := chunk(i, size)
+		p := make([]byte, size)
+		if hit, err := b.ReadAt(context.Background(), d, size, p, 0); err != nil || (hit && !bytes.Equal(p, data)) {
+			t.Fatalf("chunk %d after the rescans: hit %v, %v", i, hit, err)
+		}
+	}
+}

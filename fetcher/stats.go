@@ -101,6 +101,9 @@ func (l *latency) snapshot() Histogram {
 	return h
 }
 
+// Cache returns the cache the image reads through (nil without one).
+func (im *Image) Cache() *cache.Store { return im.o.cache }
+
 // CacheStats returns the counters of the cache the image reads through, as
 // this process sees it; nil without a cache.
 func (im *Image) CacheStats() *cache.Stats {

@@ -2,6 +2,7 @@ package mounts
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -21,9 +22,14 @@ import (
 // the cleanup after a crash.
 //
 //	<root>/mounts/<hash of DIR>/pins   32-byte sha256 digests, back to back
+//
+// The same loop rescans the cache every rescanEvery: the other serving
+// processes sharing it add and evict chunks, and the rescan makes the
+// capacity bound the directories, not each process's share of them.
 const (
-	pinFile  = "pins"
-	pinEvery = 2 * time.Second // how often pin files are written and read
+	pinFile     = "pins"
+	pinEvery    = 2 * time.Second // how often pin files are written and read
+	rescanEvery = 5               // pin rounds between cache rescans (10 s)
 )
 
 // pins is the node's pinned chunks as this serving process last read them.
@@ -74,18 +80,24 @@ func (p *pins) load() {
 }
 
 // run keeps this mount's pin file up to date with im's first touches and
-// reloads everyone's, every pinEvery until ctx ends.
+// reloads everyone's, every pinEvery until ctx ends; every rescanEvery
+// rounds it rescans im's cache.
 func (p *pins) run(ctx context.Context, im *fetcher.Image) {
 	t := time.NewTicker(pinEvery)
 	defer t.Stop()
 	written := -1
-	for {
+	for round := 1; ; round++ {
 		if touched := im.Touched(); len(touched) != written {
 			if err := replaceFile(p.own, pinBytes(im.Index(), touched)); err == nil {
 				written = len(touched)
 			}
 		}
 		p.load()
+		if round%rescanEvery == 0 {
+			if err := im.Cache().Rescan(); err != nil {
+				slog.Warn("cache rescan", "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
