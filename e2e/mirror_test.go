@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -27,14 +25,8 @@ func TestCatThroughMirror(t *testing.T) {
 			mirror := testutil.FaultProxy(t, reg, func(int64, *http.Request) testutil.Fault { mirrorHits.Add(1); return c.fault })
 			origin := testutil.FaultProxy(t, reg, func(int64, *http.Request) testutil.Fault { originHits.Add(1); return testutil.Pass })
 			_, want := testutil.BlockImage(t, reg+"/mirrored/img:"+c.name, 2<<20)
-			dir := t.TempDir()
-			conf := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", origin, mirror)
-			if err := os.MkdirAll(filepath.Join(dir, origin), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, origin, "hosts.toml"), []byte(conf), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			dir := testutil.HostsDir(t, origin,
+				fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", origin, mirror))
 			out, stderr, code := run(t, "cat", "--plain-http", "--hosts-dir", dir, origin+"/mirrored/img:"+c.name)
 			if code != 0 || !bytes.Equal([]byte(out), want) {
 				t.Fatalf("cat through the mirror: exit %d, %d of %d bytes right: %s", code, len(out), len(want), stderr)

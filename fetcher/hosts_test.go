@@ -3,8 +3,6 @@ package fetcher_test
 import (
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -27,8 +25,7 @@ func TestHostsDir(t *testing.T) {
 	resolveOnly := testutil.FaultProxy(t, reg, counting(&resolveHits))
 	origin := testutil.FaultProxy(t, reg, counting(&originHits))
 	hostsDir := func(caLine string) string {
-		dir := t.TempDir()
-		conf := fmt.Sprintf(`server = "http://%s"
+		return testutil.HostsDir(t, origin, fmt.Sprintf(`server = "http://%s"
 
 [host."http://127.0.0.1:1"]
   capabilities = ["pull", "resolve"]
@@ -39,14 +36,7 @@ func TestHostsDir(t *testing.T) {
 [host."https://%s"]
   capabilities = ["pull", "resolve"]
   %s
-`, origin, resolveOnly, mirror, caLine)
-		if err := os.MkdirAll(filepath.Join(dir, origin), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, origin, "hosts.toml"), []byte(conf), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return dir
+`, origin, resolveOnly, mirror, caLine))
 	}
 
 	im := openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithHostsDir(hostsDir(fmt.Sprintf("ca = %q", ca))))

@@ -167,3 +167,17 @@ func RedirectProxy(t testing.TB, host string, expired int64) (proxy string, redi
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), redirects
 }
+
+// HostsDir writes conf as containerd's hosts.toml for registry (host:port)
+// in a new directory laid out like /etc/containerd/certs.d, and returns it.
+func HostsDir(t testing.TB, registry, conf string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, registry), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, registry, "hosts.toml"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
