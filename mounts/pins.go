@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,12 +37,15 @@ const (
 type pins struct {
 	root, own string
 	set       atomic.Pointer[map[cache.Digest]struct{}]
+
+	mu      sync.Mutex // guards written and the writing of own
+	written int        // first touches in own (-1: none written)
 }
 
 // newPins reads every mount's pins under the state root of work (this
 // mount's work directory).
 func newPins(work string) *pins {
-	p := &pins{root: filepath.Dir(filepath.Dir(work)), own: filepath.Join(work, pinFile)}
+	p := &pins{root: filepath.Dir(filepath.Dir(work)), own: filepath.Join(work, pinFile), written: -1}
 	p.load()
 	return p
 }
@@ -52,7 +56,7 @@ func Pinned(root string) func(cache.Digest) bool {
 	if root == "" {
 		root = DefaultRoot
 	}
-	p := &pins{root: root}
+	p := &pins{root: root, written: -1}
 	p.load()
 	return p.pinned
 }
@@ -79,18 +83,32 @@ func (p *pins) load() {
 	p.set.Store(&set)
 }
 
+// flush writes this mount's pin file if im has been read since the last
+// write, and returns how many chunks it pins.
+func (p *pins) flush(im *fetcher.Image) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	touched := im.Touched()
+	b := pinBytes(im.Index(), touched)
+	if len(touched) == p.written {
+		return len(b) / len(cache.Digest{}), nil
+	}
+	if err := replaceFile(p.own, b); err != nil {
+		return 0, err
+	}
+	p.written = len(touched)
+	return len(b) / len(cache.Digest{}), nil
+}
+
 // run keeps this mount's pin file up to date with im's first touches and
 // reloads everyone's, every pinEvery until ctx ends; every rescanEvery
 // rounds it rescans im's cache.
 func (p *pins) run(ctx context.Context, im *fetcher.Image) {
 	t := time.NewTicker(pinEvery)
 	defer t.Stop()
-	written := -1
 	for round := 1; ; round++ {
-		if touched := im.Touched(); len(touched) != written {
-			if err := replaceFile(p.own, pinBytes(im.Index(), touched)); err == nil {
-				written = len(touched)
-			}
+		if _, err := p.flush(im); err != nil {
+			slog.Warn("pins not written", "err", err)
 		}
 		p.load()
 		if round%rescanEvery == 0 {

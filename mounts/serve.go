@@ -57,7 +57,7 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	defer func() { <-pinned }() // on early returns
 	loc, _ := fetcher.ParseLocation(st.Source.Ref, st.Source.PlainHTTP)
 	pf := newPrefetcher(im, index, loc)
-	ctl, err := serveControl(ctx, work, im, srv, pf)
+	ctl, err := serveControl(ctx, work, im, srv, pf, pins)
 	if err != nil {
 		st.Mount.Unmount()
 		say(readyReport{Error: err.Error()})
@@ -154,11 +154,12 @@ type Stats struct {
 	Cache *cache.Stats `json:"cache,omitempty"`
 }
 
-// serveControl answers the daemon on work/ctl.sock: GET /stats, POST
+// serveControl answers the daemon on work/ctl.sock: GET /stats, POST /pins
+// (write the pin file now; how many chunks it pins), POST
 // /prefetch (fetch the whole image in the background, below demand reads,
 // after the trace if one is being replayed) and GET /trace?wait=D (the
 // chunks read so far, after D or once the mount goes away).
-func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *blockdev.Server, pf *prefetcher) (*http.Server, error) {
+func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *blockdev.Server, pf *prefetcher, pins *pins) (*http.Server, error) {
 	path := filepath.Join(work, "ctl.sock")
 	os.Remove(path) // left by a server that died
 	l, err := net.Listen("unix", path)
@@ -169,6 +170,14 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		json.NewEncoder(w).Encode(Stats{Image: im.Stats(), Server: srv.Stats(), ImageSize: im.Size(), Complete: im.Complete(),
 			Prefetch: pf.Status(), Cache: im.CacheStats()})
+	})
+	mux.HandleFunc("POST /pins", func(w http.ResponseWriter, _ *http.Request) {
+		n, err := pins.flush(im)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		json.NewEncoder(w).Encode(n)
 	})
 	mux.HandleFunc("POST /prefetch", func(w http.ResponseWriter, _ *http.Request) {
 		pf.requestFill(ctx)
@@ -260,4 +269,16 @@ func (m *Manager) Trace(ctx context.Context, dir string, wait time.Duration) (*i
 		return nil, err
 	}
 	return &t, nil
+}
+
+// Pin makes the mount on dir write its pin file now, rather than within
+// pinEvery, and returns how many chunks it pins.
+func (m *Manager) Pin(ctx context.Context, dir string) (int, error) {
+	st, err := m.Get(dir)
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	err = m.control(ctx, st, http.MethodPost, "/pins", &n)
+	return n, err
 }
