@@ -392,13 +392,11 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	parts := 1
 	if slots != nil {
 		parts += im.spareSlots(slots, len(stored))
-		defer func() {
-			for range parts - 1 {
-				<-slots
-			}
-		}()
 	}
 	mirror, err := im.getParts(ctx, stored, int64(first.Offset), parts)
+	for range parts - 1 { // the connections are free again; decoding needs none
+		<-slots
+	}
 	if err != nil {
 		for _, j := range run {
 			cl.errs[j] = err
