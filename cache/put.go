@@ -43,7 +43,7 @@ func (s *Store) Put(ctx context.Context, d Digest, data []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
-	e := &entry{d: d, size: size, stripe: st}
+	e := &entry{d: d, size: size, stripe: st, put: s.puts.Add(1)}
 	s.entries[d] = s.lru.PushFront(e)
 	s.used += size
 	s.stripes[st].bytes.Add(size)

@@ -19,6 +19,9 @@ func (s *Store) Rescan() error {
 		stripe int
 	}
 	present := map[Digest]found{}
+	// A chunk this process puts while the walk runs may be missed by it:
+	// only entries older than the walk are taken as removed.
+	before := s.puts.Load()
 	for i, sp := range s.stripes {
 		err := filepath.WalkDir(filepath.Join(sp.dir, chunkDir), func(p string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
@@ -40,7 +43,7 @@ func (s *Store) Rescan() error {
 	s.mu.Lock()
 	for el := s.lru.Front(); el != nil; {
 		next := el.Next()
-		if e := el.Value.(*entry); e.pins == 0 {
+		if e := el.Value.(*entry); e.pins == 0 && e.put <= before {
 			if _, ok := present[e.d]; !ok { // removed by another process
 				s.lru.Remove(el)
 				delete(s.entries, e.d)

@@ -46,13 +46,15 @@ type Store struct {
 	verify   singleflight.Group // one check per chunk, however many readers arrive at once
 
 	hits, misses, evictions, corrupt atomic.Int64
+	puts                             atomic.Uint64 // chunks this process wrote
 }
 
 type entry struct {
 	d      Digest
 	size   int64
 	stripe int
-	pins   int // reads in progress; a pinned entry is not evicted
+	pins   int    // reads in progress; a pinned entry is not evicted
+	put    uint64 // the store's put count when this process wrote it (0: found on disk)
 }
 
 type stripe struct {
