@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -66,5 +67,72 @@ func TestPinnedWorkingSet(t *testing.T) {
 	if after.Image.Misses != before.Image.Misses || after.Image.Hits == before.Image.Hits {
 		t.Errorf("re-reading a.bin after b's reads: %d misses, %d hits; want hits only (its chunks pinned)",
 			after.Image.Misses-before.Image.Misses, after.Image.Hits-before.Image.Hits)
+	}
+}
+
+// TestCacheBoundAcrossMounts: two mounts open the same empty 4 MiB cache
+// and fill 3 MiB images each: each process accounts only its own chunks,
+// so 6 MiB land on disk. A rescan in each brings the directory back under
+// the size (plus what the mounts pin), and both files still read whole.
+func TestCacheBoundAcrossMounts(t *testing.T) {
+	e := newMountEnv(t)
+	m := &mounts.Manager{Root: e.state}
+	cacheDir := t.TempDir()
+	dirs := map[string]string{}
+	for name, seed := range map[string]byte{"c": 21, "d": 22} {
+		src, ref := e.host+"/bound/"+name+":v1", e.host+"/bound/"+name+":v1-lazyblk"
+		f := randomFile(name+".bin", 3<<20, seed)
+		push(t, src, testutil.Image(t, false, testutil.Layer(t, []testutil.Entry{f}, testutil.Uncompressed, false)))
+		if _, stderr, code := run(t, "convert", "--plain-http", "--chunk-size", "64KiB", "--compression", "none", src, ref); code != 0 {
+			t.Fatalf("convert %s: exit %d: %s", src, code, stderr)
+		}
+		dirs[name] = t.TempDir()
+		e.mount(t, ref, dirs[name], "--cache-dir", cacheDir, "--cache-size", "4MiB", "--fill-below", "0", "--no-trace")
+		defer e.umount(t, dirs[name])
+	}
+	for _, dir := range dirs {
+		if _, stderr, code := run(t, "prefetch", "fill", "--state-dir", e.state, "--wait", dir); code != 0 {
+			t.Fatalf("prefetch fill %s: exit %d: %s", dir, code, stderr)
+		}
+	}
+	onDisk := func() int64 {
+		var n int64
+		filepath.WalkDir(cacheDir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if info, err := d.Info(); err == nil {
+					n += info.Size()
+				}
+			}
+			return nil
+		})
+		return n
+	}
+	if n := onDisk(); n <= 4<<20 {
+		t.Fatalf("%d bytes on disk after both fills: the test needs the two processes to overshoot", n)
+	}
+	ctx := context.Background()
+	var pinned int64
+	for _, dir := range dirs {
+		n, err := m.Pin(ctx, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pinned += int64(n) * 64 << 10
+	}
+	for _, dir := range []string{dirs["c"], dirs["d"], dirs["c"]} {
+		if _, err := m.Rescan(ctx, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := onDisk(); n > 4<<20+pinned {
+		t.Errorf("%d bytes on disk after the rescans, want at most the 4 MiB size plus %d pinned", n, pinned)
+	}
+	if cs, err := m.Rescan(ctx, dirs["d"]); err != nil || cs.Used != onDisk() {
+		t.Errorf("after the rescans d's process accounts %+v (%v), %d bytes are on disk", cs, err, onDisk())
+	}
+	for name, dir := range dirs {
+		if b, err := os.ReadFile(filepath.Join(dir, name+".bin")); err != nil || len(b) != 3<<20 {
+			t.Errorf("read %s.bin after the rescans: %d bytes, %v", name, len(b), err)
+		}
 	}
 }

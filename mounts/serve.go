@@ -155,7 +155,8 @@ type Stats struct {
 }
 
 // serveControl answers the daemon on work/ctl.sock: GET /stats, POST /pins
-// (write the pin file now; how many chunks it pins), POST
+// (write the pin file now; how many chunks it pins), POST /rescan (rescan
+// the cache now, with everyone's pins; its stats), POST
 // /prefetch (fetch the whole image in the background, below demand reads,
 // after the trace if one is being replayed) and GET /trace?wait=D (the
 // chunks read so far, after D or once the mount goes away).
@@ -178,6 +179,19 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 			return
 		}
 		json.NewEncoder(w).Encode(n)
+	})
+	mux.HandleFunc("POST /rescan", func(w http.ResponseWriter, _ *http.Request) {
+		store := im.Cache()
+		if store == nil {
+			http.Error(w, "the mount has no cache", http.StatusConflict)
+			return
+		}
+		pins.load()
+		if err := store.Rescan(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		json.NewEncoder(w).Encode(store.Stats())
 	})
 	mux.HandleFunc("POST /prefetch", func(w http.ResponseWriter, _ *http.Request) {
 		pf.requestFill(ctx)
@@ -281,4 +295,18 @@ func (m *Manager) Pin(ctx context.Context, dir string) (int, error) {
 	var n int
 	err = m.control(ctx, st, http.MethodPost, "/pins", &n)
 	return n, err
+}
+
+// Rescan makes the mount on dir rescan its cache now, rather than within
+// pinEvery*rescanEvery, and returns the cache's stats after it.
+func (m *Manager) Rescan(ctx context.Context, dir string) (*cache.Stats, error) {
+	st, err := m.Get(dir)
+	if err != nil {
+		return nil, err
+	}
+	var cs cache.Stats
+	if err := m.control(ctx, st, http.MethodPost, "/rescan", &cs); err != nil {
+		return nil, err
+	}
+	return &cs, nil
 }
