@@ -43,11 +43,8 @@ func (s *Store) Put(ctx context.Context, d Digest, data []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
-	e := &entry{d: d, size: size, stripe: st, put: s.puts.Add(1)}
-	s.entries[d] = s.lru.PushFront(e)
-	s.used += size
-	s.stripes[st].bytes.Add(size)
-	victims := s.evictLocked(0)
+	s.linkLocked(&entry{d: d, size: size, stripe: st, put: s.puts.Add(1)}, true)
+	victims := s.evictLocked()
 	s.mu.Unlock()
 	s.verified.Store(d, struct{}{})
 	s.remove(victims)
@@ -92,25 +89,22 @@ func syncDir(dir string) error {
 	return errors.Join(d.Sync(), d.Close())
 }
 
-// evictLocked, once used exceeds capacity minus extra (the high
-// watermark), unlinks least recently used, unpinned entries until used fits
-// the low watermark minus extra, and returns them for file removal outside
-// the lock. Metadata goes first, data after (a crash in between leaves an
-// orphan file that Open indexes again, never an index naming no file).
-func (s *Store) evictLocked(extra int64) []*entry {
-	if s.used <= s.capacity-extra {
+// evictLocked, once used exceeds the capacity (the high watermark),
+// unlinks least recently used entries that nobody reads and nobody pins
+// until used fits the low watermark, and returns them for file removal
+// outside the lock. Metadata goes first, data after (a crash in between
+// leaves an orphan file that Open indexes again, never an index naming no
+// file).
+func (s *Store) evictLocked() []*entry {
+	if s.used <= s.capacity {
 		return nil
 	}
+	low := int64(float64(s.capacity) * s.lowFrac)
 	var victims []*entry
-	for el := s.lru.Back(); el != nil && s.used > s.low-extra; {
+	for el := s.lru.Back(); el != nil && s.used > low; {
 		prev := el.Prev()
-		e := el.Value.(*entry)
-		if e.pins == 0 && (s.pinned == nil || !s.pinned(e.d)) {
-			s.lru.Remove(el)
-			delete(s.entries, e.d)
-			s.used -= e.size
-			s.stripes[e.stripe].bytes.Add(-e.size)
-			victims = append(victims, e)
+		if e := el.Value.(*entry); e.pins == 0 && (s.pinned == nil || !s.pinned(e.d)) {
+			victims = append(victims, s.unlinkLocked(el))
 		}
 		el = prev
 	}

@@ -32,9 +32,8 @@ func (d Digest) String() string { return hex.EncodeToString(d[:]) }
 // Store is a node-wide chunk store striped over several directories.
 type Store struct {
 	stripes  []*stripe
-	capacity int64 // the high watermark: eviction starts above it
-	low      int64 // the low watermark: eviction stops at it
-	lowFrac  float64
+	capacity int64             // the high watermark: eviction starts above it
+	lowFrac  float64           // eviction stops at capacity*lowFrac
 	pinned   func(Digest) bool // never evicted; nil: none
 	log      *slog.Logger
 
@@ -113,7 +112,6 @@ func Open(dirs []string, capacity int64, opts ...Option) (*Store, error) {
 			return nil, err
 		}
 	}
-	s.low = int64(float64(capacity) * s.lowFrac)
 	type found struct {
 		e     *entry
 		mtime int64
@@ -124,42 +122,83 @@ func Open(dirs []string, capacity int64, opts ...Option) (*Store, error) {
 			return nil, fmt.Errorf("cache: stripe %s: %w", dir, err)
 		}
 		s.stripes = append(s.stripes, &stripe{dir: dir})
-		err := filepath.WalkDir(filepath.Join(dir, chunkDir), func(p string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			if strings.HasPrefix(d.Name(), tmpPrefix) {
-				if writerAlive(d.Name()) {
-					return nil // another process sharing the cache is writing it
-				}
-				return os.Remove(p) // a write a crash interrupted
-			}
-			dg, ok := parseDigest(d.Name())
-			info, ierr := d.Info()
-			if !ok || ierr != nil {
-				return os.Remove(p)
-			}
-			all = append(all, found{&entry{d: dg, size: info.Size(), stripe: i}, info.ModTime().UnixNano()})
-			return nil
-		})
-		if err != nil {
+		if err := s.scan(i, true, func(e *entry, mtime int64) { all = append(all, found{e, mtime}) }); err != nil {
 			return nil, fmt.Errorf("cache: scan %s: %w", dir, err)
 		}
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].mtime > all[j].mtime })
-	for _, f := range all {
-		if _, dup := s.entries[f.e.d]; dup {
-			continue
-		}
-		s.entries[f.e.d] = s.lru.PushBack(f.e)
-		s.used += f.e.size
-		s.stripes[f.e.stripe].bytes.Add(f.e.size)
-	}
 	s.mu.Lock()
-	victims := s.evictLocked(0)
+	for _, f := range all {
+		if _, dup := s.entries[f.e.d]; !dup {
+			s.linkLocked(f.e, false)
+		}
+	}
+	victims := s.evictLocked()
 	s.mu.Unlock()
 	s.remove(victims)
 	return s, nil
+}
+
+// scan lists the chunk files of stripe i with their mtimes. clean (at
+// Open) removes what is no chunk: temp files of writers that died, stray
+// names; otherwise they are left alone.
+func (s *Store) scan(i int, clean bool, found func(e *entry, mtime int64)) error {
+	return filepath.WalkDir(filepath.Join(s.stripes[i].dir, chunkDir), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if strings.HasPrefix(d.Name(), tmpPrefix) {
+			if clean && !writerAlive(d.Name()) { // a write a crash interrupted
+				return os.Remove(p)
+			}
+			return nil // another process sharing the cache is writing it
+		}
+		dg, ok := parseDigest(d.Name())
+		info, ierr := d.Info()
+		switch {
+		case ok && ierr == nil:
+			found(&entry{d: dg, size: info.Size(), stripe: i}, info.ModTime().UnixNano())
+		case clean:
+			return os.Remove(p)
+		}
+		return nil
+	})
+}
+
+// linkLocked indexes e, as the most recently used entry or the least.
+func (s *Store) linkLocked(e *entry, recent bool) {
+	if recent {
+		s.entries[e.d] = s.lru.PushFront(e)
+	} else {
+		s.entries[e.d] = s.lru.PushBack(e)
+	}
+	s.used += e.size
+	s.stripes[e.stripe].bytes.Add(e.size)
+}
+
+// unlinkLocked forgets the entry at el; its file is the caller's to remove
+// or keep.
+func (s *Store) unlinkLocked(el *list.Element) *entry {
+	e := el.Value.(*entry)
+	s.lru.Remove(el)
+	delete(s.entries, e.d)
+	s.used -= e.size
+	s.stripes[e.stripe].bytes.Add(-e.size)
+	return e
+}
+
+// SetCapacity changes the store's capacity (0: hold nothing but pinned
+// chunks) and evicts down to it at once.
+func (s *Store) SetCapacity(n int64) error {
+	if n < 0 {
+		return fmt.Errorf("cache: capacity %d must not be negative", n)
+	}
+	s.mu.Lock()
+	s.capacity = n
+	victims := s.evictLocked()
+	s.mu.Unlock()
+	s.remove(victims)
+	return nil
 }
 
 const (
@@ -294,10 +333,7 @@ func (s *Store) current(e *entry) bool {
 func (s *Store) drop(e *entry) {
 	s.mu.Lock()
 	if el, ok := s.entries[e.d]; ok && el.Value == e {
-		s.lru.Remove(el)
-		delete(s.entries, e.d)
-		s.used -= e.size
-		s.stripes[e.stripe].bytes.Add(-e.size)
+		s.unlinkLocked(el)
 	}
 	s.mu.Unlock()
 	s.verified.Delete(e.d)

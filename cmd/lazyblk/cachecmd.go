@@ -71,8 +71,9 @@ type cacheReport struct {
 	Stripes []cache.StripeStats `json:"stripes"`
 }
 
-// runCache opens the cache bounded by keep bytes (opening evicts down to
-// it, least recently used first) and reports what it holds.
+// runCache opens the cache, evicts down to keep bytes (least recently
+// used first, pinned chunks kept; MaxInt64: nothing) and reports what it
+// holds.
 func runCache(c *cli.Context, keep int64) error {
 	dirs := c.StringSlice("cache-dir")
 	if len(dirs) == 0 {
@@ -82,19 +83,15 @@ func runCache(c *cli.Context, keep int64) error {
 		}
 		dirs = cfg.CacheDirs()
 	}
-	all, err := cache.Open(dirs, math.MaxInt64) // evicts nothing
+	s, err := cache.Open(dirs, math.MaxInt64, cache.WithPinned(mounts.Pinned(c.String("state-dir"))))
 	if err != nil {
 		return err
 	}
-	before, st := all.Stats(), all.Stats()
-	if keep < math.MaxInt64 {
-		// A capacity of 0 is not a store; 1 byte keeps only empty chunks.
-		s, err := cache.Open(dirs, max(keep, 1), cache.WithPinned(mounts.Pinned(c.String("state-dir"))))
-		if err != nil {
-			return err
-		}
-		st = s.Stats()
+	before := s.Stats()
+	if err := s.SetCapacity(keep); err != nil {
+		return err
 	}
+	st := s.Stats()
 	rep := cacheReport{Dirs: dirs, Chunks: st.Chunks, Bytes: st.Used, Stripes: st.Stripes}
 	if keep < math.MaxInt64 {
 		rep.Evicted, rep.Freed = int64(before.Chunks-st.Chunks), before.Used-st.Used
