@@ -104,15 +104,7 @@ func (im *Image) Fill(ctx context.Context) error {
 
 // Complete reports whether every non-hole chunk is cached.
 func (im *Image) Complete() bool {
-	if im.o.cache == nil {
-		return false
-	}
-	for _, c := range im.index.Chunks {
-		if c.Encoding != imagefmt.EncodingHole && !im.o.cache.Has(cache.Digest(c.Digest)) {
-			return false
-		}
-	}
-	return true
+	return im.o.cache != nil && im.Cached() == im.Size()
 }
 
 // claim registers a background fetch for chunk i and the chunks after it

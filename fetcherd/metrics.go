@@ -19,9 +19,15 @@ import (
 // process; a mount that does not answer in time reports lazyblk_mount_up 0.
 const scrapeTimeout = 5 * time.Second
 
-// metric describes one series family; the labels after mount and ref.
+// descs are every per-mount family, as metric made them (Describe's list).
+var descs []*prometheus.Desc
+
+// metric describes one per-mount series family; the labels after mount
+// and ref.
 func metric(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc("lazyblk_"+name, help, append([]string{"mount", "ref"}, labels...), nil)
+	d := prometheus.NewDesc("lazyblk_"+name, help, append([]string{"mount", "ref"}, labels...), nil)
+	descs = append(descs, d)
+	return d
 }
 
 var (
@@ -60,10 +66,7 @@ var phases = []string{mounts.PhaseIdle, mounts.PhaseTrace, mounts.PhaseFill, mou
 type collector struct{ m *mounts.Manager }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descSize, descCached, descCachedRatio, descFetched, descHits, descMisses,
-		descRequests, descRetries, descVerify, descReadSeconds, descNBDRequests, descNBDBytes, descNBDErrors, descInFlight,
-		descStuck, descOldest, descPrefetch, descTraceChunks, descCacheUsed, descCacheCap, descEvictions, descCorrupt,
-		descStripe, descStripeWrites} {
+	for _, d := range descs {
 		ch <- d
 	}
 }
