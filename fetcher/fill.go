@@ -103,9 +103,10 @@ func (im *Image) Fill(ctx context.Context) error {
 }
 
 // Complete reports whether every non-hole chunk is cached.
-func (im *Image) Complete() bool {
-	return im.o.cache != nil && im.Cached() == im.Size()
-}
+func (im *Image) Complete() bool { return im.complete(im.Cached()) }
+
+// complete: cached bytes that make the whole image.
+func (im *Image) complete(cached int64) bool { return im.o.cache != nil && cached == im.Size() }
 
 // claim registers a background fetch for chunk i and the chunks after it
 // in want that extend it back to back; nil when i needs no fetch.

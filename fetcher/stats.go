@@ -14,6 +14,8 @@ type Stats struct {
 	// Cached is how many bytes of the image the cache holds (holes count
 	// as held): Cached == Size() once the image is complete.
 	Cached int64
+	// Complete: every chunk is cached (Cached == Size() with a cache).
+	Complete bool
 	// Latency of chunk reads by source (SourceCache, SourceMirror,
 	// SourceOrigin), from
 	// the read's start to its chunk's bytes in hand.
@@ -28,9 +30,10 @@ type counters struct {
 // Stats returns the image's counters.
 func (im *Image) Stats() Stats {
 	s := &im.stats
+	cached := im.Cached()
 	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
 		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
-		Cached: im.Cached(),
+		Cached: cached, Complete: im.complete(cached),
 		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceMirror: s.fromMirror.snapshot(),
 			SourceOrigin: s.fromOrigin.snapshot()}}
 }

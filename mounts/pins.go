@@ -56,7 +56,7 @@ func Pinned(root string) func(cache.Digest) bool {
 	if root == "" {
 		root = DefaultRoot
 	}
-	p := &pins{root: root, written: -1}
+	p := &pins{root: root}
 	p.load()
 	return p.pinned
 }

@@ -169,9 +169,9 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
-		is := im.Stats() // counts the cached bytes once, for Complete too
-		json.NewEncoder(w).Encode(Stats{Image: is, Server: srv.Stats(), ImageSize: im.Size(),
-			Complete: im.Cache() != nil && is.Cached == im.Size(), Prefetch: pf.Status(), Cache: im.CacheStats()})
+		is := im.Stats()
+		json.NewEncoder(w).Encode(Stats{Image: is, Server: srv.Stats(), ImageSize: im.Size(), Complete: is.Complete,
+			Prefetch: pf.Status(), Cache: im.CacheStats()})
 	})
 	mux.HandleFunc("POST /pins", func(w http.ResponseWriter, _ *http.Request) {
 		n, err := pins.flush(im)
