@@ -53,8 +53,32 @@ func TestHostsDir(t *testing.T) {
 		t.Errorf("untrusted mirror: range reads: mirror %d, origin %d; want all from the origin", mirrorHits.Load(), originHits.Load())
 	}
 
-	// No entry for the registry: the origin alone.
+	// skip_verify trusts the mirror without its CA.
+	mirrorHits.Store(0)
 	originHits.Store(0)
+	im = openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithHostsDir(hostsDir("skip_verify = true")))
+	readRandom(t, im, want, 29, 30)
+	if mirrorHits.Load() == 0 || originHits.Load() != 0 {
+		t.Errorf("skip_verify mirror: range reads: mirror %d, origin %d; want all from the mirror", mirrorHits.Load(), originHits.Load())
+	}
+
+	// A mirror that demands a client certificate gets the one "client" names.
+	var mtlsHits atomic.Int64
+	mtls, mtlsCA, cert, key := testutil.MTLSFaultProxy(t, reg, counting(&mtlsHits))
+	originHits.Store(0)
+	for _, clientLine := range []string{fmt.Sprintf("client = [[%q, %q]]", cert, key), ""} {
+		dir := testutil.HostsDir(t, origin, fmt.Sprintf("server = \"http://%s\"\n\n[host.\"https://%s\"]\n  capabilities = [\"pull\"]\n  ca = %q\n  %s\n",
+			origin, mtls, mtlsCA, clientLine))
+		im = openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithHostsDir(dir))
+		readRandom(t, im, want, 31, 10)
+		if withCert := clientLine != ""; withCert != (mtlsHits.Load() > 0) || withCert == (originHits.Load() > 0) {
+			t.Errorf("client certificate given: %v; range reads: mirror %d, origin %d", withCert, mtlsHits.Load(), originHits.Load())
+		}
+		mtlsHits.Store(0)
+		originHits.Store(0)
+	}
+
+	// No entry for the registry: the origin alone.
 	im = openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithHostsDir(t.TempDir()))
 	readRandom(t, im, want, 23, 10)
 	if originHits.Load() == 0 {

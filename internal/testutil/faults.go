@@ -1,7 +1,14 @@
 package testutil
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -42,14 +49,57 @@ func FaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request)
 // which caPEM (a PEM file in a test directory) lets clients trust.
 func TLSFaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) (proxy, caPEM string) {
 	t.Helper()
-	srv := httptest.NewTLSServer(faultHandler(t, host, decide))
+	proxy, caPEM, _, _ = tlsFaultProxy(t, host, decide, false)
+	return proxy, caPEM
+}
+
+// MTLSFaultProxy is TLSFaultProxy that also demands a client certificate:
+// certPEM and keyPEM are one it accepts.
+func MTLSFaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) (proxy, caPEM, certPEM, keyPEM string) {
+	t.Helper()
+	return tlsFaultProxy(t, host, decide, true)
+}
+
+func tlsFaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault, clientAuth bool) (proxy, caPEM, certPEM, keyPEM string) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(faultHandler(t, host, decide))
+	dir := t.TempDir()
+	if clientAuth {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "lazyblk test client"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, _ := x509.ParseCertificate(der)
+		pool := x509.NewCertPool()
+		pool.AddCert(cert)
+		srv.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+		kb, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certPEM, keyPEM = filepath.Join(dir, "client.cert"), filepath.Join(dir, "client.key")
+		writePEM(t, certPEM, "CERTIFICATE", der)
+		writePEM(t, keyPEM, "EC PRIVATE KEY", kb)
+	}
+	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	caPEM = filepath.Join(t.TempDir(), "ca.pem")
-	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	if err := os.WriteFile(caPEM, b, 0o644); err != nil {
+	caPEM = filepath.Join(dir, "ca.pem")
+	writePEM(t, caPEM, "CERTIFICATE", srv.Certificate().Raw)
+	return strings.TrimPrefix(srv.URL, "https://"), caPEM, certPEM, keyPEM
+}
+
+func writePEM(t testing.TB, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimPrefix(srv.URL, "https://"), caPEM
 }
 
 func faultHandler(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) http.Handler {
