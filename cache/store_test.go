@@ -48,8 +48,15 @@ func TestPutGet(t *testing.T) {
 	if err := s.Put(context.Background(), sha256.Sum256([]byte("other")), bad); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("Put of bytes not matching the digest: %v", err)
 	}
+	b2, d2 := chunk(2, 4096)
+	if err := s.PutVerified(context.Background(), d2, b2); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := mustGet(t, s, d2, 4096); !ok || !bytes.Equal(got, b2) {
+		t.Fatal("miss or wrong bytes after PutVerified")
+	}
 	st := s.Stats()
-	if st.Hits != 1 || st.Misses != 1 || st.Chunks != 1 || st.Used != 4096 {
+	if st.Hits != 2 || st.Misses != 1 || st.Chunks != 2 || st.Used != 8192 {
 		t.Errorf("stats %+v", st)
 	}
 }

@@ -366,7 +366,7 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 		if cl.errs[j] != nil {
 			continue
 		}
-		if err := im.o.cache.Put(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
+		if err := im.o.cache.PutVerified(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
 			im.o.log.Warn("cache put failed", "chunk", j, "err", err)
 		}
 	}
