@@ -228,6 +228,15 @@ func parseDigest(name string) (Digest, bool) {
 	return d, true
 }
 
+// Stripes is the number of directories the store is striped over; 0 for
+// a nil store.
+func (s *Store) Stripes() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.stripes)
+}
+
 // stripeOf spreads chunks over stripes by digest, so writes of a sequential
 // fill land on every volume in turn.
 func (s *Store) stripeOf(d Digest) int { return int(d[0]) % len(s.stripes) }

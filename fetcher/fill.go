@@ -74,8 +74,7 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 		}
 		k += len(run) - 1 // the run covered the next chunks of the list too
 		g.Go(func() error {
-			defer func() { <-im.background }()
-			im.fetch(ctx, run, cl, nil)
+			im.fetch(ctx, run, cl, im.background, true) // releases the slot
 			for _, j := range run {
 				if err := cl.errs[j]; err != nil {
 					return fmt.Errorf("fetcher: prefetch chunk %d: %w", j, err)

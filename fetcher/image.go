@@ -22,10 +22,12 @@ import (
 // twice (fetched, refetched): the registry serves bad data.
 var ErrChunkCorrupt = imagefmt.ErrChunkCorrupt
 
-// cacheWriters bounds runs being written to the cache at once; fetched
-// runs beyond it wait (holding their memory), so a slow disk throttles
-// fetching instead of letting memory grow.
-const cacheWriters = 4
+// cacheWriters bounds chunks being written to the cache at once, per
+// stripe of the cache (each stripe a volume that takes writes in
+// parallel with the others); fetched runs beyond it wait, holding their
+// memory, so a slow disk throttles fetching instead of letting memory
+// grow.
+const cacheWriters = 2
 
 // Image is one block image opened for reading. ReadAt is safe for
 // concurrent use.
@@ -107,7 +109,7 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	close(idle)
 	return &Image{demandIdle: idle, loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2, touched: make([]bool, len(x.Chunks)),
 		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background),
-		cacheWrites: make(chan struct{}, cacheWriters), life: life, cancel: cancel,
+		cacheWrites: make(chan struct{}, cacheWriters*max(2, o.cache.Stripes())), life: life, cancel: cancel,
 		demandMem: semaphore.NewWeighted(o.memory), bgMem: semaphore.NewWeighted(o.memory / 2)}, nil
 }
 
@@ -233,7 +235,7 @@ func (im *Image) goFetch(run []int, cl *call) {
 	go func() {
 		defer im.wg.Done()
 		defer im.demandBusy(-1)
-		im.fetch(im.life, run, cl, im.demand)
+		im.fetch(im.life, run, cl, im.demand, false)
 	}()
 }
 
@@ -320,12 +322,13 @@ func (im *Image) runLocked(i, last int) []int {
 	return run
 }
 
-// fetch runs one range request for run under a connection slot, decodes
+// fetch runs one range request for run under a slot of slots (already
+// taken by the caller when held), decodes
 // and verifies every chunk (refetching a bad one once), wakes the waiters,
 // and only then writes the chunks to the cache: readers never wait for a
 // disk sync, and the run stays registered until cached so nobody fetches
 // it again meanwhile.
-func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}) {
+func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}, held bool) {
 	defer func() {
 		im.mu.Lock()
 		for _, j := range run {
@@ -345,6 +348,9 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	}
 	size := min(int64(sum(run, im.chunkCost)), budget) // one oversized run still proceeds alone
 	if err := mem.Acquire(ctx, size); err != nil {
+		if held {
+			<-slots
+		}
 		for _, j := range run {
 			cl.errs[j] = err
 		}
@@ -352,32 +358,39 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 		return
 	}
 	defer mem.Release(size)
-	ok := im.fetchRun(ctx, run, cl, slots)
+	ok := im.fetchRun(ctx, run, cl, slots, held)
 	close(cl.done)
 	if !ok || im.o.cache == nil {
 		return
 	}
-	im.cacheWrites <- struct{}{}
-	defer func() { <-im.cacheWrites }()
-	// Finish writing what was fetched and verified even when Close cancels
-	// the image: it is bounded by cacheWriters and cheaper than a refetch.
+	// The run's chunks are written side by side (they land on different
+	// stripes), each under a writer slot. Finish writing what was fetched
+	// and verified even when Close cancels the image: it is bounded by the
+	// slots and cheaper than a refetch.
 	wctx := context.WithoutCancel(ctx)
+	var wg sync.WaitGroup
 	for _, j := range run {
 		if cl.errs[j] != nil {
 			continue
 		}
-		if err := im.o.cache.PutVerified(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
-			im.o.log.Warn("cache put failed", "chunk", j, "err", err)
-		}
+		im.cacheWrites <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-im.cacheWrites }()
+			if err := im.o.cache.PutVerified(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
+				im.o.log.Warn("cache put failed", "chunk", j, "err", err)
+			}
+		})
 	}
+	wg.Wait()
 }
 
-// fetchRun fills cl for run; false when no chunk could be fetched.
-func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan struct{}) bool {
-	if slots != nil { // nil: the caller holds a slot already
+// fetchRun fills cl for run under a slot of slots, taken here or, when
+// held, by the caller; either way it is released on return, before the
+// cache write, which needs no connection. false: no chunk was fetched.
+func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan struct{}, held bool) bool {
+	if !held {
 		select {
 		case slots <- struct{}{}:
-			defer func() { <-slots }()
 		case <-ctx.Done():
 			for _, j := range run {
 				cl.errs[j] = ctx.Err()
@@ -385,14 +398,12 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 			return false
 		}
 	}
+	defer func() { <-slots }()
 	x := im.index
 	first := x.Chunks[run[0]]
 	lastc := x.Chunks[run[len(run)-1]]
 	stored := make([]byte, lastc.Offset+uint64(lastc.Length)-first.Offset)
-	parts := 1
-	if slots != nil {
-		parts += im.spareSlots(slots, len(stored))
-	}
+	parts := 1 + im.spareSlots(slots, len(stored))
 	mirror, err := im.getParts(ctx, stored, int64(first.Offset), parts)
 	for range parts - 1 { // the connections are free again; decoding needs none
 		<-slots
