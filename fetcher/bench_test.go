@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,7 +61,7 @@ func BenchmarkRead(b *testing.B) {
 		syscall.Getrusage(0, &r0)
 		cold := timeIt(b, func() error { return readSequential(im, len(want)) })
 		syscall.Getrusage(0, &r1)
-		cpu := time.Duration(r1.Utime.Nano()+r1.Stime.Nano()-r0.Utime.Nano()-r0.Stime.Nano())
+		cpu := time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
 		b.ReportMetric(cpu.Seconds()/(size/(1<<30)), "coldCPUs/GiB")
 		im.Close() // waits for the last cache writes: warm means the cache is complete
 		im = openImage(b, loc, fetcher.WithCache(c))
