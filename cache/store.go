@@ -40,6 +40,7 @@ type Store struct {
 	mu       sync.Mutex // guards entries, lru, used
 	entries  map[Digest]*list.Element
 	lru      *list.List // front: most recently used *entry
+	files    *list.List // entries with an open file, front: most recently read (files.go)
 	used     int64
 	verified sync.Map           // Digest -> struct{}: checked since Open
 	verify   singleflight.Group // one check per chunk, however many readers arrive at once
@@ -52,8 +53,11 @@ type entry struct {
 	d      Digest
 	size   int64
 	stripe int
-	pins   int    // reads in progress; a pinned entry is not evicted
-	put    uint64 // the store's put count when this process wrote it (0: found on disk)
+	pins   int           // reads in progress; a pinned entry is not evicted nor its file closed
+	gone   bool          // unlinked: its file closes with its last read
+	f      *os.File      // open for reads, or nil (files.go)
+	fileEl *list.Element // e's place in Store.files while f is open
+	put    uint64        // the store's put count when this process wrote it (0: found on disk)
 }
 
 type stripe struct {
@@ -105,7 +109,7 @@ func Open(dirs []string, capacity int64, opts ...Option) (*Store, error) {
 	if capacity <= 0 {
 		return nil, fmt.Errorf("cache: capacity %d must be positive", capacity)
 	}
-	s := &Store{capacity: capacity, lowFrac: 1, entries: map[Digest]*list.Element{}, lru: list.New(),
+	s := &Store{capacity: capacity, lowFrac: 1, entries: map[Digest]*list.Element{}, lru: list.New(), files: list.New(),
 		log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		if err := o(s); err != nil {
@@ -184,6 +188,10 @@ func (s *Store) unlinkLocked(el *list.Element) *entry {
 	delete(s.entries, e.d)
 	s.used -= e.size
 	s.stripes[e.stripe].bytes.Add(-e.size)
+	e.gone = true
+	if e.pins == 0 {
+		s.closeLocked(e)
+	}
 	return e
 }
 
@@ -270,14 +278,13 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 	var f *os.File
 	var err error
 	if e.size == size {
-		f, err = os.Open(s.path(e.stripe, d))
+		f, err = s.file(e)
 	}
 	if e.size != size || err != nil { // wrong size or file gone: not this chunk
 		s.drop(e)
 		s.misses.Add(1)
 		return false, nil
 	}
-	defer f.Close()
 	if _, ok := s.verified.Load(d); !ok {
 		// Readers arriving together (NBD clients send many requests per
 		// chunk at once) share one read and hash of the whole chunk.
@@ -326,6 +333,9 @@ func (s *Store) Has(d Digest) bool {
 func (s *Store) unpin(e *entry) {
 	s.mu.Lock()
 	e.pins--
+	if e.pins == 0 && e.gone {
+		s.closeLocked(e)
+	}
 	s.mu.Unlock()
 }
 

@@ -124,6 +124,9 @@ func (im *Image) Index() *imagefmt.Index { return im.index }
 func (im *Image) Close() error {
 	im.cancel()
 	im.wg.Wait()
+	if im.o.cache != nil {
+		im.o.cache.CloseIdleFiles()
+	}
 	switch s := im.src.(type) {
 	case *layoutSource:
 		return s.f.Close()

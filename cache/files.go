@@ -1,0 +1,71 @@
+package cache
+
+import "os"
+
+// maxOpenFiles bounds the chunk files a store keeps open between reads.
+// Keeping a file open keeps the kernel's readahead state for it: a
+// sequential reader's small reads (128 KiB from nbdfuse) then arrive as
+// large disk reads, where opening the file afresh for each read began
+// readahead from nothing every time (measured through nbdfuse, page cache
+// dropped: 389 → 600+ MB/s). 64 files span 256 MiB of 4 MiB chunks.
+const maxOpenFiles = 64
+
+// file returns an open file of e, which the caller has pinned. It stays
+// open for the next read until it is among the least recently read of
+// more than maxOpenFiles, its entry is dropped, or CloseIdleFiles.
+func (s *Store) file(e *entry) (*os.File, error) {
+	s.mu.Lock()
+	if e.f != nil {
+		s.files.MoveToFront(e.fileEl)
+		f := e.f
+		s.mu.Unlock()
+		return f, nil
+	}
+	s.mu.Unlock()
+	f, err := os.Open(s.path(e.stripe, e.d))
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.f != nil { // another reader opened it meanwhile
+		f.Close()
+		s.files.MoveToFront(e.fileEl)
+		return e.f, nil
+	}
+	e.f, e.fileEl = f, s.files.PushFront(e)
+	for el := s.files.Back(); el != nil && s.files.Len() > maxOpenFiles; {
+		prev := el.Prev()
+		if old := el.Value.(*entry); old.pins == 0 {
+			s.closeLocked(old)
+		}
+		el = prev
+	}
+	return f, nil
+}
+
+// closeLocked closes e's file, if open. Only an entry nobody reads (no
+// pins) may be closed: a read in progress uses the file without the lock.
+func (s *Store) closeLocked(e *entry) {
+	if e.f == nil {
+		return
+	}
+	e.f.Close()
+	s.files.Remove(e.fileEl)
+	e.f, e.fileEl = nil, nil
+}
+
+// CloseIdleFiles closes the chunk files kept open that no read is using;
+// reads open them again as needed. The owner of an image calls it when
+// the image is closed, so a store nobody reads holds no descriptors.
+func (s *Store) CloseIdleFiles() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for el := s.files.Front(); el != nil; {
+		next := el.Next()
+		if e := el.Value.(*entry); e.pins == 0 {
+			s.closeLocked(e)
+		}
+		el = next
+	}
+}
