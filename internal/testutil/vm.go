@@ -48,9 +48,9 @@ type Guest struct {
 	Disks []string
 }
 
-// Boot runs the guest under QEMU (software emulation, -cpu max for this
-// kernel; the host's 127.0.0.1 is 10.0.2.2 from inside) and returns the
-// console output once the guest powers off. The script's exit status is
+// Boot runs the guest under QEMU (software emulation on one host thread,
+// -cpu max for this kernel; the host's 127.0.0.1 is 10.0.2.2 from inside)
+// and returns the console output once the guest powers off. The script's exit status is
 // printed as "GUEST-EXIT n".
 func (g Guest) Boot(t testing.TB, timeout time.Duration) string {
 	t.Helper()
@@ -124,7 +124,11 @@ poweroff -f
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var console bytes.Buffer
-	args := []string{"-cpu", "max", "-smp", "2", "-m", "1024",
+	// Two vCPUs (the NBD driver maps a queue, so a connection, per CPU)
+	// emulated by one host thread: multi-threaded TCG once let a vCPU run
+	// stale code while the kernel patched its text at boot ("Oops: int3"
+	// in sched_clock_cpu, a CI failure on session 6's first run).
+	args := []string{"-cpu", "max", "-smp", "2", "-accel", "tcg,thread=single", "-m", "1024",
 		"-kernel", filepath.Join(VMDir(), "vmlinuz"), "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 quiet", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"}
