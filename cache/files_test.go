@@ -4,8 +4,12 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // openChunkFiles counts this process's descriptors open on files under
@@ -77,5 +81,96 @@ func TestOpenFilesBounded(t *testing.T) {
 	}
 	if _, ok := mustGet(t, s, ds[n-1], size); !ok {
 		t.Fatal("the most recent chunk is not readable after CloseIdleFiles")
+	}
+}
+
+// resident counts the pages of path in the page cache (mincore).
+func resident(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	info, _ := f.Stat()
+	m, err := unix.Mmap(int(f.Fd()), 0, int(info.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
+}
+
+// readBytes is this process's bytes read from storage (/proc/self/io),
+// counted when the reads are submitted.
+func readBytes(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Skipf("no I/O accounting: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "read_bytes: "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no read_bytes in /proc/self/io:\n%s", b)
+	return 0
+}
+
+// TestWillNeed: WillNeed has the kernel read a cached chunk's file from
+// the disk (the reads are submitted when it returns, so counted in
+// /proc/self/io); for a chunk not cached it does nothing.
+func TestWillNeed(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open([]string{dir}, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	b, d := chunk(1, size)
+	if err := s.Put(context.Background(), d, b); err != nil {
+		t.Fatal(err)
+	}
+	path := s.path(0, d)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED) // the chunk was synced: its pages are clean
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := resident(t, path); n != 0 {
+		t.Skipf("this filesystem keeps %d pages of the file resident after FADV_DONTNEED (tmpfs?)", n)
+	}
+	before := readBytes(t)
+	_, missing := chunk(2, size)
+	s.WillNeed(missing)
+	if n := readBytes(t) - before; n != 0 {
+		t.Errorf("WillNeed of a chunk not cached read %d bytes", n)
+	}
+	s.WillNeed(d)
+	if n := readBytes(t) - before; n < size {
+		t.Fatalf("WillNeed read %d bytes from storage, want the chunk's %d", n, size)
+	}
+	if got, ok := mustGet(t, s, d, size); !ok || string(got) != string(b) {
+		t.Fatal("miss or wrong bytes after WillNeed")
+	}
+	if n, want := resident(t, path), size/os.Getpagesize(); n != want {
+		t.Fatalf("%d of %d pages resident after a read of the whole chunk", n, want)
 	}
 }

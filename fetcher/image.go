@@ -43,11 +43,12 @@ type Image struct {
 	demandMem   *semaphore.Weighted // bytes of demand runs fetched and not yet cached
 	bgMem       *semaphore.Weighted // the same for prefetch and fill
 
-	mu       sync.Mutex // guards inflight, lastRead, seqRun, raNext, touched, order
+	mu       sync.Mutex // guards inflight, lastRead, seqRun, raNext, hinted, touched, order
 	inflight map[int]*call
 	lastRead int // chunk of the last read, for sequential detection
 	seqRun   int // chunks read in a row before it
 	raNext   int // first chunk readahead has not started yet
+	hinted   int // last cached chunk readahead asked the cache to load
 	touched  []bool
 	order    []int // chunks in the order readers first touched them: the trace
 
@@ -261,11 +262,17 @@ func (im *Image) touch(i int) {
 	case i - 1:
 		im.seqRun++
 	default:
-		im.seqRun = 0
+		im.seqRun, im.hinted = 0, i
 	}
 	im.lastRead = i
 	if im.seqRun == 0 {
 		return
+	}
+	if im.o.cache != nil { // read ahead from the cache disk too
+		for k := max(im.hinted+1, i+1); k <= i+cachedAhead && k < len(im.index.Chunks); k++ {
+			im.hinted = k
+			go im.o.cache.WillNeed(cache.Digest(im.index.Chunks[k].Digest))
+		}
 	}
 	full := max(2, 8*im.o.maxCoalesce/int(im.index.ChunkSize))
 	window := min(full, 1<<min(im.seqRun, 30))
@@ -293,6 +300,10 @@ func (im *Image) touch(i int) {
 	im.goFetch(run, cl)
 	im.raNext = run[len(run)-1] + 1
 }
+
+// cachedAhead is how many cached chunks ahead of a sequential reader the
+// cache is asked to load into memory (cache.WillNeed).
+const cachedAhead = 2
 
 // startLocked registers a fetch of run so readers of its chunks join it.
 func (im *Image) startLocked(run []int, background bool) *call {
