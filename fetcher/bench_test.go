@@ -30,10 +30,7 @@ import (
 //
 // Run: go test ./fetcher -run '^$' -bench Read -benchtime 1x
 func BenchmarkRead(b *testing.B) {
-	mib := 1024
-	if v, err := strconv.Atoi(os.Getenv("LAZYBLK_BENCH_MIB")); err == nil {
-		mib = v
-	}
+	mib := benchMiB()
 	host := testutil.DockerRegistry(b)
 	loc, want := testutil.BlockImage(b, host+"/bench:v1", mib<<20, imagefmt.WithChunkSize(imagefmt.DefaultChunkSize))
 	plain := filepath.Join(b.TempDir(), "plain")
@@ -87,6 +84,15 @@ func BenchmarkRead(b *testing.B) {
 		b.ReportMetric(size/cold.Seconds()/1e6, "coldMB/s")
 		b.ReportMetric(dataSize/raw.Seconds()/1e6, "rawGetMB/s")
 	}
+}
+
+// benchMiB is the benchmark image's size in MiB: 1024, or
+// LAZYBLK_BENCH_MIB.
+func benchMiB() int {
+	if v, err := strconv.Atoi(os.Getenv("LAZYBLK_BENCH_MIB")); err == nil {
+		return v
+	}
+	return 1024
 }
 
 // benchCache puts the cache in LAZYBLK_BENCH_CACHE_DIR (e.g. /dev/shm, to
@@ -143,10 +149,7 @@ func BenchmarkFillStripes(b *testing.B) {
 	if v, err := strconv.ParseInt(os.Getenv("LAZYBLK_BENCH_VOLUME_BPS"), 10, 64); err == nil {
 		volumeBPS = v
 	}
-	mib := 1024
-	if v, err := strconv.Atoi(os.Getenv("LAZYBLK_BENCH_MIB")); err == nil {
-		mib = v
-	}
+	mib := benchMiB()
 	vols := testutil.ThrottledVolumes(b, 4, int64(mib)<<20*5/4+(256<<20), volumeBPS)
 	host := testutil.DockerRegistry(b)
 	loc, want := testutil.BlockImage(b, host+"/fill:v1", mib<<20, imagefmt.WithChunkSize(imagefmt.DefaultChunkSize))
