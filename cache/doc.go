@@ -25,6 +25,15 @@
 // Chunks written or verified by this process are trusted afterwards:
 // hashing every warm read would cost more than reading it.
 //
+// A chunk whose buffer and length are 4 KiB-aligned (every full 4 MiB
+// chunk the fetcher writes) is written with O_DIRECT: its bytes are in the
+// fetcher's memory already and the reader above the block device keeps
+// its own copy in the page cache, so a second copy there would only push
+// out other pages, and copying it costs CPU (measured: a cold 1 GiB read
+// spent 2.5 s of CPU with buffered writes, 1.6–1.8 s with direct ones).
+// Where the filesystem refuses O_DIRECT the write is an ordinary one.
+// Open chunk files are kept for the next read (files.go).
+//
 // # Eviction
 //
 // A plain LRU over bytes, not ristretto: eviction must account bytes
