@@ -248,7 +248,10 @@ func TestContainerd(t *testing.T) {
 	out := e.ctr(t, "run", "--runc-root", e.runcRoot(), "--rm", "--snapshotter", "lazyblk", lazy, "c1",
 		"sh", "-c", "cat /etc/hello; echo written > /tmp/new; cat /tmp/new; head -c 4096 /data/weights | wc -c")
 	if want := "hello from a lazyblk image\nwritten\n4096\n"; out != want {
-		t.Fatalf("container output %q, want %q", out, want)
+		// Seen once in CI (the last line missing, ctr exiting 0): say
+		// what the daemons saw, to tell a lost read from lost output.
+		t.Fatalf("container output %q, want %q\nfetcher log:\n%s\nsnapshotter log:\n%s\nmounts: %+v",
+			out, want, e.fetcher.tail(30), e.snapshotter.tail(30), e.stats(t))
 	}
 	st := e.stats(t)
 	if len(st) != 1 || st[0].ImageSize == 0 || st[0].BytesFetched == 0 || st[0].BytesFetched > st[0].ImageSize/2 {

@@ -69,6 +69,13 @@ func startDaemon(t *testing.T, ready, name string, args ...string) *daemon {
 	return nil
 }
 
+// tail returns the last n lines the daemon logged, for a failure message.
+func (d *daemon) tail(n int) string {
+	b, _ := os.ReadFile(d.log)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 // kill stops the daemon with SIGKILL and waits for it.
 func (d *daemon) kill() {
 	d.cmd.Process.Kill()
