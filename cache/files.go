@@ -81,15 +81,10 @@ func (s *Store) CloseIdleFiles() {
 // at every file), so the fetcher hints the chunks ahead of a sequential
 // reader. Does nothing for a chunk not cached.
 func (s *Store) WillNeed(d Digest) {
-	s.mu.Lock()
-	el, ok := s.entries[d]
-	if !ok {
-		s.mu.Unlock()
+	e := s.pin(d)
+	if e == nil {
 		return
 	}
-	e := el.Value.(*entry)
-	e.pins++
-	s.mu.Unlock()
 	defer s.unpin(e)
 	if f, err := s.file(e); err == nil {
 		_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_WILLNEED)

@@ -54,7 +54,6 @@ type entry struct {
 	size   int64
 	stripe int
 	pins   int           // reads in progress; a pinned entry is not evicted nor its file closed
-	gone   bool          // unlinked: its file closes with its last read
 	f      *os.File      // open for reads, or nil (files.go)
 	fileEl *list.Element // e's place in Store.files while f is open
 	put    uint64        // the store's put count when this process wrote it (0: found on disk)
@@ -188,8 +187,7 @@ func (s *Store) unlinkLocked(el *list.Element) *entry {
 	delete(s.entries, e.d)
 	s.used -= e.size
 	s.stripes[e.stripe].bytes.Add(-e.size)
-	e.gone = true
-	if e.pins == 0 {
+	if e.pins == 0 { // else its last unpin closes it
 		s.closeLocked(e)
 	}
 	return e
@@ -262,17 +260,11 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 	if off < 0 || off+int64(len(p)) > size {
 		return false, fmt.Errorf("cache: read [%d,+%d) outside chunk %s of %d bytes", off, len(p), d, size)
 	}
-	s.mu.Lock()
-	el, ok := s.entries[d]
-	if !ok {
-		s.mu.Unlock()
+	e := s.pin(d)
+	if e == nil {
 		s.misses.Add(1)
 		return false, nil
 	}
-	e := el.Value.(*entry)
-	s.lru.MoveToFront(el)
-	e.pins++
-	s.mu.Unlock()
 	defer s.unpin(e)
 
 	var f *os.File
@@ -330,13 +322,31 @@ func (s *Store) Has(d Digest) bool {
 	return ok
 }
 
+// pin finds chunk d's entry, marks it most recently used and pins it
+// (not evicted, its file not closed) until unpin; nil when d is not
+// cached.
+func (s *Store) pin(d Digest) *entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	el, ok := s.entries[d]
+	if !ok {
+		return nil
+	}
+	s.lru.MoveToFront(el)
+	e := el.Value.(*entry)
+	e.pins++
+	return e
+}
+
+// unpin ends a pin; the last one of an entry dropped meanwhile closes its
+// file.
 func (s *Store) unpin(e *entry) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	e.pins--
-	if e.pins == 0 && e.gone {
+	if e.pins == 0 && !s.currentLocked(e) {
 		s.closeLocked(e)
 	}
-	s.mu.Unlock()
 }
 
 // current reports whether e is still the entry for its digest (not
@@ -344,6 +354,10 @@ func (s *Store) unpin(e *entry) {
 func (s *Store) current(e *entry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.currentLocked(e)
+}
+
+func (s *Store) currentLocked(e *entry) bool {
 	el, ok := s.entries[e.d]
 	return ok && el.Value == e
 }
