@@ -305,6 +305,14 @@ func (im *Image) touch(i int) {
 // cache is asked to load into memory (cache.WillNeed).
 const cachedAhead = 2
 
+// fail gives every chunk of run err and wakes the waiters.
+func (cl *call) fail(run []int, err error) {
+	for _, j := range run {
+		cl.errs[j] = err
+	}
+	close(cl.done)
+}
+
 // startLocked registers a fetch of run so readers of its chunks join it.
 func (im *Image) startLocked(run []int, background bool) *call {
 	cl := &call{background: background, done: make(chan struct{}), chunks: map[int][]byte{}, errs: map[int]error{}}
@@ -336,12 +344,12 @@ func (im *Image) runLocked(i, last int) []int {
 	return run
 }
 
-// fetch runs one range request for run under a slot of slots (already
-// taken by the caller when held), decodes
-// and verifies every chunk (refetching a bad one once), wakes the waiters,
-// and only then writes the chunks to the cache: readers never wait for a
-// disk sync, and the run stays registered until cached so nobody fetches
-// it again meanwhile.
+// fetch runs one range request for run under a slot of slots (taken
+// here, or already by the caller when held, and released once the bytes
+// are in), decodes and verifies every chunk (refetching a bad one once),
+// wakes the waiters, and only then writes the chunks to the cache:
+// readers never wait for a disk sync, and the run stays registered until
+// cached so nobody fetches it again meanwhile.
 func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}, held bool) {
 	defer func() {
 		im.mu.Lock()
@@ -365,14 +373,20 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 		if held {
 			<-slots
 		}
-		for _, j := range run {
-			cl.errs[j] = err
-		}
-		close(cl.done)
+		cl.fail(run, err)
 		return
 	}
 	defer mem.Release(size)
-	ok := im.fetchRun(ctx, run, cl, slots, held)
+	if !held {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			cl.fail(run, ctx.Err())
+			return
+		}
+	}
+	ok := im.fetchRun(ctx, run, cl, slots)
+	<-slots // the connection is free: the cache write needs none
 	close(cl.done)
 	if !ok || im.o.cache == nil {
 		return
@@ -398,21 +412,9 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	wg.Wait()
 }
 
-// fetchRun fills cl for run under a slot of slots, taken here or, when
-// held, by the caller; either way it is released on return, before the
-// cache write, which needs no connection. false: no chunk was fetched.
-func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan struct{}, held bool) bool {
-	if !held {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			for _, j := range run {
-				cl.errs[j] = ctx.Err()
-			}
-			return false
-		}
-	}
-	defer func() { <-slots }()
+// fetchRun fills cl for run while the caller holds a slot of slots
+// (idle ones may carry parts of the request); false: no chunk was fetched.
+func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan struct{}) bool {
 	x := im.index
 	first := x.Chunks[run[0]]
 	lastc := x.Chunks[run[len(run)-1]]
