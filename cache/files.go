@@ -74,19 +74,59 @@ func (s *Store) CloseIdleFiles() {
 	}
 }
 
-// WillNeed asks the kernel to start reading chunk d's file into the page
-// cache, without waiting: a sequential reader about to reach the chunk
-// then finds it in memory. A chunk kept in many small files does not get
-// the readahead one large file would (the kernel's window restarts small
-// at every file), so the fetcher hints the chunks ahead of a sequential
-// reader. Does nothing for a chunk not cached.
+// File returns chunk d's file, whose full size is size, for a reader that
+// sends bytes from it without reading them itself (splice): checked like
+// a first read, open, and pinned (not evicted, not closed) until release.
+// ok is false when d is not cached, or not as it should be: ReadAt then
+// finds the same and counts the miss.
+func (s *Store) File(d Digest, size int64) (f *os.File, release func(), ok bool) {
+	e := s.pin(d)
+	if e == nil {
+		return nil, nil, false
+	}
+	if e.size == size {
+		f, err := s.file(e)
+		if err == nil {
+			if _, ok := s.check(e, f); ok {
+				s.hits.Add(1)
+				return f, func() { s.unpin(e) }, true
+			}
+		}
+	}
+	s.unpin(e)
+	return nil, nil, false
+}
+
+// WillNeed prepares chunk d for a reader about to reach it, without the
+// reader waiting: a chunk not yet checked since Open is read whole and
+// verified now (at most aheadChecks at a time per store; a corrupt one is
+// removed), and the kernel is asked to read a checked one into the page
+// cache. A chunk kept in many small files does not get the readahead one
+// large file would (the kernel's window restarts small at every file), so
+// the fetcher calls it, in a goroutine of its own, for the chunks ahead of
+// a sequential reader. Does nothing for a chunk not cached.
 func (s *Store) WillNeed(d Digest) {
 	e := s.pin(d)
 	if e == nil {
 		return
 	}
 	defer s.unpin(e)
-	if f, err := s.file(e); err == nil {
-		_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_WILLNEED)
+	f, err := s.file(e)
+	if err != nil {
+		return
 	}
+	if _, ok := s.verified.Load(d); !ok {
+		select {
+		case s.ahead <- struct{}{}:
+			s.check(e, f)
+			<-s.ahead
+			return
+		default: // enough checks under way: the reader will check it
+		}
+	}
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_WILLNEED)
 }
+
+// aheadChecks bounds the chunks WillNeed reads and verifies at once (each
+// holds a chunk's bytes in memory while it is hashed).
+const aheadChecks = 4

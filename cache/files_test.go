@@ -175,6 +175,58 @@ func TestWillNeed(t *testing.T) {
 	}
 }
 
+// TestWillNeedChecksAhead: after a restart, WillNeed reads and verifies a
+// chunk not yet checked, so the reader that arrives next reads only what
+// it asks for; a corrupt chunk is found and removed by WillNeed, before
+// any reader reaches it.
+func TestWillNeedChecksAhead(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open([]string{dir}, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	good, gd := chunk(1, size)
+	bad, bd := chunk(2, size)
+	for _, c := range []struct {
+		b []byte
+		d Digest
+	}{{good, gd}, {bad, bd}} {
+		if err := s.Put(context.Background(), c.d, c.b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	badPath := s.path(0, bd)
+	if err := os.WriteFile(badPath, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s2, err := Open([]string{dir}, 1<<30) // a restart: nothing checked yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s2.verified.Load(gd); ok {
+		t.Fatal("a chunk counts as checked right after Open")
+	}
+	s2.WillNeed(gd)
+	if _, ok := s2.verified.Load(gd); !ok {
+		t.Error("WillNeed did not check a chunk not yet checked")
+	}
+	s2.WillNeed(bd)
+	if s2.Has(bd) || s2.Stats().Corrupt != 1 {
+		t.Errorf("after WillNeed of a corrupt chunk: cached %v, corrupt count %d; want removed, 1", s2.Has(bd), s2.Stats().Corrupt)
+	}
+	if _, err := os.Stat(badPath); !os.IsNotExist(err) {
+		t.Error("corrupt chunk file not removed by WillNeed")
+	}
+	if got, ok := mustGet(t, s2, gd, size); !ok || string(got) != string(good) {
+		t.Error("miss or wrong bytes after WillNeed checked the chunk")
+	}
+	if _, ok := mustGet(t, s2, bd, size); ok {
+		t.Error("the corrupt chunk was served")
+	}
+}
+
 // TestDirectWrites: an aligned chunk is written around the page cache
 // (O_DIRECT: the fetcher has the bytes in memory already, and the reader
 // above the block device keeps its own copy), an unaligned one through

@@ -44,6 +44,7 @@ type Store struct {
 	used     int64
 	verified sync.Map           // Digest -> struct{}: checked since Open
 	verify   singleflight.Group // one check per chunk, however many readers arrive at once
+	ahead    chan struct{}      // WillNeed's checks under way (files.go)
 
 	hits, misses, evictions, corrupt atomic.Int64
 	puts                             atomic.Uint64 // chunks this process wrote
@@ -109,7 +110,7 @@ func Open(dirs []string, capacity int64, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("cache: capacity %d must be positive", capacity)
 	}
 	s := &Store{capacity: capacity, lowFrac: 1, entries: map[Digest]*list.Element{}, lru: list.New(), files: list.New(),
-		log: slog.New(slog.DiscardHandler)}
+		ahead: make(chan struct{}, aheadChecks), log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		if err := o(s); err != nil {
 			return nil, err
@@ -277,41 +278,52 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 		s.misses.Add(1)
 		return false, nil
 	}
-	if _, ok := s.verified.Load(d); !ok {
-		// Readers arriving together (NBD clients send many requests per
-		// chunk at once) share one read and hash of the whole chunk.
-		v, _, _ := s.verify.Do(string(d[:]), func() (any, error) {
-			if _, ok := s.verified.Load(d); ok {
-				return nil, nil // checked by a reader that just finished
-			}
-			if !s.current(e) {
-				return false, nil // found corrupt and dropped by a check that just finished
-			}
-			whole := make([]byte, size)
-			if _, err := f.ReadAt(whole, 0); err != nil || sha256.Sum256(whole) != d {
-				s.corrupt.Add(1)
-				s.log.Warn("corrupt cached chunk removed", "digest", d.String())
-				s.drop(e)
-				return false, nil
-			}
-			s.verified.Store(d, struct{}{})
-			return whole, nil
-		})
-		switch v := v.(type) {
-		case bool: // corrupt
-			s.misses.Add(1)
-			return false, nil
-		case []byte:
-			copy(p, v[off:])
-			s.hits.Add(1)
-			return true, nil
-		}
+	whole, ok := s.check(e, f)
+	if !ok { // corrupt, removed
+		s.misses.Add(1)
+		return false, nil
+	}
+	if whole != nil { // just read whole to check it
+		copy(p, whole[off:])
+		s.hits.Add(1)
+		return true, nil
 	}
 	if _, err := f.ReadAt(p, off); err != nil {
 		return false, fmt.Errorf("cache: read chunk %s: %w", d, err)
 	}
 	s.hits.Add(1)
 	return true, nil
+}
+
+// check verifies e's file, open as f, the first time it is read after
+// Open: it reads the whole chunk and hashes it, and returns the bytes so
+// the reader need not read them again; nil once the chunk has been
+// checked. A corrupt chunk is removed and reported as not ok. Readers
+// arriving together (NBD clients send many requests per chunk at once,
+// and WillNeed checks ahead of them) share one read and hash.
+func (s *Store) check(e *entry, f *os.File) (whole []byte, ok bool) {
+	if _, ok := s.verified.Load(e.d); ok {
+		return nil, true
+	}
+	v, _, _ := s.verify.Do(string(e.d[:]), func() (any, error) {
+		if _, ok := s.verified.Load(e.d); ok {
+			return []byte(nil), nil // checked by a reader that just finished
+		}
+		if !s.current(e) {
+			return false, nil // found corrupt and dropped by a check that just finished
+		}
+		whole := make([]byte, e.size)
+		if _, err := f.ReadAt(whole, 0); err != nil || sha256.Sum256(whole) != e.d {
+			s.corrupt.Add(1)
+			s.log.Warn("corrupt cached chunk removed", "digest", e.d.String())
+			s.drop(e)
+			return false, nil
+		}
+		s.verified.Store(e.d, struct{}{})
+		return whole, nil
+	})
+	whole, ok = v.([]byte)
+	return whole, ok
 }
 
 // Has reports whether chunk d is cached, without counting a hit or miss.
