@@ -1,0 +1,125 @@
+package blockdev_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/lazyblk/lazyblk/blockdev"
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+// copyAll reads the whole export with nbdcopy (libnbd; 4 connections,
+// 64 KiB requests) and fails unless it is want.
+func copyAll(t *testing.T, uri string, want []byte) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "copy")
+	testutil.Run(t, "nbdcopy", "--connections=4", "--requests=16", "--request-size=65536", uri, out)
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("nbdcopy: %d bytes differ from the image's %d", len(got), len(want))
+	}
+}
+
+// TestSpliceFromCache: once the image's chunks are in the cache, every
+// read of a stored chunk is spliced from its chunk file to the socket,
+// and libnbd's client still reads exactly the image's bytes.
+func TestSpliceFromCache(t *testing.T) {
+	testutil.Require(t, false, "nbdcopy")
+	store, err := cache.Open([]string{t.TempDir()}, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := serve(t, nil, fetcher.WithCache(store))
+	copyAll(t, s.uri, s.want) // fetches everything into the cache
+	before := s.srv.Stats()
+	copyAll(t, s.uri, s.want)
+	after := s.srv.Stats()
+
+	var stored int64 // bytes of chunks that are not holes: those have files
+	x := s.im.Index()
+	for i, c := range x.Chunks {
+		if c.Encoding != imagefmt.EncodingHole {
+			stored += int64(x.ChunkLen(i))
+		}
+	}
+	if got := after.Spliced - before.Spliced; got != stored {
+		t.Errorf("second read spliced %d bytes, want the %d bytes of stored chunks", got, stored)
+	}
+	if after.Errors != 0 {
+		t.Errorf("%d read errors", after.Errors)
+	}
+}
+
+// shortFiles is a backend whose File names a file holding only the first
+// half of its bytes: reads in the second half cannot be spliced (the file
+// is shorter than promised) and must be answered with ReadAt, on the same
+// connection. A stand-in for a cache file that fails to read, which no
+// real cache hands out on purpose.
+type shortFiles struct {
+	data []byte
+	half *os.File
+}
+
+func (b *shortFiles) Size() int64 { return int64(len(b.data)) }
+
+func (b *shortFiles) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	n := copy(p, b.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (b *shortFiles) File(off int64, n int) (*os.File, int64, func(), bool) {
+	return b.half, off, func() {}, true
+}
+
+func TestSpliceFallsBackToReadAt(t *testing.T) {
+	testutil.Require(t, false, "nbdcopy")
+	data := make([]byte, 4<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	half := filepath.Join(t.TempDir(), "half")
+	if err := os.WriteFile(half, data[:2<<20], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(half)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	srv, err := blockdev.NewServer([]blockdev.Export{{Name: "x", Backend: &shortFiles{data: data, half: f}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	defer func() {
+		srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	copyAll(t, "nbd+unix:///x?socket="+sock, data)
+	if st := srv.Stats(); st.Spliced != 2<<20 || st.Bytes != 4<<20 || st.Errors != 0 {
+		t.Errorf("stats %+v: want the first 2 MiB spliced, all 4 MiB read, no errors", st)
+	}
+}
