@@ -1,5 +1,17 @@
-// Package blockdev will expose block images as NBD devices: a concurrent
-// NBD server with out-of-order replies, kernel attach over the NBD
-// generic-netlink interface, and mount helpers (nbdfuse where the host has
-// no nbd driver). Not implemented yet: see the block-device issue.
+// Package blockdev exposes block images as NBD block devices.
+//
+//   - server.go, negotiate.go, protocol.go: an NBD server for one or many
+//     exports (fixed newstyle negotiation; many reads in flight per
+//     connection, answered out of order by per-connection workers; a read
+//     that fails answers EIO and the connection goes on). Transmit serves
+//     a socket handed to the kernel, where no negotiation happens.
+//   - splice.go: reads whose bytes lie in a file (FileBackend: a cached
+//     chunk) are spliced from the file to the socket, never copied through
+//     the server's memory; everything else is read with Backend.ReadAt.
+//   - netlink.go, socket.go: kernel attach over the NBD generic-netlink
+//     interface with socketpairs; Reconfigure hands a live device fresh
+//     sockets, so a restarted server takes over a mounted device.
+//   - mount.go, fuse.go: MountImage, the mount behind `lazyblk mount`: the
+//     kernel's nbd driver where present, otherwise libnbd's nbdfuse with an
+//     erofs (file-backed) or ext4 (loop) mount on its file.
 package blockdev

@@ -73,6 +73,9 @@ func BenchmarkRead(b *testing.B) {
 		dropPageCache(b, plain)
 		im = openImage(b, loc, fetcher.WithCache(c))
 		warm := timeIt(b, func() error { return readSequential(im, len(want)) })
+		if st := im.Stats(); st.Misses != 0 || st.BytesFetched != 0 {
+			b.Fatalf("warm read: %d misses, %d bytes fetched; want every read from the cache", st.Misses, st.BytesFetched)
+		}
 		f, err := os.Open(plain)
 		if err != nil {
 			b.Fatal(err)
