@@ -49,7 +49,15 @@ func serve(t *testing.T, proxy func(host string) string, opts ...fetcher.Option)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { im.Close() })
-	srv, err := blockdev.NewServer([]blockdev.Export{{Name: "img", Description: "test image", Backend: im}})
+	srv, uri := listen(t, blockdev.Export{Name: "img", Description: "test image", Backend: im})
+	return &served{uri: uri, want: want, im: im, srv: srv}
+}
+
+// listen serves export on a unix socket until the test ends and returns
+// the server and the export's NBD URI.
+func listen(t *testing.T, export blockdev.Export) (*blockdev.Server, string) {
+	t.Helper()
+	srv, err := blockdev.NewServer([]blockdev.Export{export})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +74,7 @@ func serve(t *testing.T, proxy func(host string) string, opts ...fetcher.Option)
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &served{uri: "nbd+unix:///img?socket=" + sock, want: want, im: im, srv: srv}
+	return srv, "nbd+unix:///" + export.Name + "?socket=" + sock
 }
 
 func TestNbdinfo(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -101,24 +100,8 @@ func TestSpliceFallsBackToReadAt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	srv, err := blockdev.NewServer([]blockdev.Export{{Name: "x", Backend: &shortFiles{data: data, half: f}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
-	defer func() {
-		srv.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	copyAll(t, "nbd+unix:///x?socket="+sock, data)
+	srv, uri := listen(t, blockdev.Export{Name: "x", Backend: &shortFiles{data: data, half: f}})
+	copyAll(t, uri, data)
 	if st := srv.Stats(); st.Spliced != 2<<20 || st.Bytes != 4<<20 || st.Errors != 0 {
 		t.Errorf("stats %+v: want the first 2 MiB spliced, all 4 MiB read, no errors", st)
 	}
