@@ -49,22 +49,30 @@ func serve(t *testing.T, proxy func(host string) string, opts ...fetcher.Option)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { im.Close() })
-	srv, uri := listen(t, blockdev.Export{Name: "img", Description: "test image", Backend: im})
+	srv, uri := listen(t, "unix", blockdev.Export{Name: "img", Description: "test image", Backend: im})
 	return &served{uri: uri, want: want, im: im, srv: srv}
 }
 
-// listen serves export on a unix socket until the test ends and returns
-// the server and the export's NBD URI.
-func listen(t *testing.T, export blockdev.Export) (*blockdev.Server, string) {
+// listen serves export on a unix socket or on TCP loopback (network
+// "unix" or "tcp") until the test ends, and returns the server and the
+// export's NBD URI.
+func listen(t *testing.T, network string, export blockdev.Export) (*blockdev.Server, string) {
 	t.Helper()
 	srv, err := blockdev.NewServer([]blockdev.Export{export})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	l, err := net.Listen("unix", sock)
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "nbd.sock")
+	}
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	uri := "nbd://" + l.Addr().String() + "/" + export.Name
+	if network == "unix" {
+		uri = "nbd+unix:///" + export.Name + "?socket=" + addr
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
@@ -74,7 +82,7 @@ func listen(t *testing.T, export blockdev.Export) (*blockdev.Server, string) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return srv, "nbd+unix:///" + export.Name + "?socket=" + sock
+	return srv, uri
 }
 
 func TestNbdinfo(t *testing.T) {

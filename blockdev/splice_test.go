@@ -33,7 +33,7 @@ func copyAll(t *testing.T, uri string, want []byte) {
 
 // TestSpliceFromCache: once the image's chunks are in the cache, every
 // read of a stored chunk is spliced from its chunk file to the socket,
-// and libnbd's client still reads exactly the image's bytes.
+// unix or TCP, and libnbd's client still reads exactly the image's bytes.
 func TestSpliceFromCache(t *testing.T) {
 	testutil.Require(t, false, "nbdcopy")
 	store, err := cache.Open([]string{t.TempDir()}, 1<<30)
@@ -58,6 +58,14 @@ func TestSpliceFromCache(t *testing.T) {
 	}
 	if after.Errors != 0 {
 		t.Errorf("%d read errors", after.Errors)
+	}
+
+	// The same over TCP (`lazyblk serve --listen tcp:…`): the kernel
+	// splices pages into TCP sockets too.
+	tcp, uri := listen(t, "tcp", blockdev.Export{Name: "img", Backend: s.im})
+	copyAll(t, uri, s.want)
+	if st := tcp.Stats(); st.Spliced != stored || st.Errors != 0 {
+		t.Errorf("over TCP: spliced %d bytes with %d errors, want %d and none", st.Spliced, st.Errors, stored)
 	}
 }
 
@@ -100,7 +108,7 @@ func TestSpliceFallsBackToReadAt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	srv, uri := listen(t, blockdev.Export{Name: "x", Backend: &shortFiles{data: data, half: f}})
+	srv, uri := listen(t, "unix", blockdev.Export{Name: "x", Backend: &shortFiles{data: data, half: f}})
 	copyAll(t, uri, data)
 	if st := srv.Stats(); st.Spliced != 2<<20 || st.Bytes != 4<<20 || st.Errors != 0 {
 		t.Errorf("stats %+v: want the first 2 MiB spliced, all 4 MiB read, no errors", st)
