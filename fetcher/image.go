@@ -221,7 +221,10 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	}
 	im.stats.misses.Add(1)
 	for {
-		cl := im.join(i, last)
+		cl, started := im.join(i, last)
+		if started {
+			im.fetchNear(i)
+		}
 		select {
 		case <-cl.done:
 		case <-ctx.Done():
@@ -246,17 +249,18 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 }
 
 // join returns the fetch that will deliver chunk i, starting one for i..last
-// when none is in flight (a sequential reader finds readahead's).
-func (im *Image) join(i, last int) *call {
+// when none is in flight (a sequential reader finds readahead's); started
+// says it did.
+func (im *Image) join(i, last int) (cl *call, started bool) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if cl, ok := im.inflight[i]; ok {
-		return cl
+		return cl, false
 	}
 	run := im.runLocked(i, last)
-	cl := im.startLocked(run, false)
+	cl = im.startLocked(run, false)
 	im.goFetch(run, cl)
-	return cl
+	return cl, true
 }
 
 // goFetch fetches run in a goroutine the image owns. Shared fetches run

@@ -3,7 +3,9 @@ package fetcher_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/imagefmt"
 	"github.com/lazyblk/lazyblk/internal/testutil"
 )
 
@@ -193,5 +196,80 @@ func TestCloseKeepsFetchedChunks(t *testing.T) {
 	}
 	if st := im2.Stats(); st.Requests != 0 {
 		t.Errorf("warm read after Close made %d requests", st.Requests)
+	}
+}
+
+// TestScatteredMissFetchesNeighbours: a demand miss outside a sequential
+// run also fetches, below demand, the two chunks after it in one range
+// and the one before (a start-up's reads cluster): the registry sees that
+// range before anyone reads them, each neighbour is fetched once, and
+// nothing beyond them.
+func TestScatteredMissFetchesNeighbours(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	_, want := testutil.BlockImage(t, host+"/img:v1", 3<<20)
+	var mu sync.Mutex
+	var ranges [][2]uint64 // every range request, [from, to]
+	proxy := testutil.FaultProxy(t, host, func(_ int64, r *http.Request) testutil.Fault {
+		var from, to uint64
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to); err == nil {
+			mu.Lock()
+			ranges = append(ranges, [2]uint64{from, to})
+			mu.Unlock()
+		}
+		return testutil.Pass
+	})
+	loc, err := fetcher.ParseLocation(proxy+"/img:v1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCache(t, 64<<20, 1)
+	im := openImage(t, loc, fetcher.WithCache(c))
+	x := im.Index()
+	count := map[[32]byte]int{}
+	for _, ch := range x.Chunks {
+		count[ch.Digest]++
+	}
+	unique := func(j int) bool { // stored, and no other chunk has its bytes
+		return x.Chunks[j].Encoding != imagefmt.EncodingHole && count[x.Chunks[j].Digest] == 1
+	}
+	k := -1
+	for i := 2; i+3 < len(x.Chunks) && k < 0; i++ {
+		if unique(i-2) && unique(i-1) && unique(i) && unique(i+1) && unique(i+2) && unique(i+3) {
+			k = i
+		}
+	}
+	if k < 0 {
+		t.Fatal("the test image has no six unique stored chunks in a row")
+	}
+	// k first; then its neighbours, in an order no reader would call
+	// sequential (which would start readahead).
+	for _, j := range []int{k, k + 2, k - 1, k + 1} {
+		off := int64(j)*int64(x.ChunkSize) + 100
+		p := make([]byte, 1)
+		if _, err := im.ReadAt(context.Background(), p, off); err != nil || p[0] != want[off] {
+			t.Fatalf("ReadAt(%d) = %v, %v", off, p, err)
+		}
+	}
+	from, to := x.Chunks[k+1].Offset, x.Chunks[k+2].Offset+uint64(x.Chunks[k+2].Length)-1
+	mu.Lock()
+	together := false
+	for _, r := range ranges {
+		together = together || (r[0] <= from && r[1] >= to)
+	}
+	mu.Unlock()
+	if !together {
+		t.Errorf("no request fetched chunks %d and %d together (ranges %v): the miss at %d did not fetch its neighbours", k+1, k+2, ranges, k)
+	}
+	var stored int64
+	for j := k - 1; j <= k+2; j++ {
+		stored += int64(x.Chunks[j].Length)
+	}
+	if got := im.Stats().BytesFetched; got != stored {
+		t.Errorf("fetched %d bytes, want the %d of chunks %d..%d: each once, nothing else", got, stored, k-1, k+2)
+	}
+	for _, j := range []int{k - 2, k + 3} {
+		if c.Has(cache.Digest(x.Chunks[j].Digest)) {
+			t.Errorf("chunk %d, beyond the neighbours of %d, was fetched", j, k)
+		}
 	}
 }

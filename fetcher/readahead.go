@@ -66,3 +66,50 @@ func (im *Image) touch(i int) {
 // cachedAhead is how many cached chunks ahead of a sequential reader the
 // cache is asked to load into memory (cache.WillNeed).
 const cachedAhead = 2
+
+// fetchNear starts, below demand, the fetch of the chunks next to chunk
+// i, whose demand miss has just started a fetch outside any sequential
+// run: a start-up's reads cluster without running in order (python3
+// importing numpy touched 33 of the 39 chunks between the first and last
+// of its cluster, in no order), so a neighbour is likely the next miss,
+// and fetching it now overlaps the reader's work instead of costing a
+// round trip after it. The two chunks after i go as one range, the one
+// before as another, each on a background connection and only if one is
+// free: a trace replay or fill keeping them busy is fetching ahead
+// already. Measured (the cold-start image, python3 importing numpy, 2 ms
+// RTT): 2.0–2.3 s against 2.8–2.9 s without, warm 1.1–1.2 s.
+func (im *Image) fetchNear(i int) {
+	if im.o.cache == nil {
+		return
+	}
+	im.mu.Lock()
+	sequential := im.seqRun > 0
+	im.mu.Unlock()
+	if sequential {
+		return // readahead covers it
+	}
+	var near []int
+	for _, j := range []int{i + 1, i + 2, i - 1} {
+		if j >= 0 && j < len(im.index.Chunks) {
+			near = append(near, j)
+		}
+	}
+	for k := 0; k < len(near); k++ {
+		select {
+		case im.background <- struct{}{}: // held before claiming, as prefetch does
+		default:
+			return
+		}
+		run, cl := im.claim(near[k], near[k:])
+		if cl == nil { // cached, in flight or a hole
+			<-im.background
+			continue
+		}
+		k += len(run) - 1
+		im.wg.Add(1)
+		go func() {
+			defer im.wg.Done()
+			im.fetch(im.life, run, cl, im.background, true) // releases the slot
+		}()
+	}
+}
