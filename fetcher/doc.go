@@ -22,6 +22,12 @@
 // Concurrent misses on a chunk share one fetch. A sequential reader's
 // misses grow runs up to the coalescing cap (8 MiB) and readahead keeps up
 // to eight runs in flight ahead of it, the window doubling with the run.
+// A miss outside a sequential run also fetches its neighbours (the two
+// chunks after it, the one before) on free background slots: start-ups
+// read in clusters, out of order (readahead.go). Cached chunks ahead of a
+// sequential reader are checked or loaded ahead of it (cache.WillNeed),
+// and File names a cached chunk's file for a block server that splices
+// from it.
 // Demand requests use their own connection slots (8); a run of 2 MiB or
 // more takes idle ones too, up to four ranges at once and never more than
 // half the slots, because one connection's throughput is capped by most

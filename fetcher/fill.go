@@ -23,6 +23,8 @@ var ErrNoCache = errors.New("fetcher: prefetch and fill need a cache")
 // Adjacent chunks are coalesced into large ranges; the fill rate cap
 // applies.
 func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
+	im.prefetching.Add(1) // no guessing at neighbours meanwhile (fetchNear)
+	defer im.prefetching.Add(-1)
 	return im.prefetch(ctx, chunks, false)
 }
 

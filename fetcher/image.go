@@ -61,6 +61,8 @@ type Image struct {
 	lastDemand time.Time     // when the last demand fetch started
 	readAt     atomic.Int64  // when the last ReadAt came, in UnixNano
 
+	prefetching atomic.Int32 // Prefetch calls running (a trace replay)
+
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
 	life   context.Context
