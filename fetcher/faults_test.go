@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,6 +32,9 @@ var fast = fetcher.WithTimeouts(300*time.Millisecond, 4, 3*time.Second)
 
 // TestTransientFaults: every kind of transient failure on the first
 // requests is retried away; the reads return exactly the image's bytes.
+// A fault hits a third of the requests, never a retry of bytes already
+// faulted (a chunk that fails verification twice is, by design, an error:
+// TestCorruptNeverServed).
 func TestTransientFaults(t *testing.T) {
 	host := testutil.GGCRRegistry(t)
 	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
@@ -43,9 +47,26 @@ func TestTransientFaults(t *testing.T) {
 	} {
 		t.Run(f.name, func(t *testing.T) {
 			var seen atomic.Int64
-			proxy := testutil.FaultProxy(t, host, func(n int64, _ *http.Request) testutil.Fault {
+			var mu sync.Mutex
+			var faulted [][2]int64 // ranges given a fault
+			proxy := testutil.FaultProxy(t, host, func(n int64, r *http.Request) testutil.Fault {
 				seen.Add(1)
-				if n%3 == 0 { // every third request fails; its retry passes
+				var from, to int64
+				if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to); err != nil {
+					return testutil.Pass
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, fr := range faulted {
+					if from <= fr[1] && fr[0] <= to {
+						return testutil.Pass // a retry: bytes a failed request asked for
+					}
+				}
+				// Every third request fails, and never twice for the same
+				// bytes (requests run concurrently: a retry's number may
+				// be a multiple of three too).
+				if n%3 == 0 {
+					faulted = append(faulted, [2]int64{from, to})
 					return f.fault
 				}
 				return testutil.Pass
