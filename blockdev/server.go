@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -339,8 +340,10 @@ func (c *session) read(req request, sp *splicer) {
 		c.s.readsMu.Unlock()
 	}()
 	if sp != nil {
-		if f, foff, release, ok := c.files.File(int64(req.off), int(req.length)); ok {
-			sent, err := sp.send(c, req, f, foff)
+		sp.segs = sp.segs[:0]
+		add := func(f *os.File, off int64, n int) { sp.segs = append(sp.segs, segment{f, off, n}) }
+		if release, ok := c.files.Files(int64(req.off), int(req.length), add); ok {
+			sent, err := sp.send(c, req, sp.segs)
 			release()
 			switch {
 			case sent && err == nil:

@@ -11,15 +11,23 @@ import (
 )
 
 // FileBackend is a Backend that can say where a range of its bytes lies
-// in a file, checked and unchanging while it is held: the server then
-// sends those bytes from the file to the socket without copying them
+// in files, checked and unchanging while they are held: the server then
+// sends those bytes from the files to the socket without copying them
 // through its own memory. fetcher.Image, over a chunk cache, is one.
 type FileBackend interface {
 	Backend
-	// File returns a file holding the n bytes at off, at foff in it, and
-	// a release to call once they are sent; ok is false when the range
-	// is not in one such file, and the server reads it with ReadAt.
-	File(off int64, n int) (f *os.File, foff int64, release func(), ok bool)
+	// Files calls add, in order, for each piece of the n bytes at off: a
+	// file, the offset in it, the length. release ends the hold once they
+	// are sent. ok is false, add not called, when the range is not all in
+	// such files; the server then reads it with ReadAt.
+	Files(off int64, n int, add func(f *os.File, foff int64, n int)) (release func(), ok bool)
+}
+
+// segment is one piece of a read: n bytes of f at off.
+type segment struct {
+	f   *os.File
+	off int64
+	n   int
 }
 
 // A splicer moves a read's bytes from a file to the connection with
@@ -35,8 +43,9 @@ type FileBackend interface {
 // has no descriptor or no pipe could be made.
 type splicer struct {
 	raw      syscall.RawConn
-	r, w     int // the pipe
-	capacity int // the pipe's size: larger reads go through ReadAt
+	r, w     int       // the pipe
+	capacity int       // the pipe's size: larger reads go through ReadAt
+	segs     []segment // the read being sent, reused
 }
 
 // pipeSize is the pipe size asked for: the largest read spliced. nbdfuse
@@ -81,15 +90,19 @@ func (sp *splicer) close() {
 // stream is out of step and the connection must end.
 var errBroken = errors.New("blockdev: reply cut short")
 
-// send answers read req with the bytes of f at foff. The reply header is
-// written into the pipe and the bytes spliced after it, so the whole reply
-// leaves in one splice to the socket. It returns sent false, with nothing
-// written to the connection, when the bytes could not be read from f (the
-// caller answers with ReadAt instead); an error with sent true is
-// errBroken.
-func (sp *splicer) send(c *session, req request, f *os.File, foff int64) (sent bool, err error) {
+// send answers read req with the bytes of segs, in order. The reply
+// header is written into the pipe and the bytes spliced after it, so the
+// whole reply leaves in one splice to the socket. It returns sent false,
+// with nothing written to the connection, when the bytes could not be
+// read from the files or do not fit the pipe (the caller answers with
+// ReadAt instead); an error with sent true is errBroken.
+func (sp *splicer) send(c *session, req request, segs []segment) (sent bool, err error) {
 	n := int(req.length)
-	if n > sp.capacity-2*pageSize { // the header takes a page of the pipe, an unaligned range one more
+	pages := 1 // the header's
+	for _, s := range segs {
+		pages += s.n/pageSize + 2 // an unaligned piece straddles one page more
+	}
+	if pages*pageSize > sp.capacity {
 		return false, nil
 	}
 	var hdr [16]byte
@@ -98,17 +111,25 @@ func (sp *splicer) send(c *session, req request, f *os.File, foff int64) (sent b
 		sp.drain(max(m, 0))
 		return false, fmt.Errorf("reply header into the pipe: %d bytes, %v", m, err)
 	}
-	total := len(hdr) + n
-	for in := len(hdr); in < total; {
-		m, err := unix.Splice(int(f.Fd()), &foff, sp.w, nil, total-in, unix.SPLICE_F_MOVE)
-		if err == unix.EINTR {
-			continue
+	total, in := len(hdr)+n, len(hdr)
+	for _, s := range segs {
+		foff := s.off
+		for left := s.n; left > 0; {
+			m, err := unix.Splice(int(s.f.Fd()), &foff, sp.w, nil, left, unix.SPLICE_F_MOVE)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || m == 0 { // an I/O error, the file shorter than promised, or the pipe full
+				sp.drain(in)
+				return false, fmt.Errorf("splice from %s: %v (%d of %d bytes)", s.f.Name(), err, in-len(hdr), n)
+			}
+			left -= int(m)
+			in += int(m)
 		}
-		if err != nil || m == 0 { // an I/O error, the file shorter than promised, or the pipe full
-			sp.drain(in)
-			return false, fmt.Errorf("splice from %s: %v (%d of %d bytes)", f.Name(), err, in-len(hdr), n)
-		}
-		in += int(m)
+	}
+	if in != total {
+		sp.drain(in)
+		return false, fmt.Errorf("the files hold %d bytes of a %d-byte read", in-len(hdr), n)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -215,5 +216,19 @@ func checkReadMetrics(t *testing.T, url, mnt, ref string, size int64) {
 		if v := after.must(t, name, "mount", mnt); v != 0 {
 			t.Errorf("%s = %v after clean reads", name, v)
 		}
+	}
+
+	// Read again from the cache, the kernel's copies dropped: the server
+	// splices the cached chunks to the socket instead of copying them.
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		t.Fatalf("drop the page cache: %v", err)
+	}
+	again, err := os.ReadFile(filepath.Join(mnt, "random.bin"))
+	if err != nil || !bytes.Equal(again, b) {
+		t.Fatalf("read random.bin again from the cache: %d bytes, %v", len(again), err)
+	}
+	warm := scrapeMetrics(t, url)
+	if d := warm.must(t, "lazyblk_nbd_read_spliced_bytes_total", "mount", mnt) - after.must(t, "lazyblk_nbd_read_spliced_bytes_total", "mount", mnt); d < 2<<20 {
+		t.Errorf("lazyblk_nbd_read_spliced_bytes_total grew by %v over a warm 3 MiB read, want at least 2 MiB", d)
 	}
 }

@@ -26,8 +26,8 @@
 // chunks after it, the one before) on free background slots: start-ups
 // read in clusters, out of order (readahead.go). Cached chunks ahead of a
 // sequential reader are checked or loaded ahead of it (cache.WillNeed),
-// and File names a cached chunk's file for a block server that splices
-// from it.
+// and Files names the cached chunk files holding a range, for a block
+// server that splices from them (file.go).
 // Demand requests use their own connection slots (8); a run of 2 MiB or
 // more takes idle ones too, up to four ranges at once and never more than
 // half the slots, because one connection's throughput is capped by most

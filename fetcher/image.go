@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -169,34 +168,6 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
-}
-
-// File returns where the n bytes at off lie in the cache, for a block
-// server that sends them from there without copying (blockdev.FileBackend):
-// chunk i's file when the range lies within the chunk and it is cached
-// (checked like any first read), pinned until release. ok is false
-// otherwise, and the caller reads with ReadAt.
-func (im *Image) File(off int64, n int) (f *os.File, foff int64, release func(), ok bool) {
-	cs := int64(im.index.ChunkSize)
-	if im.o.cache == nil || off < 0 || n <= 0 || off >= im.Size() {
-		return nil, 0, nil, false
-	}
-	i := int(off / cs)
-	within, size := off-int64(i)*cs, int64(im.index.ChunkLen(i))
-	c := im.index.Chunks[i]
-	if within+int64(n) > size || c.Encoding == imagefmt.EncodingHole {
-		return nil, 0, nil, false
-	}
-	start := time.Now()
-	f, release, ok = im.o.cache.File(cache.Digest(c.Digest), size)
-	if !ok {
-		return nil, 0, nil, false
-	}
-	im.readAt.Store(start.UnixNano())
-	im.touch(i)
-	im.stats.hits.Add(1)
-	im.stats.fromCache.observe(time.Since(start))
-	return f, within, release, true
 }
 
 // readChunk fills p from chunk i at within, fetching on a miss. last is the

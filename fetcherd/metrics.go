@@ -44,6 +44,7 @@ var (
 	descReadSeconds  = metric("chunk_read_seconds", "Latency of chunk reads by source: cache (a hit), mirror or origin (waited for a fetch).", "source")
 	descNBDRequests  = metric("nbd_requests_total", "NBD requests of any kind the mount's server answered.")
 	descNBDBytes     = metric("nbd_read_bytes_total", "Bytes the mount's NBD server returned to reads.")
+	descNBDSpliced   = metric("nbd_read_spliced_bytes_total", "Of nbd_read_bytes_total, bytes sent straight from cached chunk files (splice), not copied through the server.")
 	descNBDErrors    = metric("nbd_read_errors_total", "NBD reads answered with an error (EIO to the kernel).")
 	descInFlight     = metric("nbd_reads_in_flight", "NBD reads being answered now.")
 	descStuck        = metric("nbd_reads_stuck", "NBD reads in flight for longer than 10 s (stuck I/O).")
@@ -124,6 +125,7 @@ func collectMount(ch chan<- prometheus.Metric, ms *mounts.Stats, labels ...strin
 	}
 	counter(descNBDRequests, srv.Requests)
 	counter(descNBDBytes, srv.Bytes)
+	counter(descNBDSpliced, srv.Spliced)
 	counter(descNBDErrors, srv.Errors)
 	gauge(descInFlight, float64(srv.InFlight))
 	gauge(descStuck, float64(srv.Stuck))

@@ -1,0 +1,62 @@
+package fetcher
+
+import (
+	"os"
+	"time"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/imagefmt"
+)
+
+// Files names where the n bytes at off lie in the cache, for a block
+// server that sends them from there without copying
+// (blockdev.FileBackend): add is called, in order, with each cached chunk
+// file the range covers and the part of it the range takes. The chunks
+// are checked like any first read and pinned until release. ok is false,
+// add not called and nothing pinned, when the range is not all in cached
+// chunks (a miss or a hole): the caller then reads with ReadAt.
+func (im *Image) Files(off int64, n int, add func(f *os.File, foff int64, n int)) (release func(), ok bool) {
+	if im.o.cache == nil || off < 0 || n <= 0 || off+int64(n) > im.Size() {
+		return nil, false
+	}
+	start := time.Now()
+	cs := int64(im.index.ChunkSize)
+	first, last := int(off/cs), int((off+int64(n)-1)/cs)
+	type piece struct {
+		f    *os.File
+		foff int64
+		n    int
+	}
+	pieces := make([]piece, 0, last-first+1)
+	releases := make([]func(), 0, last-first+1)
+	release = func() {
+		for _, r := range releases {
+			r()
+		}
+	}
+	for i := first; i <= last; i++ {
+		c, base, size := im.index.Chunks[i], int64(i)*cs, int64(im.index.ChunkLen(i))
+		if c.Encoding == imagefmt.EncodingHole {
+			release()
+			return nil, false
+		}
+		f, r, ok := im.o.cache.File(cache.Digest(c.Digest), size)
+		if !ok {
+			release()
+			return nil, false
+		}
+		releases = append(releases, r)
+		lo, hi := max(off, base)-base, min(off+int64(n), base+size)-base
+		pieces = append(pieces, piece{f, lo, int(hi - lo)})
+	}
+	im.readAt.Store(start.UnixNano())
+	for i := first; i <= last; i++ {
+		im.touch(i)
+		im.stats.hits.Add(1)
+	}
+	im.stats.fromCache.observe(time.Since(start))
+	for _, p := range pieces {
+		add(p.f, p.foff, p.n)
+	}
+	return release, true
+}
