@@ -80,21 +80,12 @@ func (s *Store) CloseIdleFiles() {
 // ok is false when d is not cached, or not as it should be: ReadAt then
 // finds the same and counts the miss.
 func (s *Store) File(d Digest, size int64) (f *os.File, release func(), ok bool) {
-	e := s.pin(d)
+	e, f, _ := s.open(d, size)
 	if e == nil {
 		return nil, nil, false
 	}
-	if e.size == size {
-		f, err := s.file(e)
-		if err == nil {
-			if _, ok := s.check(e, f); ok {
-				s.hits.Add(1)
-				return f, func() { s.unpin(e) }, true
-			}
-		}
-	}
-	s.unpin(e)
-	return nil, nil, false
+	s.hits.Add(1)
+	return f, func() { s.unpin(e) }, true
 }
 
 // WillNeed prepares chunk d for a reader about to reach it, without the

@@ -261,38 +261,44 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 	if off < 0 || off+int64(len(p)) > size {
 		return false, fmt.Errorf("cache: read [%d,+%d) outside chunk %s of %d bytes", off, len(p), d, size)
 	}
-	e := s.pin(d)
+	e, f, whole := s.open(d, size)
 	if e == nil {
 		s.misses.Add(1)
 		return false, nil
 	}
 	defer s.unpin(e)
+	if whole != nil { // just read whole to check it
+		copy(p, whole[off:])
+	} else if _, err := f.ReadAt(p, off); err != nil {
+		return false, fmt.Errorf("cache: read chunk %s: %w", d, err)
+	}
+	s.hits.Add(1)
+	return true, nil
+}
 
-	var f *os.File
+// open finds chunk d, whose full size is size, pins it and returns its
+// open file, checked: whole holds its bytes when this call read them to
+// check it. e is nil when d is not cached, or not as it should be (wrong
+// size, file gone, corrupt: then it is removed).
+func (s *Store) open(d Digest, size int64) (e *entry, f *os.File, whole []byte) {
+	if e = s.pin(d); e == nil {
+		return nil, nil, nil
+	}
 	var err error
 	if e.size == size {
 		f, err = s.file(e)
 	}
 	if e.size != size || err != nil { // wrong size or file gone: not this chunk
 		s.drop(e)
-		s.misses.Add(1)
-		return false, nil
+		s.unpin(e)
+		return nil, nil, nil
 	}
 	whole, ok := s.check(e, f)
 	if !ok { // corrupt, removed
-		s.misses.Add(1)
-		return false, nil
+		s.unpin(e)
+		return nil, nil, nil
 	}
-	if whole != nil { // just read whole to check it
-		copy(p, whole[off:])
-		s.hits.Add(1)
-		return true, nil
-	}
-	if _, err := f.ReadAt(p, off); err != nil {
-		return false, fmt.Errorf("cache: read chunk %s: %w", d, err)
-	}
-	s.hits.Add(1)
-	return true, nil
+	return e, f, whole
 }
 
 // check verifies e's file, open as f, the first time it is read after
