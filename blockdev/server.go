@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -341,8 +340,7 @@ func (c *session) read(req request, sp *splicer) {
 	}()
 	if sp != nil {
 		sp.segs = sp.segs[:0]
-		add := func(f *os.File, off int64, n int) { sp.segs = append(sp.segs, segment{f, off, n}) }
-		if release, ok := c.files.Files(int64(req.off), int(req.length), add); ok {
+		if release, ok := c.files.Files(int64(req.off), int(req.length), sp.add); ok {
 			sent, err := sp.send(c, req, sp.segs)
 			release()
 			switch {

@@ -18,8 +18,8 @@ type FileBackend interface {
 	Backend
 	// Files calls add, in order, for each piece of the n bytes at off: a
 	// file, the offset in it, the length. release ends the hold once they
-	// are sent. ok is false, add not called, when the range is not all in
-	// such files; the server then reads it with ReadAt.
+	// are sent. ok is false when the range is not all in such files: the
+	// server then discards what add received and reads it with ReadAt.
 	Files(off int64, n int, add func(f *os.File, foff int64, n int)) (release func(), ok bool)
 }
 
@@ -43,9 +43,10 @@ type segment struct {
 // has no descriptor or no pipe could be made.
 type splicer struct {
 	raw      syscall.RawConn
-	r, w     int       // the pipe
-	capacity int       // the pipe's size: larger reads go through ReadAt
-	segs     []segment // the read being sent, reused
+	r, w     int                                // the pipe
+	capacity int                                // the pipe's size: larger reads go through ReadAt
+	segs     []segment                          // the read being sent, reused
+	add      func(f *os.File, off int64, n int) // appends to segs; FileBackend.Files's add
 }
 
 // pipeSize is the pipe size asked for: the largest read spliced. nbdfuse
@@ -71,6 +72,7 @@ func newSplicer(conn net.Conn) *splicer {
 		return nil
 	}
 	sp := &splicer{raw: raw, r: p[0], w: p[1]}
+	sp.add = func(f *os.File, off int64, n int) { sp.segs = append(sp.segs, segment{f, off, n}) }
 	if n, err := unix.FcntlInt(uintptr(sp.w), unix.F_SETPIPE_SZ, pipeSize); err == nil {
 		sp.capacity = n
 	} else if n, err := unix.FcntlInt(uintptr(sp.w), unix.F_GETPIPE_SZ, 0); err == nil {

@@ -13,8 +13,9 @@ import (
 // (blockdev.FileBackend): add is called, in order, with each cached chunk
 // file the range covers and the part of it the range takes. The chunks
 // are checked like any first read and pinned until release. ok is false,
-// add not called and nothing pinned, when the range is not all in cached
-// chunks (a miss or a hole): the caller then reads with ReadAt.
+// nothing pinned, when the range is not all in cached chunks (a miss or a
+// hole): the caller then discards what add received and reads with
+// ReadAt.
 func (im *Image) Files(off int64, n int, add func(f *os.File, foff int64, n int)) (release func(), ok bool) {
 	if im.o.cache == nil || off < 0 || n <= 0 || off+int64(n) > im.Size() {
 		return nil, false
@@ -22,12 +23,6 @@ func (im *Image) Files(off int64, n int, add func(f *os.File, foff int64, n int)
 	start := time.Now()
 	cs := int64(im.index.ChunkSize)
 	first, last := int(off/cs), int((off+int64(n)-1)/cs)
-	type piece struct {
-		f    *os.File
-		foff int64
-		n    int
-	}
-	pieces := make([]piece, 0, last-first+1)
 	releases := make([]func(), 0, last-first+1)
 	release = func() {
 		for _, r := range releases {
@@ -47,7 +42,7 @@ func (im *Image) Files(off int64, n int, add func(f *os.File, foff int64, n int)
 		}
 		releases = append(releases, r)
 		lo, hi := max(off, base)-base, min(off+int64(n), base+size)-base
-		pieces = append(pieces, piece{f, lo, int(hi - lo)})
+		add(f, lo, int(hi-lo))
 	}
 	im.readAt.Store(start.UnixNano())
 	for i := first; i <= last; i++ {
@@ -55,8 +50,5 @@ func (im *Image) Files(off int64, n int, add func(f *os.File, foff int64, n int)
 		im.stats.hits.Add(1)
 	}
 	im.stats.fromCache.observe(time.Since(start))
-	for _, p := range pieces {
-		add(p.f, p.foff, p.n)
-	}
 	return release, true
 }
