@@ -71,7 +71,6 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 		}
 		run, cl := im.claim(i, chunks[k:])
 		if cl == nil {
-			<-im.background
 			continue
 		}
 		k += len(run) - 1 // the run covered the next chunks of the list too
@@ -110,12 +109,14 @@ func (im *Image) Complete() bool { return im.complete(im.Cached()) }
 func (im *Image) complete(cached int64) bool { return im.o.cache != nil && cached == im.Size() }
 
 // claim registers a background fetch for chunk i and the chunks after it
-// in want that extend it back to back; nil when i needs no fetch.
+// in want that extend it back to back, under the background slot the
+// caller holds; nil, the slot given back, when i needs no fetch.
 func (im *Image) claim(i int, want []int) ([]int, *call) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	c := im.index.Chunks[i]
 	if _, busy := im.inflight[i]; busy || c.Encoding == imagefmt.EncodingHole || im.o.cache.Has(cache.Digest(c.Digest)) {
+		<-im.background
 		return nil, nil
 	}
 	last := i

@@ -77,8 +77,9 @@ const cachedAhead = 2
 // before as another, each on a background connection and only if one is
 // free, and not while a Prefetch (a trace replay) runs: the trace knows
 // better, and guessed neighbours would take its connections and cut its
-// coalesced ranges short. Measured (the cold-start image, python3 importing numpy, 2 ms
-// RTT): 2.0–2.3 s against 2.8–2.9 s without, warm 1.1–1.2 s.
+// coalesced ranges short. Measured (the cold-start image, python3
+// importing numpy, 2 ms RTT): 2.0–2.3 s against 2.8–2.9 s without, warm
+// 1.1–1.2 s.
 func (im *Image) fetchNear(i int) {
 	if im.o.cache == nil || im.prefetching.Load() > 0 {
 		return
@@ -103,7 +104,6 @@ func (im *Image) fetchNear(i int) {
 		}
 		run, cl := im.claim(near[k], near[k:])
 		if cl == nil { // cached, in flight or a hole
-			<-im.background
 			continue
 		}
 		k += len(run) - 1
