@@ -35,9 +35,10 @@ type segment struct {
 // wait happens here, outside the connection's write lock), behind the
 // reply header written into the same pipe, then from the pipe to the
 // socket in one go (again references, where the kernel splices pages into
-// sockets, as it does for unix and TCP sockets since Linux 6.5). A read through ReadAt copies every byte twice in this
-// process, into its buffer and out to the socket: with nbdfuse on two
-// cores those copies were a third of the server's CPU (perf).
+// sockets, as it does for unix and TCP sockets since Linux 6.5). A read
+// through ReadAt copies every byte twice in this process, into its buffer
+// and out to the socket: with nbdfuse on two cores those copies were a
+// third of the server's CPU (perf).
 //
 // Each worker of a connection owns one splicer; nil where the connection
 // has no descriptor or no pipe could be made.
