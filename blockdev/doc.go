@@ -7,7 +7,9 @@
 //     a socket handed to the kernel, where no negotiation happens.
 //   - splice.go: reads whose bytes lie in a file (FileBackend: a cached
 //     chunk) are spliced from the file to the socket, never copied through
-//     the server's memory; everything else is read with Backend.ReadAt.
+//     the server's memory — by the connection's reader itself when the
+//     pages are already in memory, by a worker otherwise; everything else
+//     is read with Backend.ReadAt.
 //   - netlink.go, socket.go: kernel attach over the NBD generic-netlink
 //     interface with socketpairs; Reconfigure hands a live device fresh
 //     sockets, so a restarted server takes over a mounted device.

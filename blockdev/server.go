@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,7 +47,7 @@ type Server struct {
 	open   map[io.Closer]struct{} // listeners and connections
 	closed bool
 
-	stats struct{ requests, bytes, spliced, errors atomic.Int64 }
+	stats struct{ requests, bytes, spliced, atOnce, errors atomic.Int64 }
 
 	readsMu sync.Mutex             // guards reads
 	reads   map[*request]time.Time // reads in flight: when each started
@@ -61,6 +62,7 @@ type Stats struct {
 	Requests int64 `json:"requests"` // requests of any kind answered
 	Bytes    int64 `json:"bytes"`    // bytes returned by reads
 	Spliced  int64 `json:"spliced"`  // of them, those sent straight from a file (FileBackend)
+	AtOnce   int64 `json:"atOnce"`   // reads spliced by the connection's reader, ready in the page cache
 	Errors   int64 `json:"errors"`   // reads answered with an error
 	InFlight int   `json:"inFlight"` // reads being answered now
 	Stuck    int   `json:"stuck"`    // of them, those started over StuckAfter ago
@@ -209,7 +211,7 @@ func (s *Server) Close() error {
 
 // Stats returns the counters so far.
 func (s *Server) Stats() Stats {
-	st := Stats{Requests: s.stats.requests.Load(), Bytes: s.stats.bytes.Load(), Spliced: s.stats.spliced.Load(), Errors: s.stats.errors.Load()}
+	st := Stats{Requests: s.stats.requests.Load(), Bytes: s.stats.bytes.Load(), Spliced: s.stats.spliced.Load(), AtOnce: s.stats.atOnce.Load(), Errors: s.stats.errors.Load()}
 	now := time.Now()
 	s.readsMu.Lock()
 	defer s.readsMu.Unlock()
@@ -234,22 +236,30 @@ type session struct {
 }
 
 // transmit reads requests until NBD_CMD_DISC or the end of the stream.
-// Reads run in their own goroutines; everything else is answered inline.
-// It returns once every reply has been written.
+// A read whose bytes are ready in files (in the page cache, checked) is
+// spliced at once by the goroutine that read it; other reads go to
+// workers; everything else is answered inline. It returns once every
+// reply has been written.
 func (s *Server) transmit(conn net.Conn, r *bufio.Reader, e *Export) error {
 	c := &session{s: s, e: e, conn: conn}
 	c.files, _ = e.Backend.(FileBackend)
-	// Reads are served by workers that live as long as the connection,
-	// started as the requests in flight grow, up to the bound: a goroutine
-	// per request spent more CPU growing its stack and being scheduled
-	// than on its copy (measured with perf through nbdfuse).
-	work := make(chan request)
+	// Reads that may wait (a disk, the network) are served by workers
+	// that live as long as the connection, started as the requests in
+	// flight grow, up to the bound: a goroutine per request spent more
+	// CPU growing its stack and being scheduled than on its copy
+	// (measured with perf through nbdfuse).
+	work := make(chan job)
 	var workers sync.WaitGroup
 	started := 0
 	defer func() { close(work); workers.Wait() }()
-	serve := func(req request, sp *splicer) {
-		c.read(req, sp)
-		s.mem.Release(int64(req.length))
+	serve := func(j job, sp *splicer) {
+		c.read(j, sp)
+		s.mem.Release(int64(j.req.length))
+	}
+	var sp *splicer // this goroutine's, for reads ready now
+	if c.files != nil {
+		sp = newSplicer(conn)
+		defer sp.close()
 	}
 	hdr := make([]byte, requestSize)
 	for {
@@ -267,18 +277,23 @@ func (s *Server) transmit(conn net.Conn, r *bufio.Reader, e *Export) error {
 				c.reply(req.handle, errno)
 				continue
 			}
+			j, done := c.readNow(req, sp)
+			if done {
+				continue
+			}
 			// Admission bounds memory: a request waits here, and stops
 			// the reading of further ones, until its buffer fits.
 			if err := s.mem.Acquire(s.ctx, int64(req.length)); err != nil {
+				j.release()
 				return err
 			}
 			select {
-			case work <- req: // an idle worker took it
+			case work <- j: // an idle worker took it
 				continue
 			default:
 			}
 			if started == s.opts.inflight {
-				work <- req // wait for a worker
+				work <- j // wait for a worker
 				continue
 			}
 			started++
@@ -290,9 +305,9 @@ func (s *Server) transmit(conn net.Conn, r *bufio.Reader, e *Export) error {
 					sp = newSplicer(conn)
 					defer sp.close()
 				}
-				serve(req, sp)
-				for req := range work {
-					serve(req, sp)
+				serve(j, sp)
+				for j := range work {
+					serve(j, sp)
 				}
 			}()
 		case protocol.TRANSMISSION_TYPE_REQUEST_WRITE:
@@ -328,33 +343,93 @@ func (c *session) check(req request) uint32 {
 	return 0
 }
 
-func (c *session) read(req request, sp *splicer) {
-	start := time.Now()
+// A job is a read handed to a worker, with the files holding its bytes
+// when the reader already found them (segs, held until release).
+type job struct {
+	req     request
+	segs    []segment
+	release func()
+	readAt  bool // splicing it failed: read it with ReadAt
+}
+
+// readNow sends read req from files, on sp, when its bytes are ready
+// there: every chunk checked, every page in the page cache (readahead
+// keeps a sequential reader's there), so nothing waits for a disk or the
+// network. Sending it here saves the handing over to a worker, which
+// cost more CPU than the splice (the wake-ups of threads; perf, through
+// nbdfuse). Otherwise it returns the job for a worker, with the files
+// found, if any, still held.
+func (c *session) readNow(req request, sp *splicer) (j job, done bool) {
+	j = job{req: req, release: func() {}}
+	if sp == nil {
+		return j, false
+	}
+	sp.segs = sp.segs[:0]
+	release, ok := c.files.Files(int64(req.off), int(req.length), true, sp.add)
+	if !ok {
+		return j, false
+	}
+	if !resident(sp.segs) {
+		j.segs, j.release = slices.Clone(sp.segs), release
+		return j, false
+	}
+	defer c.track(&req)()
+	if c.splice(req, sp, sp.segs, release) {
+		c.s.stats.atOnce.Add(1)
+		return j, true
+	}
+	j.readAt = true
+	return j, false
+}
+
+// track records a read as in flight, for Stats, until the returned func.
+func (c *session) track(req *request) func() {
 	c.s.readsMu.Lock()
-	c.s.reads[&req] = start
+	c.s.reads[req] = time.Now()
 	c.s.readsMu.Unlock()
-	defer func() {
+	return func() {
 		c.s.readsMu.Lock()
-		delete(c.s.reads, &req)
+		delete(c.s.reads, req)
 		c.s.readsMu.Unlock()
-	}()
-	if sp != nil {
+	}
+}
+
+// splice sends read req from segs, held until release, and says whether
+// it is answered: false, with nothing sent, when it must be read with
+// ReadAt instead.
+func (c *session) splice(req request, sp *splicer, segs []segment, release func()) (answered bool) {
+	sent, err := sp.send(c, req, segs)
+	release()
+	switch {
+	case sent && err == nil:
+		c.s.stats.bytes.Add(int64(req.length))
+		c.s.stats.spliced.Add(int64(req.length))
+	case sent: // the reply is cut short: the client must see the connection end
+		c.s.opts.log.Warn("nbd reply cut short, closing the connection", "export", c.e.Name, "err", err)
+		c.conn.Close()
+	case err != nil:
+		c.s.opts.log.Debug("nbd read from the cache file failed, reading it again", "export", c.e.Name, "err", err)
+	}
+	return sent
+}
+
+// read answers the read of j, from files where it can (those j holds, or
+// those the backend finds now), else with ReadAt.
+func (c *session) read(j job, sp *splicer) {
+	req := j.req
+	start := time.Now()
+	defer c.track(&req)()
+	switch {
+	case j.segs != nil && sp != nil:
+		if c.splice(req, sp, j.segs, j.release) {
+			return
+		}
+	case j.segs != nil:
+		j.release()
+	case sp != nil && !j.readAt:
 		sp.segs = sp.segs[:0]
-		if release, ok := c.files.Files(int64(req.off), int(req.length), sp.add); ok {
-			sent, err := sp.send(c, req, sp.segs)
-			release()
-			switch {
-			case sent && err == nil:
-				c.s.stats.bytes.Add(int64(req.length))
-				c.s.stats.spliced.Add(int64(req.length))
-				return
-			case sent: // the reply is cut short: the client must see the connection end
-				c.s.opts.log.Warn("nbd reply cut short, closing the connection", "export", c.e.Name, "err", err)
-				c.conn.Close()
-				return
-			case err != nil:
-				c.s.opts.log.Debug("nbd read from the cache file failed, reading it again", "export", c.e.Name, "err", err)
-			}
+		if release, ok := c.files.Files(int64(req.off), int(req.length), false, sp.add); ok && c.splice(req, sp, sp.segs, release) {
+			return
 		}
 	}
 	buf := getBuffer(16 + int(req.length))

@@ -20,7 +20,26 @@ type FileBackend interface {
 	// file, the offset in it, the length. release ends the hold once they
 	// are sent. ok is false when the range is not all in such files: the
 	// server then discards what add received and reads it with ReadAt.
-	Files(off int64, n int, add func(f *os.File, foff int64, n int)) (release func(), ok bool)
+	// With now, ok is also false, at once, where a file would first need
+	// work that waits (reading and checking it); the server then asks
+	// again without now from a goroutine that may wait.
+	Files(off int64, n int, now bool, add func(f *os.File, foff int64, n int)) (release func(), ok bool)
+}
+
+// resident reports whether every page of segs is in the page cache
+// (cachestat(2), Linux 6.5; false where it is missing), so that splicing
+// them waits for no disk, except for pages whose readahead is still
+// under way.
+func resident(segs []segment) bool {
+	for _, s := range segs {
+		first := s.off &^ (pageSize - 1)
+		r := unix.CachestatRange{Off: uint64(first), Len: uint64(s.off + int64(s.n) - first)}
+		var st unix.Cachestat_t
+		if err := unix.Cachestat(uint(s.f.Fd()), &r, &st, 0); err != nil || st.Cache < (r.Len+pageSize-1)/pageSize {
+			return false
+		}
+	}
+	return true
 }
 
 // segment is one piece of a read: n bytes of f at off.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/lazyblk/lazyblk/blockdev"
@@ -15,6 +16,7 @@ import (
 	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
 	"github.com/lazyblk/lazyblk/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // copyAll reads the whole export with nbdcopy (libnbd; 4 connections,
@@ -103,7 +105,7 @@ func (b *shortFiles) ReadAt(_ context.Context, p []byte, off int64) (int, error)
 	return n, nil
 }
 
-func (b *shortFiles) Files(off int64, n int, add func(*os.File, int64, int)) (func(), bool) {
+func (b *shortFiles) Files(off int64, n int, _ bool, add func(*os.File, int64, int)) (func(), bool) {
 	add(b.half, off, n)
 	return func() {}, true
 }
@@ -127,5 +129,102 @@ func TestSpliceFallsBackToReadAt(t *testing.T) {
 	copyAll(t, uri, data, 64<<10)
 	if st := srv.Stats(); st.Spliced != 2<<20 || st.Bytes != 4<<20 || st.Errors != 0 {
 		t.Errorf("stats %+v: want the first 2 MiB spliced, all 4 MiB read, no errors", st)
+	}
+}
+
+// plainFile is a backend over one file that counts how it was read: its
+// files asked for at once (now, by the goroutine reading the connection's
+// requests) or by one that may wait, and ReadAt.
+type plainFile struct {
+	data               []byte
+	f                  *os.File
+	ready              bool // Files with now finds the bytes ready
+	now, waited, reads atomic.Int64
+}
+
+func (b *plainFile) Size() int64 { return int64(len(b.data)) }
+
+func (b *plainFile) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	b.reads.Add(1)
+	return copy(p, b.data[off:]), nil
+}
+
+func (b *plainFile) Files(off int64, n int, now bool, add func(*os.File, int64, int)) (func(), bool) {
+	if now {
+		b.now.Add(1)
+		if !b.ready {
+			return nil, false
+		}
+	} else {
+		b.waited.Add(1)
+	}
+	add(b.f, off, n)
+	return func() {}, true
+}
+
+// TestReadyReadsSplicedAtOnce: a read whose bytes are ready in files (the
+// backend says so when asked "now", and the pages are in the page cache)
+// is spliced by the goroutine that read the request, never handed to a
+// worker; one whose file needs work first is asked for again by a
+// worker, which may wait; one whose pages are not in memory goes to a
+// worker with the files already found. Each way, every byte is spliced.
+func TestReadyReadsSplicedAtOnce(t *testing.T) {
+	testutil.Require(t, false, "nbdcopy")
+	data := make([]byte, 4<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "image")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const req = 64 << 10
+	requests := int64(len(data) / req)
+	read := func(ready bool) (*plainFile, blockdev.Stats) {
+		t.Helper()
+		b := &plainFile{data: data, f: f, ready: ready}
+		srv, uri := listen(t, "unix", blockdev.Export{Name: "x", Backend: b})
+		copyAll(t, uri, data, req)
+		st := srv.Stats()
+		if st.Spliced != int64(len(data)) || b.reads.Load() != 0 {
+			t.Errorf("ready %v: %d bytes spliced, %d ReadAt calls: want all %d spliced, none read", ready, st.Spliced, b.reads.Load(), len(data))
+		}
+		return b, st
+	}
+
+	if _, err := io.Copy(io.Discard, f); err != nil { // into the page cache
+		t.Fatal(err)
+	}
+	if b, st := read(true); b.now.Load() != requests || b.waited.Load() != 0 || st.AtOnce != requests {
+		t.Errorf("bytes ready: %d asked now, %d by a worker, %d spliced at once; want all %d now and at once",
+			b.now.Load(), b.waited.Load(), st.AtOnce, requests)
+	}
+	if b, st := read(false); b.now.Load() != requests || b.waited.Load() != requests || st.AtOnce != 0 {
+		t.Errorf("bytes not ready: %d asked now, %d by a worker, %d spliced at once; want all %d both ways, none at once",
+			b.now.Load(), b.waited.Load(), st.AtOnce, requests)
+	}
+
+	// Out of the page cache (the file is clean, so the kernel drops its
+	// pages): the first reads go to workers with the files already found.
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{Len: req}, &st, 0); err != nil || st.Cache != 0 {
+		t.Fatalf("the file's first %d bytes still have %d pages in the page cache (%v)", req, st.Cache, err)
+	}
+	// The read at 0 at least: readahead runs forwards, no other read
+	// brings its pages in first.
+	if b, st := read(true); b.now.Load() != requests || b.waited.Load() != 0 || st.AtOnce >= requests {
+		t.Errorf("pages on disk: %d asked now, %d by a worker, %d spliced at once; want all %d now (a worker is handed the files), not all at once",
+			b.now.Load(), b.waited.Load(), st.AtOnce, requests)
 	}
 }

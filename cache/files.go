@@ -78,8 +78,13 @@ func (s *Store) CloseIdleFiles() {
 // sends bytes from it without reading them itself (splice): checked like
 // a first read, open, and pinned (not evicted, not closed) until release.
 // ok is false when d is not cached, or not as it should be: ReadAt then
-// finds the same and counts the miss.
-func (s *Store) File(d Digest, size int64) (f *os.File, release func(), ok bool) {
+// finds the same and counts the miss. With now, a chunk not yet checked
+// since Open is not checked here but reported not ok at once, for a
+// caller that must not wait (it hands the read to one that can).
+func (s *Store) File(d Digest, size int64, now bool) (f *os.File, release func(), ok bool) {
+	if _, checked := s.verified.Load(d); now && !checked {
+		return nil, nil, false
+	}
 	e, f, _ := s.open(d, size)
 	if e == nil {
 		return nil, nil, false

@@ -15,8 +15,9 @@ import (
 // are checked like any first read and pinned until release. ok is false,
 // nothing pinned, when the range is not all in cached chunks (a miss or a
 // hole): the caller then discards what add received and reads with
-// ReadAt.
-func (im *Image) Files(off int64, n int, add func(f *os.File, foff int64, n int)) (release func(), ok bool) {
+// ReadAt. With now, a chunk that would have to be checked first (its
+// first read since the cache was opened) also makes ok false, at once.
+func (im *Image) Files(off int64, n int, now bool, add func(f *os.File, foff int64, n int)) (release func(), ok bool) {
 	if im.o.cache == nil || off < 0 || n <= 0 || off+int64(n) > im.Size() {
 		return nil, false
 	}
@@ -35,7 +36,7 @@ func (im *Image) Files(off int64, n int, add func(f *os.File, foff int64, n int)
 			release()
 			return nil, false
 		}
-		f, r, ok := im.o.cache.File(cache.Digest(c.Digest), size)
+		f, r, ok := im.o.cache.File(cache.Digest(c.Digest), size, now)
 		if !ok {
 			release()
 			return nil, false
