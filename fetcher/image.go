@@ -62,6 +62,8 @@ type Image struct {
 
 	prefetching atomic.Int32 // Prefetch calls running (a trace replay)
 
+	recent *recent // without a cache: the chunks fetched last (recent.go)
+
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
 	life   context.Context
@@ -110,10 +112,16 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	life, cancel := context.WithCancel(context.Background())
 	idle := make(chan struct{})
 	close(idle)
-	return &Image{demandIdle: idle, loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2, touched: make([]bool, len(x.Chunks)),
+	im := &Image{demandIdle: idle, loc: l, index: x, src: src, o: o, inflight: map[int]*call{}, lastRead: -2, touched: make([]bool, len(x.Chunks)),
 		demand: make(chan struct{}, o.connections), background: make(chan struct{}, o.background),
 		cacheWrites: make(chan struct{}, cacheWriters*max(2, o.cache.Stripes())), life: life, cancel: cancel,
-		demandMem: semaphore.NewWeighted(o.memory), bgMem: semaphore.NewWeighted(o.memory / 2)}, nil
+		demandMem: semaphore.NewWeighted(o.memory), bgMem: semaphore.NewWeighted(o.memory / 2)}
+	if o.cache == nil {
+		// As much as readahead fetches ahead of a sequential reader, and
+		// the chunks it is reading.
+		im.recent = newRecent(int(o.memory) + 2*int(x.ChunkSize))
+	}
+	return im, nil
 }
 
 // Size is the filesystem image size in bytes.
@@ -187,6 +195,14 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 			return err
 		}
 		if hit {
+			im.stats.hits.Add(1)
+			im.stats.fromCache.observe(time.Since(start))
+			return nil
+		}
+	}
+	if im.recent != nil {
+		if b, ok := im.recent.get(i); ok {
+			copy(p, b[within:])
 			im.stats.hits.Add(1)
 			im.stats.fromCache.observe(time.Since(start))
 			return nil
@@ -278,7 +294,7 @@ func (im *Image) runLocked(i, last int) []int {
 		if c.Encoding == imagefmt.EncodingHole || c.Offset != end || cost+im.chunkCost(j) > im.o.maxCoalesce {
 			break
 		}
-		if _, busy := im.inflight[j]; busy || (im.o.cache != nil && im.o.cache.Has(cache.Digest(c.Digest))) {
+		if _, busy := im.inflight[j]; busy || im.held(j) {
 			break
 		}
 		run = append(run, j)
@@ -331,6 +347,15 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	}
 	ok := im.fetchRun(ctx, run, cl, slots)
 	<-slots // the connection is free: the cache write needs none
+	// Held before the run leaves inflight: a reader finds its chunks in
+	// one or the other.
+	if ok && im.recent != nil {
+		for _, j := range run {
+			if cl.errs[j] == nil {
+				im.recent.put(j, cl.chunks[j])
+			}
+		}
+	}
 	close(cl.done)
 	if !ok || im.o.cache == nil {
 		return
@@ -452,6 +477,15 @@ func (im *Image) chunkCost(i int) int {
 		return int(c.Length) + im.index.ChunkLen(i)
 	}
 	return int(c.Length)
+}
+
+// held reports whether chunk j is at hand without a fetch: in the cache,
+// or among the recent chunks of an image without one.
+func (im *Image) held(j int) bool {
+	if im.o.cache != nil {
+		return im.o.cache.Has(cache.Digest(im.index.Chunks[j].Digest))
+	}
+	return im.recent.has(j)
 }
 
 // storedLen is the bytes chunk i's range request transfers.

@@ -100,6 +100,34 @@ func TestSequentialCoalesces(t *testing.T) {
 	}
 }
 
+// TestSequentialWithoutCache: without a cache, a reader reading each
+// chunk in small pieces, as a block device does, gets every chunk from one
+// fetch (the recent chunks are held in memory), readahead's included;
+// with a memory bound smaller than a chunk, reads are still right.
+func TestSequentialWithoutCache(t *testing.T) {
+	loc, want := testutil.BlockImage(t, testutil.GGCRRegistry(t)+"/img:v1", 4<<20)
+	read := func(im *fetcher.Image) {
+		t.Helper()
+		p := make([]byte, 16<<10)
+		for off := int64(0); off < int64(len(want)); off += int64(len(p)) {
+			n, _ := im.ReadAt(context.Background(), p, off)
+			if !bytes.Equal(p[:n], want[off:off+int64(n)]) {
+				t.Fatalf("wrong bytes at %d", off)
+			}
+		}
+	}
+	im := openImage(t, loc)
+	read(im)
+	var stored int64
+	for _, c := range im.Index().Chunks {
+		stored += int64(c.Length)
+	}
+	if st := im.Stats(); st.BytesFetched != stored {
+		t.Errorf("fetched %d bytes for an image of %d stored bytes, read once in order", st.BytesFetched, stored)
+	}
+	read(openImage(t, loc, fetcher.WithMemory(16<<10)))
+}
+
 // TestConcurrentReaders: 64 readers at once (run under -race).
 func TestConcurrentReaders(t *testing.T) {
 	loc, want := testutil.BlockImage(t, testutil.GGCRRegistry(t)+"/img:v1", 3<<20)

@@ -67,8 +67,9 @@ type options struct {
 // Option configures Open.
 type Option func(*options) error
 
-// WithCache stores fetched chunks in c (by default nothing is cached and
-// every read fetches).
+// WithCache stores fetched chunks in c. Without one, only the chunks
+// fetched last are held, in memory (about the memory budget, WithMemory):
+// reads of other chunks fetch them again.
 func WithCache(c *cache.Store) Option { return func(o *options) error { o.cache = c; return nil } }
 
 // WithTransport sets the base HTTP transport (default: one of the image's

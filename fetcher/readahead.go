@@ -44,7 +44,7 @@ func (im *Image) touch(i int) {
 		if _, busy := im.inflight[j]; busy || c.Encoding == imagefmt.EncodingHole {
 			continue
 		}
-		if im.o.cache != nil && im.o.cache.Has(cache.Digest(c.Digest)) {
+		if im.held(j) {
 			continue
 		}
 		break

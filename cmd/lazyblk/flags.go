@@ -13,7 +13,7 @@ import (
 
 func sourceFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringSliceFlag{Name: "cache-dir", Usage: "chunk cache directory, repeatable: one per stripe, e.g. one per volume (default: no cache)"},
+		&cli.StringSliceFlag{Name: "cache-dir", Usage: "chunk cache directory, repeatable: one per stripe, e.g. one per volume (default: none, only the chunks read last are kept, in memory)"},
 		&cli.StringFlag{Name: "cache-size", Value: "10GiB", Usage: "cache capacity across all stripes"},
 		&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
 		hostsDirFlag(),
