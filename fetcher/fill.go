@@ -62,12 +62,8 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 				return errors.Join(err, g.Wait())
 			}
 		}
-		// Hold a background slot before claiming chunks, so a demand
-		// reader that finds them in flight never waits for a slot.
-		select {
-		case im.background <- struct{}{}:
-		case <-ctx.Done():
-			return errors.Join(ctx.Err(), g.Wait())
+		if err := im.reserve(ctx, true); err != nil {
+			return errors.Join(err, g.Wait())
 		}
 		run, cl := im.claim(i, chunks[k:])
 		if cl == nil {
@@ -108,15 +104,58 @@ func (im *Image) Complete() bool { return im.complete(im.Cached()) }
 // complete: cached bytes that make the whole image.
 func (im *Image) complete(cached int64) bool { return im.o.cache != nil && cached == im.Size() }
 
+// reserve takes, for a background fetch about to claim its chunks, a
+// background slot and the memory of the largest run it can claim — before
+// claiming, so a demand reader that finds those chunks in flight and
+// waits for them never waits behind other background fetches for a slot
+// or for memory (their cache writes). wait false: give up at once if
+// either is not free. claim gives back what the run does not use.
+func (im *Image) reserve(ctx context.Context, wait bool) error {
+	if wait {
+		select {
+		case im.background <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := im.bgMem.Acquire(ctx, im.reserveSize()); err != nil {
+			<-im.background
+			return err
+		}
+		return nil
+	}
+	select {
+	case im.background <- struct{}{}:
+	default:
+		return errBusy
+	}
+	if !im.bgMem.TryAcquire(im.reserveSize()) {
+		<-im.background
+		return errBusy
+	}
+	return nil
+}
+
+// errBusy: reserve found no free slot or memory and did not wait.
+var errBusy = errors.New("fetcher: background connections busy")
+
+// reserveSize is the most memory a background run can take (runLocked
+// caps a run at maxCoalesce unless its first chunk alone costs more: a
+// zstd chunk's stored plus decoded bytes).
+func (im *Image) reserveSize() int64 {
+	return min(int64(max(im.o.maxCoalesce, 2*int(im.index.ChunkSize))), im.o.memory/2)
+}
+
 // claim registers a background fetch for chunk i and the chunks after it
-// in want that extend it back to back, under the background slot the
-// caller holds; nil, the slot given back, when i needs no fetch.
+// in want that extend it back to back, under what the caller reserved
+// (the slot and memory the run does not use are given back); nil, all
+// given back, when i needs no fetch.
 func (im *Image) claim(i int, want []int) ([]int, *call) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	c := im.index.Chunks[i]
 	if _, busy := im.inflight[i]; busy || c.Encoding == imagefmt.EncodingHole || im.o.cache.Has(cache.Digest(c.Digest)) {
 		<-im.background
+		im.bgMem.Release(im.reserveSize())
 		return nil, nil
 	}
 	last := i
@@ -124,5 +163,6 @@ func (im *Image) claim(i int, want []int) ([]int, *call) {
 		last++
 	}
 	run := im.runLocked(i, last)
+	im.bgMem.Release(im.reserveSize() - im.runMemory(run, true))
 	return run, im.startLocked(run, true)
 }

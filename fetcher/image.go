@@ -305,12 +305,12 @@ func (im *Image) runLocked(i, last int) []int {
 }
 
 // fetch runs one range request for run under a slot of slots (taken
-// here, or already by the caller when held, and released once the bytes
-// are in), decodes and verifies every chunk (refetching a bad one once),
-// wakes the waiters, and only then writes the chunks to the cache:
+// here with the run's memory, or already by the caller when reserved:
+// see reserve), decodes and verifies every chunk (refetching a bad one
+// once), wakes the waiters, and only then writes the chunks to the cache:
 // readers never wait for a disk sync, and the run stays registered until
 // cached so nobody fetches it again meanwhile.
-func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}, held bool) {
+func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}, reserved bool) {
 	defer func() {
 		im.mu.Lock()
 		for _, j := range run {
@@ -324,20 +324,18 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	defer cancel()
 	// Memory: a run's bytes are held from before its request until it is
 	// cached, so a source faster than the cache disk cannot pile up runs.
-	mem, budget := im.demandMem, im.o.memory
+	mem, size := im.demandMem, im.runMemory(run, false)
 	if cl.background {
-		mem, budget = im.bgMem, im.o.memory/2
+		mem, size = im.bgMem, im.runMemory(run, true)
 	}
-	size := min(int64(sum(run, im.chunkCost)), budget) // one oversized run still proceeds alone
-	if err := mem.Acquire(ctx, size); err != nil {
-		if held {
-			<-slots
+	if !reserved {
+		if err := mem.Acquire(ctx, size); err != nil {
+			cl.fail(run, err)
+			return
 		}
-		cl.fail(run, err)
-		return
 	}
 	defer mem.Release(size)
-	if !held {
+	if !reserved {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
@@ -465,6 +463,17 @@ func (im *Image) decode(ctx context.Context, j int, stored []byte) (_ []byte, re
 		return nil, refetched, err
 	}
 	return out, refetched, nil
+}
+
+// runMemory is the memory run takes while fetched: its chunks' cost,
+// within the budget of demand or, for background, of prefetch and fill
+// (one oversized run still proceeds alone).
+func (im *Image) runMemory(run []int, background bool) int64 {
+	budget := im.o.memory
+	if background {
+		budget = im.o.memory / 2
+	}
+	return min(int64(sum(run, im.chunkCost)), budget)
 }
 
 // chunkCost is the memory chunk i takes while fetched: its stored bytes,

@@ -97,9 +97,7 @@ func (im *Image) fetchNear(i int) {
 		}
 	}
 	for k := 0; k < len(near); k++ {
-		select {
-		case im.background <- struct{}{}: // held before claiming, as prefetch does
-		default:
+		if im.reserve(im.life, false) != nil {
 			return
 		}
 		run, cl := im.claim(near[k], near[k:])

@@ -250,6 +250,48 @@ func TestDemandPreemptsTrace(t *testing.T) {
 	}
 }
 
+// TestDemandJoinsNoWaitingPrefetch: a prefetch reserves a run's memory
+// before it claims the run's chunks, so a demand read that finds a chunk
+// claimed never waits behind another prefetch run for memory. Here
+// prefetch's memory fits one run and the registry holds the run of
+// chunk held: a demand read of next, the prefetch's other chunk, is
+// answered all the same (it waited for the deadline when next was
+// claimed first and its fetch then queued for the memory held's run
+// took).
+func TestDemandJoinsNoWaitingPrefetch(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	d, err := fetcher.Describe(context.Background(), loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := dataChunks(d.Index)
+	held, next := data[0], data[len(data)/2]
+	g, proxy := newGate(t, host, d.Index, []int{held})
+	cs := int64(d.Index.ChunkSize)
+	// One chunk per run; prefetch's memory (half the budget) fits one run.
+	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(newCache(t, 64<<20, 1)),
+		fetcher.WithMaxCoalesce(int(cs)), fetcher.WithMemory(2*cs))
+
+	prefetched := make(chan error, 1)
+	go func() { prefetched <- im.Prefetch(context.Background(), []int{next, held}) }()
+	<-g.held // a run holds all of prefetch's memory
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p := make([]byte, d.Index.ChunkLen(next))
+	if _, err := im.ReadAt(ctx, p, int64(next)*cs); err != nil {
+		t.Fatalf("demand read of chunk %d, in the prefetch, while its run of chunk %d is held: %v", next, held, err)
+	}
+	if string(p) != string(want[int64(next)*cs:int64(next)*cs+int64(len(p))]) {
+		t.Fatal("demand read returned wrong bytes")
+	}
+	g.open()
+	if err := <-prefetched; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestFillYieldsToDemand: while a demand fetch is in flight the fill
 // starts no request of its own (the miss's neighbours are fetched with
 // it); once the demand read is answered the fill
