@@ -44,6 +44,39 @@ func dataChunks(x *imagefmt.Index) []int {
 	return out
 }
 
+// gatedImage pushes a 2 MiB test image to a fresh registry and returns
+// its chunk index, its bytes, its data chunks, and the image opened with
+// options through a gate (newGate) that holds the requests for chunks
+// gated(data) returns.
+func gatedImage(t *testing.T, gated func(data []int) []int, opts ...fetcher.Option) (*fetcher.Image, *gate, []byte, []int) {
+	t.Helper()
+	host := testutil.GGCRRegistry(t)
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
+	d, err := fetcher.Describe(context.Background(), loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := dataChunks(d.Index)
+	g, proxy := newGate(t, host, d.Index, gated(data))
+	return openImage(t, viaProxy(t, loc, proxy), opts...), g, want, data
+}
+
+// readWhole reads chunk i within 10 s and fails unless it holds want's
+// bytes; what says why the read should be answered.
+func readWhole(t *testing.T, im *fetcher.Image, want []byte, i int, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cs := int64(im.Index().ChunkSize)
+	p := make([]byte, im.Index().ChunkLen(i))
+	if _, err := im.ReadAt(ctx, p, int64(i)*cs); err != nil {
+		t.Fatalf("demand read of chunk %d %s: %v", i, what, err)
+	}
+	if string(p) != string(want[int64(i)*cs:int64(i)*cs+int64(len(p))]) {
+		t.Fatalf("demand read of chunk %d returned wrong bytes", i)
+	}
+}
+
 // TestTraceRoundTrip records the first touches of a workload, pushes the
 // trace next to the image and finds it again, on a registry with the OCI
 // referrers API and on docker-registry 2.8, which has none (the referrers
@@ -201,31 +234,13 @@ func (g *gate) open() {
 // queues behind prefetch), with one request, as without a trace; once the
 // registry lets go, the replay caches every chunk of the trace.
 func TestDemandPreemptsTrace(t *testing.T) {
-	host := testutil.GGCRRegistry(t)
-	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
-	d, err := fetcher.Describe(context.Background(), loc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := dataChunks(d.Index)
+	im, g, want, data := gatedImage(t, func(data []int) []int { return data[:len(data)/2] }, fetcher.WithCache(newCache(t, 64<<20, 1)))
 	trace, outside := data[:len(data)/2], data[len(data)-1]
-	g, proxy := newGate(t, host, d.Index, trace)
-	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(newCache(t, 64<<20, 1)))
 
 	replayed := make(chan error, 1)
 	go func() { replayed <- im.Prefetch(context.Background(), trace) }()
 	<-g.held // the replay is waiting on the registry
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cs := int64(d.Index.ChunkSize)
-	p := make([]byte, d.Index.ChunkLen(outside))
-	if _, err := im.ReadAt(ctx, p, int64(outside)*cs); err != nil {
-		t.Fatalf("demand read of chunk %d while the trace replays: %v", outside, err)
-	}
-	if string(p) != string(want[int64(outside)*cs:int64(outside)*cs+int64(len(p))]) {
-		t.Fatal("demand read returned wrong bytes")
-	}
+	readWhole(t, im, want, outside, "outside the trace while the trace replays")
 	select {
 	case err := <-replayed:
 		t.Fatalf("the replay finished (%v) although the registry holds its requests", err)
@@ -259,33 +274,16 @@ func TestDemandPreemptsTrace(t *testing.T) {
 // claimed first and its fetch then queued for the memory held's run
 // took).
 func TestDemandJoinsNoWaitingPrefetch(t *testing.T) {
-	host := testutil.GGCRRegistry(t)
-	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
-	d, err := fetcher.Describe(context.Background(), loc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := dataChunks(d.Index)
-	held, next := data[0], data[len(data)/2]
-	g, proxy := newGate(t, host, d.Index, []int{held})
-	cs := int64(d.Index.ChunkSize)
+	cs := int64(imagefmt.MinChunkSize)
 	// One chunk per run; prefetch's memory (half the budget) fits one run.
-	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(newCache(t, 64<<20, 1)),
-		fetcher.WithMaxCoalesce(int(cs)), fetcher.WithMemory(2*cs))
+	im, g, want, data := gatedImage(t, func(data []int) []int { return data[:1] },
+		fetcher.WithCache(newCache(t, 64<<20, 1)), fetcher.WithMaxCoalesce(int(cs)), fetcher.WithMemory(2*cs))
+	held, next := data[0], data[len(data)/2]
 
 	prefetched := make(chan error, 1)
 	go func() { prefetched <- im.Prefetch(context.Background(), []int{next, held}) }()
 	<-g.held // a run holds all of prefetch's memory
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	p := make([]byte, d.Index.ChunkLen(next))
-	if _, err := im.ReadAt(ctx, p, int64(next)*cs); err != nil {
-		t.Fatalf("demand read of chunk %d, in the prefetch, while its run of chunk %d is held: %v", next, held, err)
-	}
-	if string(p) != string(want[int64(next)*cs:int64(next)*cs+int64(len(p))]) {
-		t.Fatal("demand read returned wrong bytes")
-	}
+	readWhole(t, im, want, next, fmt.Sprintf("in the prefetch, while its run of chunk %d is held", held))
 	g.open()
 	if err := <-prefetched; err != nil {
 		t.Fatal(err)
@@ -297,20 +295,13 @@ func TestDemandJoinsNoWaitingPrefetch(t *testing.T) {
 // it); once the demand read is answered the fill
 // completes the image.
 func TestFillYieldsToDemand(t *testing.T) {
-	host := testutil.GGCRRegistry(t)
-	loc, _ := testutil.BlockImage(t, host+"/img:v1", 2<<20)
-	d, err := fetcher.Describe(context.Background(), loc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := dataChunks(d.Index)
+	im, g, _, data := gatedImage(t, func(data []int) []int { return data[len(data)/2 : len(data)/2+1] },
+		fetcher.WithCache(newCache(t, 64<<20, 1)))
 	demand := data[len(data)/2]
-	g, proxy := newGate(t, host, d.Index, []int{demand})
-	im := openImage(t, viaProxy(t, loc, proxy), fetcher.WithCache(newCache(t, 64<<20, 1)))
 
 	read := make(chan error, 1)
 	go func() {
-		_, err := im.ReadAt(context.Background(), make([]byte, 100), int64(demand)*int64(d.Index.ChunkSize))
+		_, err := im.ReadAt(context.Background(), make([]byte, 100), int64(demand)*int64(im.Index().ChunkSize))
 		read <- err
 	}()
 	<-g.held // the demand fetch is in flight
@@ -324,7 +315,7 @@ func TestFillYieldsToDemand(t *testing.T) {
 	}
 	// The demand miss fetches its neighbours too (fetchNear), the fill
 	// nothing.
-	if out := g.outside(d.Index, demand-1, demand+2); len(out) != 0 {
+	if out := g.outside(im.Index(), demand-1, demand+2); len(out) != 0 {
 		t.Fatalf("range requests %v while the demand fetch was in flight, want only its own and its neighbours'", out)
 	}
 	g.open()
