@@ -340,6 +340,15 @@ func (s *Store) Has(d Digest) bool {
 	return ok
 }
 
+// Ready reports whether chunk d is cached and checked since Open: its
+// next read waits for no check (see File).
+func (s *Store) Ready(d Digest) bool {
+	if _, ok := s.verified.Load(d); !ok {
+		return false
+	}
+	return s.Has(d)
+}
+
 // pin finds chunk d's entry, marks it most recently used and pins it
 // (not evicted, its file not closed) until unpin; nil when d is not
 // cached.
