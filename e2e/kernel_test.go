@@ -69,16 +69,6 @@ func newHoldProxy(t *testing.T, host string) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// TestKernelNBD boots Debian's 6.12 kernel in QEMU and runs the production
-// path there: lazyblk mount attaches /dev/nbdN over netlink with two
-// connections and mounts erofs; the files read back exactly. Then, with a
-// read provably waiting on the registry, the serving process is killed
-// with SIGKILL and lazyblk reattach hands the live device new sockets: the
-// read in flight (re-sent by the kernel after --io-timeout) and later ones
-// complete correctly. Then the serving process and a running fetcher
-// daemon are both killed with a read pending: the restarted daemon hands
-// the device to a new server (its Recover), and the read completes
-// correctly. umount leaves no nbd device behind.
 // staticLazyblk builds the binary without cgo, for a guest without libc.
 func staticLazyblk(t *testing.T) string {
 	t.Helper()
@@ -91,6 +81,18 @@ func staticLazyblk(t *testing.T) string {
 	return bin
 }
 
+// TestKernelNBD boots Debian's 6.12 kernel in QEMU and runs the production
+// path there: lazyblk mount attaches /dev/nbdN over netlink with two
+// connections and mounts erofs. With the first read of a file provably
+// waiting on the registry (the first: a mount keeps the chunks it has
+// fetched, in memory when it has no cache), the serving process is killed
+// with SIGKILL and lazyblk reattach hands the live device new sockets: the
+// read in flight (re-sent by the kernel after --io-timeout) and later ones
+// complete correctly, and every file reads back exactly. Then the serving
+// process and a running fetcher daemon are both killed with a read
+// pending: the restarted daemon hands the device to a new server (its
+// Recover), and the read completes correctly. umount leaves no nbd device
+// behind.
 func TestKernelNBD(t *testing.T) {
 	testutil.RequireVM(t)
 	host := testutil.GGCRRegistry(t)
@@ -107,9 +109,7 @@ REF=10.0.2.2:%s/vm/img:v1
 /lazyblk mount --plain-http --connections 2 --io-timeout 5s $REF /mnt
 grep ' /mnt ' /proc/mounts | sed 's/^/MOUNTS /'
 ls /sys/block | grep nbd | sed 's/^/DEV /'
-cd /mnt && sha256sum random.bin text.txt zeros.bin small | sed 's/^/SUM /' && cd /
 wget -q -O /dev/null %shold
-echo 3 > /proc/sys/vm/drop_caches
 sha256sum /mnt/random.bin > /tmp/inflight 2>&1 &
 reader=$!
 wget -q -O /dev/null %sheld
@@ -120,6 +120,7 @@ wget -q -O /dev/null %srelease
 wait $reader
 sed 's/^/INFLIGHT /' /tmp/inflight
 sha256sum /mnt/text.txt | sed 's/^/AFTER /'
+cd /mnt && sha256sum random.bin text.txt zeros.bin small | sed 's/^/SUM /' && cd /
 /lazyblk --log-level info fetcher 2>/tmp/f1.log &
 fpid=$!
 until grep -q "listening on" /tmp/f1.log; do sleep 0.1; done
