@@ -349,7 +349,6 @@ type job struct {
 	req     request
 	segs    []segment
 	release func()
-	readAt  bool // splicing it failed: read it with ReadAt
 }
 
 // readNow sends read req from files, on sp, when its bytes are ready
@@ -378,8 +377,7 @@ func (c *session) readNow(req request, sp *splicer) (j job, done bool) {
 		c.s.stats.atOnce.Add(1)
 		return j, true
 	}
-	j.readAt = true
-	return j, false
+	return j, false // a worker tries the files again, then ReadAt
 }
 
 // track records a read as in flight, for Stats, until the returned func.
@@ -426,7 +424,7 @@ func (c *session) read(j job, sp *splicer) {
 		}
 	case j.segs != nil:
 		j.release()
-	case sp != nil && !j.readAt:
+	case sp != nil:
 		sp.segs = sp.segs[:0]
 		if release, ok := c.files.Files(int64(req.off), int(req.length), false, sp.add); ok && c.splice(req, sp, sp.segs, release) {
 			return

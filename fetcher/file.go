@@ -24,14 +24,15 @@ func (im *Image) Files(off int64, n int, now bool, add func(f *os.File, foff int
 	start := time.Now()
 	cs := int64(im.index.ChunkSize)
 	first, last := int(off/cs), int((off+int64(n)-1)/cs)
-	// All of them first, so a range that is not all there opens (and
-	// counts as cache hits) none of its chunks but by a race.
+	// Every chunk first: a range over several that is not all there
+	// opens (and counts as cache hits) none of them but by a race. A
+	// range in one chunk, most reads, needs no look before File.
 	there := im.o.cache.Has
 	if now {
 		there = im.o.cache.Ready
 	}
 	for i := first; i <= last; i++ {
-		if c := im.index.Chunks[i]; c.Encoding == imagefmt.EncodingHole || !there(cache.Digest(c.Digest)) {
+		if c := im.index.Chunks[i]; c.Encoding == imagefmt.EncodingHole || last > first && !there(cache.Digest(c.Digest)) {
 			return nil, false
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
-	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/imagefmt"
 )
 
@@ -62,7 +61,7 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 				return errors.Join(err, g.Wait())
 			}
 		}
-		if err := im.reserve(ctx, true); err != nil {
+		if err := im.reserve(ctx); err != nil {
 			return errors.Join(err, g.Wait())
 		}
 		run, cl := im.claim(i, chunks[k:])
@@ -71,7 +70,7 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 		}
 		k += len(run) - 1 // the run covered the next chunks of the list too
 		g.Go(func() error {
-			im.fetch(ctx, run, cl, im.background, true) // releases the slot
+			im.fetch(ctx, run, cl) // releases the reservation
 			for _, j := range run {
 				if err := cl.errs[j]; err != nil {
 					return fmt.Errorf("fetcher: prefetch chunk %d: %w", j, err)
@@ -108,35 +107,35 @@ func (im *Image) complete(cached int64) bool { return im.o.cache != nil && cache
 // background slot and the memory of the largest run it can claim — before
 // claiming, so a demand reader that finds those chunks in flight and
 // waits for them never waits behind other background fetches for a slot
-// or for memory (their cache writes). wait false: give up at once if
-// either is not free. claim gives back what the run does not use.
-func (im *Image) reserve(ctx context.Context, wait bool) error {
-	if wait {
-		select {
-		case im.background <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if err := im.bgMem.Acquire(ctx, im.reserveSize()); err != nil {
-			<-im.background
-			return err
-		}
-		return nil
-	}
+// or for memory (their cache writes). claim gives back what the run does
+// not use.
+func (im *Image) reserve(ctx context.Context) error {
 	select {
 	case im.background <- struct{}{}:
-	default:
-		return errBusy
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	if !im.bgMem.TryAcquire(im.reserveSize()) {
+	if err := im.bgMem.Acquire(ctx, im.reserveSize()); err != nil {
 		<-im.background
-		return errBusy
+		return err
 	}
 	return nil
 }
 
-// errBusy: reserve found no free slot or memory and did not wait.
-var errBusy = errors.New("fetcher: background connections busy")
+// tryReserve is reserve without waiting: false, nothing taken, when the
+// slot or the memory is not free now.
+func (im *Image) tryReserve() bool {
+	select {
+	case im.background <- struct{}{}:
+	default:
+		return false
+	}
+	if !im.bgMem.TryAcquire(im.reserveSize()) {
+		<-im.background
+		return false
+	}
+	return true
+}
 
 // reserveSize is the most memory a background run can take (runLocked
 // caps a run at maxCoalesce unless its first chunk alone costs more: a
@@ -153,7 +152,7 @@ func (im *Image) claim(i int, want []int) ([]int, *call) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	c := im.index.Chunks[i]
-	if _, busy := im.inflight[i]; busy || c.Encoding == imagefmt.EncodingHole || im.o.cache.Has(cache.Digest(c.Digest)) {
+	if _, busy := im.inflight[i]; busy || c.Encoding == imagefmt.EncodingHole || im.held(i) {
 		<-im.background
 		im.bgMem.Release(im.reserveSize())
 		return nil, nil

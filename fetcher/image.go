@@ -261,7 +261,7 @@ func (im *Image) goFetch(run []int, cl *call) {
 	go func() {
 		defer im.wg.Done()
 		defer im.demandBusy(-1)
-		im.fetch(im.life, run, cl, im.demand, false)
+		im.fetch(im.life, run, cl)
 	}()
 }
 
@@ -304,13 +304,14 @@ func (im *Image) runLocked(i, last int) []int {
 	return run
 }
 
-// fetch runs one range request for run under a slot of slots (taken
-// here with the run's memory, or already by the caller when reserved:
-// see reserve), decodes and verifies every chunk (refetching a bad one
-// once), wakes the waiters, and only then writes the chunks to the cache:
-// readers never wait for a disk sync, and the run stays registered until
-// cached so nobody fetches it again meanwhile.
-func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan struct{}, reserved bool) {
+// fetch runs one range request for run under a connection slot (a demand
+// fetch takes its slot and memory here; a background one's caller
+// reserved them before claiming the run: see reserve), decodes and
+// verifies every chunk (refetching a bad one once), wakes the waiters,
+// and only then writes the chunks to the cache: readers never wait for a
+// disk sync, and the run stays registered until cached so nobody fetches
+// it again meanwhile.
+func (im *Image) fetch(ctx context.Context, run []int, cl *call) {
 	defer func() {
 		im.mu.Lock()
 		for _, j := range run {
@@ -324,25 +325,24 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call, slots chan stru
 	defer cancel()
 	// Memory: a run's bytes are held from before its request until it is
 	// cached, so a source faster than the cache disk cannot pile up runs.
-	mem, size := im.demandMem, im.runMemory(run, false)
+	slots, mem, size := im.demand, im.demandMem, im.runMemory(run, false)
 	if cl.background {
-		mem, size = im.bgMem, im.runMemory(run, true)
+		slots, mem, size = im.background, im.bgMem, im.runMemory(run, true)
 	}
-	if !reserved {
+	if !cl.background { // a background fetch's caller reserved both (reserve)
 		if err := mem.Acquire(ctx, size); err != nil {
 			cl.fail(run, err)
 			return
 		}
-	}
-	defer mem.Release(size)
-	if !reserved {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
+			mem.Release(size)
 			cl.fail(run, ctx.Err())
 			return
 		}
 	}
+	defer mem.Release(size)
 	ok := im.fetchRun(ctx, run, cl, slots)
 	<-slots // the connection is free: the cache write needs none
 	// Held before the run leaves inflight: a reader finds its chunks in

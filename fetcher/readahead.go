@@ -97,7 +97,7 @@ func (im *Image) fetchNear(i int) {
 		}
 	}
 	for k := 0; k < len(near); k++ {
-		if im.reserve(im.life, false) != nil {
+		if !im.tryReserve() {
 			return
 		}
 		run, cl := im.claim(near[k], near[k:])
@@ -108,7 +108,7 @@ func (im *Image) fetchNear(i int) {
 		im.wg.Add(1)
 		go func() {
 			defer im.wg.Done()
-			im.fetch(im.life, run, cl, im.background, true) // releases the slot
+			im.fetch(im.life, run, cl) // releases the reservation
 		}()
 	}
 }
