@@ -85,55 +85,44 @@ func TestSpliceFromCache(t *testing.T) {
 	}
 }
 
-// shortFiles is a backend whose File names a file holding only the first
-// half of its bytes: reads in the second half cannot be spliced (the file
-// is shorter than promised) and must be answered with ReadAt, on the same
-// connection. A stand-in for a cache file that fails to read, which no
-// real cache hands out on purpose.
-type shortFiles struct {
-	data []byte
-	half *os.File
-}
-
-func (b *shortFiles) Size() int64 { return int64(len(b.data)) }
-
-func (b *shortFiles) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
-	n := copy(p, b.data[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-func (b *shortFiles) Files(off int64, n int, _ bool, add func(*os.File, int64, int)) (func(), bool) {
-	add(b.half, off, n)
-	return func() {}, true
-}
-
-func TestSpliceFallsBackToReadAt(t *testing.T) {
-	testutil.Require(t, false, "nbdcopy")
-	data := make([]byte, 4<<20)
+// randomFile returns n random bytes and a file, open for reading until
+// the test ends, holding the first keep of them.
+func randomFile(t *testing.T, n, keep int) ([]byte, *os.File) {
+	t.Helper()
+	data := make([]byte, n)
 	if _, err := rand.Read(data); err != nil {
 		t.Fatal(err)
 	}
-	half := filepath.Join(t.TempDir(), "half")
-	if err := os.WriteFile(half, data[:2<<20], 0o600); err != nil {
+	path := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(path, data[:keep], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(half)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	srv, uri := listen(t, "unix", blockdev.Export{Name: "x", Backend: &shortFiles{data: data, half: f}})
+	t.Cleanup(func() { f.Close() })
+	return data, f
+}
+
+// TestSpliceFallsBackToReadAt: a backend whose file holds only the first
+// half of its bytes (a stand-in for a cache file that fails to read,
+// which no real cache hands out on purpose): reads in the second half
+// cannot be spliced (the file is shorter than promised) and are answered
+// with ReadAt, on the same connections.
+func TestSpliceFallsBackToReadAt(t *testing.T) {
+	testutil.Require(t, false, "nbdcopy")
+	data, f := randomFile(t, 4<<20, 2<<20)
+	b := &plainFile{data: data, f: f, ready: true}
+	srv, uri := listen(t, "unix", blockdev.Export{Name: "x", Backend: b})
 	copyAll(t, uri, data, 64<<10)
-	if st := srv.Stats(); st.Spliced != 2<<20 || st.Bytes != 4<<20 || st.Errors != 0 {
-		t.Errorf("stats %+v: want the first 2 MiB spliced, all 4 MiB read, no errors", st)
+	if st := srv.Stats(); st.Spliced != 2<<20 || st.Bytes != 4<<20 || st.Errors != 0 || b.reads.Load() == 0 {
+		t.Errorf("stats %+v, %d ReadAt calls: want the first 2 MiB spliced, all 4 MiB read, some with ReadAt, no errors", st, b.reads.Load())
 	}
 }
 
-// plainFile is a backend over one file that counts how it was read: its
-// files asked for at once (now, by the goroutine reading the connection's
+// plainFile is a backend over a file (holding its bytes, or fewer) that
+// counts how it was read: its files asked for at once (now, by the goroutine reading the connection's
 // requests) or by one that may wait, and ReadAt.
 type plainFile struct {
 	data               []byte
@@ -146,7 +135,11 @@ func (b *plainFile) Size() int64 { return int64(len(b.data)) }
 
 func (b *plainFile) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	b.reads.Add(1)
-	return copy(p, b.data[off:]), nil
+	n := copy(p, b.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 func (b *plainFile) Files(off int64, n int, now bool, add func(*os.File, int64, int)) (func(), bool) {
@@ -170,19 +163,7 @@ func (b *plainFile) Files(off int64, n int, now bool, add func(*os.File, int64, 
 // worker with the files already found. Each way, every byte is spliced.
 func TestReadyReadsSplicedAtOnce(t *testing.T) {
 	testutil.Require(t, false, "nbdcopy")
-	data := make([]byte, 4<<20)
-	if _, err := rand.Read(data); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "image")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	data, f := randomFile(t, 4<<20, 4<<20)
 	const req = 64 << 10
 	requests := int64(len(data) / req)
 	read := func(ready bool) (*plainFile, blockdev.Stats) {
