@@ -63,6 +63,7 @@ type Image struct {
 	prefetching atomic.Int32 // Prefetch calls running (a trace replay)
 
 	recent *recent // without a cache: the chunks fetched last (recent.go)
+	bufs   runBuffers
 
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
@@ -79,6 +80,8 @@ type call struct {
 	done       chan struct{}
 	chunks     map[int][]byte // decoded, verified chunk contents
 	errs       map[int]error
+	refs       atomic.Int32 // the fetch and the readers using chunks (buffers.go)
+	buf        *[]byte      // the pooled buffer chunks are in, if any
 }
 
 // Open resolves l, fetches and verifies its chunk index and returns the
@@ -214,40 +217,25 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 		if started {
 			im.fetchNear(i)
 		}
-		select {
-		case <-cl.done:
-		case <-ctx.Done():
-			im.stats.fromOrigin.observe(time.Since(start))
-			return ctx.Err()
-		}
-		if cl.mirror {
-			im.stats.fromMirror.observe(time.Since(start))
-		} else {
-			im.stats.fromOrigin.observe(time.Since(start))
-		}
-		err := cl.errs[i]
-		if cl.background && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-			continue // the prefetch was stopped, not this read: fetch on demand
-		}
-		if err != nil {
+		if again, err := im.await(ctx, cl, i, p, within, start); !again {
 			return err
 		}
-		copy(p, cl.chunks[i][within:])
-		return nil
 	}
 }
 
 // join returns the fetch that will deliver chunk i, starting one for i..last
 // when none is in flight (a sequential reader finds readahead's); started
-// says it did.
+// says it did. The caller holds the call until it lets it go (await).
 func (im *Image) join(i, last int) (cl *call, started bool) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if cl, ok := im.inflight[i]; ok {
+		cl.hold()
 		return cl, false
 	}
 	run := im.runLocked(i, last)
 	cl = im.startLocked(run, false)
+	cl.hold()
 	im.goFetch(run, cl)
 	return cl, true
 }
@@ -276,6 +264,7 @@ func (cl *call) fail(run []int, err error) {
 // startLocked registers a fetch of run so readers of its chunks join it.
 func (im *Image) startLocked(run []int, background bool) *call {
 	cl := &call{background: background, done: make(chan struct{}), chunks: map[int][]byte{}, errs: map[int]error{}}
+	cl.refs.Store(1) // the fetch's own, let go once the run has left inflight
 	for _, j := range run {
 		im.inflight[j] = cl
 	}
@@ -320,6 +309,7 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call) {
 			}
 		}
 		im.mu.Unlock()
+		cl.release(&im.bufs)
 	}()
 	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)
 	defer cancel()
@@ -385,7 +375,14 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	x := im.index
 	first := x.Chunks[run[0]]
 	lastc := x.Chunks[run[len(run)-1]]
-	stored := make([]byte, lastc.Offset+uint64(lastc.Length)-first.Offset)
+	n := int(lastc.Offset + uint64(lastc.Length) - first.Offset)
+	var stored []byte
+	if im.recent == nil {
+		cl.buf = im.bufs.get(n)
+		stored = *cl.buf
+	} else { // recent keeps chunks past the call: not pooled
+		stored = make([]byte, n)
+	}
 	parts := 1 + im.spareSlots(slots, len(stored))
 	mirror, err := im.getParts(ctx, stored, int64(first.Offset), parts)
 	for range parts - 1 { // the connections are free again; decoding needs none
