@@ -16,6 +16,7 @@ import (
 
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/imagefmt"
+	"github.com/lazyblk/lazyblk/internal/bufpool"
 )
 
 // ErrChunkCorrupt reports a chunk whose fetched bytes failed verification
@@ -62,8 +63,8 @@ type Image struct {
 
 	prefetching atomic.Int32 // Prefetch calls running (a trace replay)
 
-	recent *recent // without a cache: the chunks fetched last (recent.go)
-	bufs   runBuffers
+	recent *recent      // without a cache: the chunks fetched last (recent.go)
+	bufs   bufpool.Pool // run buffers (buffers.go)
 
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
@@ -378,7 +379,7 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	n := int(lastc.Offset + uint64(lastc.Length) - first.Offset)
 	var stored []byte
 	if im.recent == nil {
-		cl.buf = im.bufs.get(n)
+		cl.buf = im.bufs.Get(n)
 		stored = *cl.buf
 	} else { // recent keeps chunks past the call: not pooled
 		stored = make([]byte, n)
