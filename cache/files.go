@@ -85,7 +85,7 @@ func (s *Store) File(d Digest, size int64, now bool) (f *os.File, release func()
 	if _, checked := s.verified.Load(d); now && !checked {
 		return nil, nil, false
 	}
-	e, f, _ := s.open(d, size)
+	e, f := s.open(d, size)
 	if e == nil {
 		return nil, nil, false
 	}

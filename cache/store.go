@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/sys/unix"
+
+	"github.com/lazyblk/lazyblk/internal/bufpool"
 )
 
 // ErrCorrupt reports chunk bytes that do not match their digest.
@@ -44,6 +46,7 @@ type Store struct {
 	used     int64
 	verified sync.Map           // Digest -> struct{}: checked since Open
 	verify   singleflight.Group // one check per chunk, however many readers arrive at once
+	bufs     bufpool.Pool       // the checks' buffers
 	ahead    chan struct{}      // WillNeed's checks under way (files.go)
 
 	hits, misses, evictions, corrupt atomic.Int64
@@ -261,15 +264,13 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 	if off < 0 || off+int64(len(p)) > size {
 		return false, fmt.Errorf("cache: read [%d,+%d) outside chunk %s of %d bytes", off, len(p), d, size)
 	}
-	e, f, whole := s.open(d, size)
+	e, f := s.open(d, size)
 	if e == nil {
 		s.misses.Add(1)
 		return false, nil
 	}
 	defer s.unpin(e)
-	if whole != nil { // just read whole to check it
-		copy(p, whole[off:])
-	} else if _, err := f.ReadAt(p, off); err != nil {
+	if _, err := f.ReadAt(p, off); err != nil {
 		return false, fmt.Errorf("cache: read chunk %s: %w", d, err)
 	}
 	s.hits.Add(1)
@@ -277,12 +278,11 @@ func (s *Store) ReadAt(ctx context.Context, d Digest, size int64, p []byte, off 
 }
 
 // open finds chunk d, whose full size is size, pins it and returns its
-// open file, checked: whole holds its bytes when this call read them to
-// check it. e is nil when d is not cached, or not as it should be (wrong
-// size, file gone, corrupt: then it is removed).
-func (s *Store) open(d Digest, size int64) (e *entry, f *os.File, whole []byte) {
+// open file, checked. e is nil when d is not cached, or not as it should
+// be (wrong size, file gone, corrupt: then it is removed).
+func (s *Store) open(d Digest, size int64) (e *entry, f *os.File) {
 	if e = s.pin(d); e == nil {
-		return nil, nil, nil
+		return nil, nil
 	}
 	var err error
 	if e.size == size {
@@ -291,45 +291,44 @@ func (s *Store) open(d Digest, size int64) (e *entry, f *os.File, whole []byte) 
 	if e.size != size || err != nil { // wrong size or file gone: not this chunk
 		s.drop(e)
 		s.unpin(e)
-		return nil, nil, nil
+		return nil, nil
 	}
-	whole, ok := s.check(e, f)
-	if !ok { // corrupt, removed
+	if !s.check(e, f) { // corrupt, removed
 		s.unpin(e)
-		return nil, nil, nil
+		return nil, nil
 	}
-	return e, f, whole
+	return e, f
 }
 
 // check verifies e's file, open as f, the first time it is read after
-// Open: it reads the whole chunk and hashes it, and returns the bytes so
-// the reader need not read them again; nil once the chunk has been
-// checked. A corrupt chunk is removed and reported as not ok. Readers
-// arriving together (NBD clients send many requests per chunk at once,
-// and WillNeed checks ahead of them) share one read and hash.
-func (s *Store) check(e *entry, f *os.File) (whole []byte, ok bool) {
+// Open: it reads the whole chunk into a pooled buffer and hashes it (the
+// bytes then sit in the page cache for the reader). A corrupt chunk is
+// removed and reported as not ok. Readers arriving together (NBD clients
+// send many requests per chunk at once, and WillNeed checks ahead of them)
+// share one read and hash.
+func (s *Store) check(e *entry, f *os.File) bool {
 	if _, ok := s.verified.Load(e.d); ok {
-		return nil, true
+		return true
 	}
 	v, _, _ := s.verify.Do(string(e.d[:]), func() (any, error) {
 		if _, ok := s.verified.Load(e.d); ok {
-			return []byte(nil), nil // checked by a reader that just finished
+			return true, nil // checked by a reader that just finished
 		}
 		if !s.current(e) {
 			return false, nil // found corrupt and dropped by a check that just finished
 		}
-		whole := make([]byte, e.size)
-		if _, err := f.ReadAt(whole, 0); err != nil || sha256.Sum256(whole) != e.d {
+		buf := s.bufs.Get(int(e.size))
+		defer s.bufs.Put(buf)
+		if _, err := f.ReadAt(*buf, 0); err != nil || sha256.Sum256(*buf) != e.d {
 			s.corrupt.Add(1)
 			s.log.Warn("corrupt cached chunk removed", "digest", e.d.String())
 			s.drop(e)
 			return false, nil
 		}
 		s.verified.Store(e.d, struct{}{})
-		return whole, nil
+		return true, nil
 	})
-	whole, ok = v.([]byte)
-	return whole, ok
+	return v.(bool)
 }
 
 // Has reports whether chunk d is cached, without counting a hit or miss.
