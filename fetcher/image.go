@@ -82,7 +82,7 @@ type call struct {
 	chunks     map[int][]byte // decoded, verified chunk contents
 	errs       map[int]error
 	refs       atomic.Int32 // the fetch and the readers using chunks (buffers.go)
-	buf        *[]byte      // the pooled buffer chunks are in, if any
+	bufs       []*[]byte    // the pooled buffers chunks are in
 }
 
 // Open resolves l, fetches and verifies its chunk index and returns the
@@ -376,14 +376,7 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	x := im.index
 	first := x.Chunks[run[0]]
 	lastc := x.Chunks[run[len(run)-1]]
-	n := int(lastc.Offset + uint64(lastc.Length) - first.Offset)
-	var stored []byte
-	if im.recent == nil {
-		cl.buf = im.bufs.Get(n)
-		stored = *cl.buf
-	} else { // recent keeps chunks past the call: not pooled
-		stored = make([]byte, n)
-	}
+	stored := im.buffer(cl, int(lastc.Offset+uint64(lastc.Length)-first.Offset))
 	parts := 1 + im.spareSlots(slots, len(stored))
 	mirror, err := im.getParts(ctx, stored, int64(first.Offset), parts)
 	for range parts - 1 { // the connections are free again; decoding needs none
@@ -405,8 +398,12 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	for k, j := range run {
 		c := x.Chunks[j]
 		part := stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
+		out := part // raw chunks are verified in place
+		if c.Encoding != imagefmt.EncodingRaw {
+			out = im.buffer(cl, x.ChunkLen(j))
+		}
 		g.Go(func() error {
-			outs[k], refetched[k], errs[k] = im.decode(ctx, j, part)
+			outs[k], refetched[k], errs[k] = im.decode(ctx, j, part, out)
 			return nil
 		})
 	}
@@ -434,14 +431,11 @@ func (im *Image) get(ctx context.Context, p []byte, off int64, originOnly bool) 
 	return mirror, err
 }
 
-// decode verifies chunk j (raw chunks in place, without a copy); a
-// failure is refetched once on its own before it is reported.
-func (im *Image) decode(ctx context.Context, j int, stored []byte) (_ []byte, refetched bool, _ error) {
+// decode verifies chunk j from its stored bytes into out (stored itself
+// for a raw chunk: verified in place, without a copy); a failure is
+// refetched once on its own before it is reported.
+func (im *Image) decode(ctx context.Context, j int, stored, out []byte) (_ []byte, refetched bool, _ error) {
 	x := im.index
-	out := stored
-	if x.Chunks[j].Encoding != imagefmt.EncodingRaw {
-		out = make([]byte, x.ChunkLen(j))
-	}
 	err := x.DecodeChunk(j, stored, out)
 	if errors.Is(err, imagefmt.ErrChunkCorrupt) {
 		im.stats.verifyFailures.Add(1)
