@@ -104,6 +104,13 @@ func TestMountTree(t *testing.T) {
 			ref, want := e.convert(t, fs)
 			dir := t.TempDir()
 			e.mount(t, ref, dir, "--cache-dir", t.TempDir())
+			logs, _ := filepath.Glob(filepath.Join(e.state, "mounts", "*", "serve.log"))
+			if len(logs) != 1 {
+				t.Fatalf("serve.log of the mount: found %v", logs)
+			}
+			if b, err := os.ReadFile(logs[0]); err != nil || !strings.Contains(string(b), "msg=serving") {
+				t.Errorf("%s does not say the mount is served: %q, %v", logs[0], b, err)
+			}
 			got := testutil.SnapshotDir(t, dir)
 			delete(got, "lost+found") // mke2fs always creates it
 			for _, d := range testutil.Diff(want, got) {

@@ -76,8 +76,8 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	if st.Mount.Attach == blockdev.AttachNBDFuse && st.Attach == "auto" {
 		note = "kernel has no nbd driver: mounted through nbdfuse (a userspace NBD client) instead"
 	}
+	slog.Info("serving", "ref", st.Source.Ref, "dir", st.Dir, "source", st.Mount.Source) // before the mount command returns
 	say(readyReport{State: st, Note: note})
-	slog.Info("serving", "ref", st.Source.Ref, "dir", st.Dir, "source", st.Mount.Source)
 
 	<-ctx.Done()
 	<-pinned // no pin file is written while the work directory goes

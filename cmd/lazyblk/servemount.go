@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -21,6 +22,9 @@ func serveMountCommand() *cli.Command {
 			// fd 3 came without close-on-exec; nbdfuse must not inherit
 			// it, or the parent would wait for nbdfuse to close it too.
 			unix.CloseOnExec(3)
+			// Its stderr is the mount's serve.log: what it did (serving,
+			// trace replay, stopped) belongs there, not only warnings.
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 			return mounts.Serve(c.Context, c.Args().First(), os.NewFile(3, "report"))
 		},
 	}
