@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/sys/unix"
 
-	"github.com/lazyblk/lazyblk/internal/bufpool"
+	"github.com/lazyblk/lazyblk/cache/bufpool"
 )
 
 // ErrCorrupt reports chunk bytes that do not match their digest.

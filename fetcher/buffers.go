@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/lazyblk/lazyblk/internal/bufpool"
+	"github.com/lazyblk/lazyblk/cache/bufpool"
 )
 
 // A call's chunks live in its run's buffer (raw chunks are verified in

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/cache/bufpool"
 	"github.com/lazyblk/lazyblk/imagefmt"
-	"github.com/lazyblk/lazyblk/internal/bufpool"
 )
 
 // ErrChunkCorrupt reports a chunk whose fetched bytes failed verification

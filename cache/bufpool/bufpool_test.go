@@ -3,7 +3,7 @@ package bufpool_test
 import (
 	"testing"
 
-	"github.com/lazyblk/lazyblk/internal/bufpool"
+	"github.com/lazyblk/lazyblk/cache/bufpool"
 	"github.com/lazyblk/lazyblk/internal/testutil"
 )
 
