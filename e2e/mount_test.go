@@ -162,6 +162,24 @@ func TestUmountAfterCrash(t *testing.T) {
 	ref, _ := e.convert(t, "erofs")
 	dir := t.TempDir()
 	e.mount(t, ref, dir)
+	_, st := e.onlyState(t)
+	if err := syscall.Kill(int(st["pid"].(float64)), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Not asserted: whether this read fails depends on what the kernel
+	// cached while mounting. It must return, not hang.
+	_, err := os.ReadFile(filepath.Join(dir, "usr/bin/a"))
+	t.Logf("read after the crash: %v", err)
+	if _, stderr, code := run(t, "mount", "--state-dir", e.state, "--plain-http", ref, dir); code == 0 || !strings.Contains(stderr, "died") {
+		t.Errorf("mount over a crashed mount: exit %d: %s", code, stderr)
+	}
+	e.umount(t, dir)
+}
+
+// onlyState returns the path and content of the environment's one mount
+// state, which must record its serving process.
+func (e *mountEnv) onlyState(t *testing.T) (string, map[string]any) {
+	t.Helper()
 	states, _ := filepath.Glob(filepath.Join(e.state, "mounts/*/state.json"))
 	if len(states) != 1 {
 		t.Fatalf("%d state files", len(states))
@@ -170,21 +188,34 @@ func TestUmountAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st struct{ PID int }
-	if err := json.Unmarshal(b, &st); err != nil || st.PID == 0 {
-		t.Fatalf("state.json: %v %s", err, b)
+	var st map[string]any
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("%s: %v", states[0], err)
 	}
-	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+	if pid, _ := st["pid"].(float64); pid <= 0 {
+		t.Fatalf("%s records no serving process: %s", states[0], b)
+	}
+	return states[0], st
+}
+
+// TestUmountStopsUnrecordedServer: a state that does not name its serving
+// process (lost or rewritten) still gets the process stopped by umount,
+// which once tore down the mount and left its server running.
+func TestUmountStopsUnrecordedServer(t *testing.T) {
+	e := newMountEnv(t)
+	ref, _ := e.convert(t, "erofs")
+	dir := t.TempDir()
+	e.mount(t, ref, dir, "--cache-dir", t.TempDir())
+	path, st := e.onlyState(t)
+	pid := int(st["pid"].(float64))
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) }) // whatever umount left
+	delete(st, "pid")
+	b, _ := json.Marshal(st)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// Not asserted: whether this read fails depends on what the kernel
-	// cached while mounting. It must return, not hang.
-	_, err = os.ReadFile(filepath.Join(dir, "usr/bin/a"))
-	t.Logf("read after the crash: %v", err)
-	if _, stderr, code := run(t, "mount", "--state-dir", e.state, "--plain-http", ref, dir); code == 0 || !strings.Contains(stderr, "died") {
-		t.Errorf("mount over a crashed mount: exit %d: %s", code, stderr)
-	}
 	e.umount(t, dir)
+	e.assertClean(t)
 }
 
 // TestMountBadInput: every failure names its cause and leaves nothing.

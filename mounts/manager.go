@@ -229,8 +229,11 @@ func (m *Manager) Unmount(dir string) error {
 	work := workDir(m.root(), dir)
 	st, err := readState(work)
 	if errors.Is(err, os.ErrNotExist) {
-		if _, err := os.Stat(work); err == nil {
-			return teardown(work, nil) // a mount that died before it wrote its state
+		if _, err := os.Stat(work); err == nil { // a mount that died before it wrote its state
+			if err := stopServers(dir, work); err != nil {
+				return err
+			}
+			return teardown(work, nil)
 		}
 		return fmt.Errorf("%s: %w (no state in %s)", dir, ErrNotMounted, work)
 	} else if err != nil {
@@ -241,16 +244,27 @@ func (m *Manager) Unmount(dir string) error {
 	if err := unix.Unmount(dir, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("umount %s: %w", dir, err)
 	}
-	if st.Serving {
-		if err := blockdev.StopProcess(st.PID, unix.SIGTERM, serverStopTimeout); err != nil {
-			return fmt.Errorf("umount %s: stop server: %w", dir, err)
-		}
-		// A server that stopped cleanly took everything down itself.
-		if st, err = readState(work); errors.Is(err, os.ErrNotExist) {
-			return teardown(work, nil)
-		}
+	if err := stopServers(dir, work); err != nil {
+		return err
+	}
+	// A server that stopped cleanly took everything down itself.
+	if now, err := readState(work); errors.Is(err, os.ErrNotExist) {
+		return teardown(work, nil)
+	} else if err == nil {
+		st = now
 	}
 	return teardown(work, st)
+}
+
+// stopServers stops every process serving the mount on dir, the one its
+// state records and any other (servers): none may outlive its mount.
+func stopServers(dir, work string) error {
+	for _, pid := range servers(work) {
+		if err := blockdev.StopProcess(pid, unix.SIGTERM, serverStopTimeout); err != nil {
+			return fmt.Errorf("umount %s: stop server: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 // Reattach starts a new serving process for a kernel NBD mount whose

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -84,15 +85,33 @@ func replaceFile(path string, b []byte) error {
 // pid exists and is a lazyblk serving this state directory (a pid reused
 // after a crash is someone else's).
 func (st *State) serverAlive(work string) bool {
-	if st.PID <= 0 {
-		return false
-	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.PID))
+	return st.PID > 0 && serves(st.PID, work)
+}
+
+// serves reports whether process pid is a lazyblk serving the mount whose
+// state is in work.
+func serves(pid int, work string) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return false
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 	return len(args) >= 3 && args[1] == ServeCommand && args[len(args)-1] == work
+}
+
+// servers returns every process serving the mount whose state is in work,
+// whatever the state records: the pid it names, or one it does not (a
+// state rewritten or lost, a server started for it by a mount command that
+// died before the server reported).
+func servers(work string) []int {
+	procs, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, p := range procs {
+		if pid, err := strconv.Atoi(p.Name()); err == nil && serves(pid, work) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // AbsDir resolves a mountpoint argument to the absolute, symlink-free
