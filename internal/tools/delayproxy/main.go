@@ -17,13 +17,11 @@ import (
 	"net/url"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/lazyblk/lazyblk/config"
 )
 
-// burst is the unit bodies are paced in.
-const burst = 64 << 10
+// piece is the most a body write sends before it is paced again.
+const piece = 64 << 10
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
@@ -43,17 +41,17 @@ func main() {
 	if err != nil {
 		log.Fatal("-conn-rate: ", err)
 	}
-	var shared *rate.Limiter
+	var shared *pacer
 	if totalRate > 0 {
-		shared = rate.NewLimiter(rate.Limit(totalRate), burst)
+		shared = newPacer(totalRate)
 	}
 	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: *target})
 	proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 64}
 	log.Fatal(http.ListenAndServe(*listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(*delay) // the added latency itself, not synchronisation
-		pw := &pacedWriter{ResponseWriter: w, ctx: r.Context(), limits: []*rate.Limiter{shared}}
+		pw := &pacedWriter{ResponseWriter: w, ctx: r.Context(), pacers: []*pacer{shared}}
 		if connRate > 0 {
-			pw.limits = append(pw.limits, rate.NewLimiter(rate.Limit(connRate), burst))
+			pw.pacers = append(pw.pacers, newPacer(connRate))
 		}
 		proxy.ServeHTTP(pw, r)
 	})))
@@ -63,16 +61,16 @@ func main() {
 type pacedWriter struct {
 	http.ResponseWriter
 	ctx    context.Context
-	limits []*rate.Limiter
+	pacers []*pacer
 }
 
 func (p *pacedWriter) Write(b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
-		n := min(len(b)-done, burst)
-		for _, l := range p.limits {
-			if l != nil {
-				if err := l.WaitN(p.ctx, n); err != nil {
+		n := min(len(b)-done, piece)
+		for _, pc := range p.pacers {
+			if pc != nil {
+				if err := pc.wait(p.ctx, n); err != nil {
 					return done, err
 				}
 			}
