@@ -17,6 +17,9 @@
 # The dense throughput is compared with a raw parallel download of the
 # image's data blob (8 connections, 32 MiB ranges) through the same shaper.
 #
+# The sparse cases run SPARSE_RUNS rounds (default 3; lazy, lazy+trace, warm
+# in turn) and report their medians; the dense ones run once.
+#
 # CHUNK_SIZE passes --chunk-size to convert (default: lazyblk's, 4MiB).
 # FILL_BELOW passes --fill-below to every mount (default: lazyblk's, 8GiB,
 # so the whole image fills in the background below demand).
@@ -104,38 +107,41 @@ t[pull_dense]=$(( t1 - t0 + $(ms) - t2 ))
 umount "$work/pullroot"
 rm -rf "$work/pull"
 
-# Lazy, no trace; the sparse run records the trace.
-for w in sparse dense; do
-  rm -rf "$work/cache"; cold
-  t0=$(ms)
-  mount_lazy "$work/cache" --no-trace
-  $w "$mnt"
-  t[lazy_$w]=$(( $(ms) - t0 ))
-  [ $w = sparse ] && "$lb" prefetch record --state-dir "$state" --duration 0 -o "$work/trace.json" "$mnt" >/dev/null
-  umount_lazy
-done
-"$lb" prefetch push --plain-http "$lazy" "$work/trace.json"
-
-# Lazy with the trace.
-for w in sparse dense; do
-  rm -rf "$work/cache"; cold
-  t0=$(ms)
-  mount_lazy "$work/cache"
-  $w "$mnt"
-  t[trace_$w]=$(( $(ms) - t0 ))
-  umount_lazy
-done
-
-# Warm: every chunk cached.
-"$lb" cat --plain-http --cache-dir "$work/cache" --cache-size 1000GiB "$lazy" >/dev/null
-for w in sparse dense; do
+# One case: CASE WORKLOAD CACHE [MOUNT FLAGS...]; its ms go into t[CASE_WORKLOAD]
+# (sparse: appended to all[CASE], the median taken below).
+declare -A all
+run_case() {
+  local c=$1 w=$2 dir=$3; shift 3
+  [ "$c" = warm ] || rm -rf "$dir"
   cold
-  t0=$(ms)
-  mount_lazy "$work/cache" --cache-size 1000GiB
+  local t0; t0=$(ms)
+  mount_lazy "$dir" "$@"
   $w "$mnt"
-  t[warm_$w]=$(( $(ms) - t0 ))
+  local took=$(( $(ms) - t0 ))
+  if [ "$w" = sparse ]; then all[$c]+="$took "; else t[${c}_$w]=$took; fi
+  [ -z "${record:-}" ] || { "$lb" prefetch record --state-dir "$state" --duration 0 -o "$work/trace.json" "$mnt" >/dev/null; record=; }
   umount_lazy
+}
+median() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2] + a[NR/2+1]) / 2)}'; }
+
+# Lazy without a trace; its first sparse run records the trace.
+record=1 run_case lazy sparse "$work/cache" --no-trace
+run_case lazy dense "$work/cache" --no-trace
+"$lb" prefetch push --plain-http "$lazy" "$work/trace.json"
+# Lazy with the trace.
+run_case trace dense "$work/cache"
+# Warm: every chunk cached (a cache of its own, filled once).
+"$lb" cat --plain-http --cache-dir "$work/warm" --cache-size 1000GiB "$lazy" >/dev/null
+run_case warm dense "$work/warm" --cache-size 1000GiB
+# The sparse start, SPARSE_RUNS rounds (default 3) of lazy, lazy+trace and
+# warm in turn: one start takes a second or two and varies run to run by
+# more than the differences measured, so each case reports its median.
+for r in $(seq "${SPARSE_RUNS:-3}"); do
+  [ "$r" = 1 ] || run_case lazy sparse "$work/cache" --no-trace
+  run_case trace sparse "$work/cache"
+  run_case warm sparse "$work/warm" --cache-size 1000GiB
 done
+for c in lazy trace warm; do t[${c}_sparse]=$(median "${all[$c]}"); done
 
 # The reference for dense throughput: the data blob, raw, in parallel.
 cold
@@ -143,6 +149,7 @@ raw_ms=$("$work/pullbench" get "$via/bench/ai:v1-lazyblk" "$data_digest" | sed -
 
 ratio() { echo "scale=3; $1 / $2" | bc | sed 's/^\./0./'; }
 mbps() { echo "scale=1; $1 / 1048576 * 1000 / $2" | bc; }
+printf '\nsparse runs (ms): lazy %s, lazy+trace %s, warm %s; medians below\n' "${all[lazy]% }" "${all[trace]% }" "${all[warm]% }"
 printf '\n%-8s %10s %10s %12s %10s\n' workload pull lazy lazy+trace warm
 for w in sparse dense; do
   printf '%-8s %8s ms %7s ms %9s ms %7s ms\n' $w "${t[pull_$w]}" "${t[lazy_$w]}" "${t[trace_$w]}" "${t[warm_$w]}"
@@ -166,6 +173,7 @@ cat >"$out_dir/coldstart.json" <<EOF
   "shaper": {"delay": "$delay", "connRate": "$conn_rate", "rate": "$rate"}, "fillBelow": "${FILL_BELOW:-default}", "chunkSize": "${CHUNK_SIZE:-default}",
   "ms": {
     "sparse": {"pull": ${t[pull_sparse]}, "lazy": ${t[lazy_sparse]}, "lazyTrace": ${t[trace_sparse]}, "warm": ${t[warm_sparse]}},
+    "sparseRuns": {"lazy": [$(echo ${all[lazy]} | tr ' ' ',')], "lazyTrace": [$(echo ${all[trace]} | tr ' ' ',')], "warm": [$(echo ${all[warm]} | tr ' ' ',')]},
     "dense": {"pull": ${t[pull_dense]}, "lazy": ${t[lazy_dense]}, "lazyTrace": ${t[trace_dense]}, "warm": ${t[warm_dense]}},
     "rawDownload": $raw_ms
   },
