@@ -25,7 +25,8 @@
 // A miss outside a sequential run also fetches its neighbours (the two
 // chunks after it, the one before) on free background slots: start-ups
 // read in clusters, out of order (readahead.go). Cached chunks ahead of a
-// sequential reader are checked or loaded ahead of it (cache.WillNeed),
+// sequential reader are checked or loaded ahead of it (cache.WillNeed,
+// cache.Preload),
 // and Files names the cached chunk files holding a range, for a block
 // server that splices from them (file.go).
 // Demand requests use their own connection slots (8); a run of 2 MiB or

@@ -44,12 +44,13 @@ type Image struct {
 	demandMem   *semaphore.Weighted // bytes of demand runs fetched and not yet cached
 	bgMem       *semaphore.Weighted // the same for prefetch and fill
 
-	mu       sync.Mutex // guards inflight, lastRead, seqRun, raNext, hinted, touched, order
+	mu       sync.Mutex // guards inflight, lastRead, seqRun, raNext, hinted, loaded, touched, order
 	inflight map[int]*call
 	lastRead int // chunk of the last read, for sequential detection
 	seqRun   int // chunks read in a row before it
 	raNext   int // first chunk readahead has not started yet
-	hinted   int // last cached chunk readahead asked the cache to load
+	hinted   int // last cached chunk readahead asked the cache to check or load
+	loaded   int // last cached chunk readahead asked the kernel to read in
 	touched  []bool
 	order    []int // chunks in the order readers first touched them: the trace
 
