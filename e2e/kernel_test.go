@@ -69,7 +69,9 @@ func newHoldProxy(t *testing.T, host string) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// staticLazyblk builds the binary without cgo, for a guest without libc.
+// staticLazyblk builds the binary without cgo, for a guest without libc,
+// and without the race detector (whose shadow memory the e2e binary
+// carries), for a measure of the product's own memory.
 func staticLazyblk(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "lazyblk")

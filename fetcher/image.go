@@ -61,6 +61,7 @@ type Image struct {
 	demandIdle chan struct{} // closed while demandRuns is 0
 	lastDemand time.Time     // when the last demand fetch started
 	readAt     atomic.Int64  // when the last ReadAt came, in UnixNano
+	fetchedAt  atomic.Int64  // when the last fetch left inflight, in UnixNano
 
 	prefetching atomic.Int32 // Prefetch calls running (a trace replay)
 
@@ -311,6 +312,7 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call) {
 			}
 		}
 		im.mu.Unlock()
+		im.fetchedAt.Store(time.Now().UnixNano())
 		cl.release(&im.bufs)
 	}()
 	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)

@@ -59,3 +59,16 @@ func (im *Image) waitQuiet(ctx context.Context, quiet, maxWait time.Duration) er
 		}
 	}
 }
+
+// Idle reports how long the image has done nothing: no read and no fetch
+// since then, and none in flight (zero while one is). A process serving
+// the image uses it to give memory back when it falls idle.
+func (im *Image) Idle() time.Duration {
+	im.mu.Lock()
+	busy := len(im.inflight) > 0
+	im.mu.Unlock()
+	if busy {
+		return 0
+	}
+	return time.Since(time.Unix(0, max(im.readAt.Load(), im.fetchedAt.Load())))
+}

@@ -48,6 +48,7 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	}
 	defer im.Close()
 	defer srv.Close()
+	go TrimWhenIdle(ctx, im)
 	pinned := make(chan struct{}) // closed once the pins stop being written
 	if len(st.Source.CacheDirs) > 0 {
 		go func() { defer close(pinned); pins.run(ctx, im) }()

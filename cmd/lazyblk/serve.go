@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/lazyblk/lazyblk/blockdev"
+	"github.com/lazyblk/lazyblk/mounts"
 )
 
 func serveCommand() *cli.Command {
@@ -49,6 +50,7 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	defer im.Close()
+	go mounts.TrimWhenIdle(c.Context, im)
 	srv, err := blockdev.NewServer([]blockdev.Export{{Name: src.Ref, Backend: im}}, blockdev.WithLogger(slog.Default()))
 	if err != nil {
 		return err
