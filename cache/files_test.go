@@ -146,16 +146,7 @@ func TestWillNeed(t *testing.T) {
 	}
 	path := s.path(0, d)
 	evict(t, path)
-	before := readBytes(t)
-	_, missing := chunk(2, size)
-	s.WillNeed(missing)
-	if n := readBytes(t) - before; n != 0 {
-		t.Errorf("WillNeed of a chunk not cached read %d bytes", n)
-	}
-	s.WillNeed(d)
-	if n := readBytes(t) - before; n < size {
-		t.Fatalf("WillNeed read %d bytes from storage, want the chunk's %d", n, size)
-	}
+	hintReads(t, "WillNeed", s.WillNeed, d, size)
 	if got, ok := mustGet(t, s, d, size); !ok || string(got) != string(b) {
 		t.Fatal("miss or wrong bytes after WillNeed")
 	}
@@ -186,45 +177,64 @@ func evict(t *testing.T, path string) {
 	}
 }
 
-// TestPreload: after a restart, Preload has the kernel read a cached
-// chunk's file (the bytes are counted as this process's reads when the
-// request is submitted, before Preload returns) and checks nothing: the
-// chunk is checked on its first read, and a corrupt one preloaded is
-// still found and never served.
-func TestPreload(t *testing.T) {
+// hintReads checks that hint has nothing read from storage for a chunk
+// not cached, and the whole of chunk d, cached and evicted, by the time it
+// returns.
+func hintReads(t *testing.T, what string, hint func(Digest), d Digest, size int) {
+	t.Helper()
+	before := readBytes(t)
+	_, missing := chunk(999, size)
+	hint(missing)
+	if n := readBytes(t) - before; n != 0 {
+		t.Errorf("%s of a chunk not cached read %d bytes", what, n)
+	}
+	hint(d)
+	if n := readBytes(t) - before; n < int64(size) {
+		t.Fatalf("%s had %d bytes read from storage, want the chunk's %d", what, n, size)
+	}
+}
+
+// restartedWithCorrupt puts two chunks of size in a new store, good one gd
+// and one bd whose file it then overwrites with zeros, calls before (if
+// any) and returns the store opened again (a restart: nothing checked).
+func restartedWithCorrupt(t *testing.T, size int, before func(s *Store, gd Digest)) (s2 *Store, good []byte, gd, bd Digest) {
+	t.Helper()
 	dir := t.TempDir()
 	s, err := Open([]string{dir}, 1<<30)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const size = 1 << 20
-	good, gd := chunk(1, size)
-	_, bd := chunk(2, size)
-	for i, d := range []Digest{gd, bd} {
-		b, _ := chunk(i+1, size)
-		if err := s.Put(context.Background(), d, b); err != nil {
+	good, gd = chunk(1, size)
+	bad, bd := chunk(2, size)
+	for _, c := range []struct {
+		b []byte
+		d Digest
+	}{{good, gd}, {bad, bd}} {
+		if err := s.Put(context.Background(), c.d, c.b); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := os.WriteFile(s.path(0, bd), make([]byte, size), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	evict(t, s.path(0, gd))
-	s2, err := Open([]string{dir}, 1<<30) // a restart: nothing checked yet
-	if err != nil {
+	if before != nil {
+		before(s, gd)
+	}
+	if s2, err = Open([]string{dir}, 1<<30); err != nil {
 		t.Fatal(err)
 	}
+	return s2, good, gd, bd
+}
 
-	before := readBytes(t)
-	_, missing := chunk(3, size)
-	s2.Preload(missing)
-	if n := readBytes(t) - before; n != 0 {
-		t.Errorf("Preload of a chunk not cached read %d bytes", n)
-	}
-	s2.Preload(gd)
-	if n := readBytes(t) - before; n < size {
-		t.Errorf("Preload had %d bytes read from storage, want the chunk's %d", n, size)
-	}
+// TestPreload: after a restart, Preload has the kernel read a cached
+// chunk's file (the bytes are counted as this process's reads when the
+// request is submitted, before Preload returns) and checks nothing: the
+// chunk is checked on its first read, and a corrupt one preloaded is
+// still found and never served.
+func TestPreload(t *testing.T) {
+	const size = 1 << 20
+	s2, good, gd, bd := restartedWithCorrupt(t, size, func(s *Store, gd Digest) { evict(t, s.path(0, gd)) })
+	hintReads(t, "Preload", s2.Preload, gd, size)
 	if s2.Ready(gd) {
 		t.Error("Preload counted a chunk as checked")
 	}
@@ -242,31 +252,9 @@ func TestPreload(t *testing.T) {
 // it asks for; a corrupt chunk is found and removed by WillNeed, before
 // any reader reaches it.
 func TestWillNeedChecksAhead(t *testing.T) {
-	dir := t.TempDir()
-	s, err := Open([]string{dir}, 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const size = 1 << 20
-	good, gd := chunk(1, size)
-	bad, bd := chunk(2, size)
-	for _, c := range []struct {
-		b []byte
-		d Digest
-	}{{good, gd}, {bad, bd}} {
-		if err := s.Put(context.Background(), c.d, c.b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	badPath := s.path(0, bd)
-	if err := os.WriteFile(badPath, make([]byte, size), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	s2, err := Open([]string{dir}, 1<<30) // a restart: nothing checked yet
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2, good, gd, bd := restartedWithCorrupt(t, size, nil)
+	badPath := s2.path(0, bd)
 	if _, ok := s2.verified.Load(gd); ok {
 		t.Fatal("a chunk counts as checked right after Open")
 	}
