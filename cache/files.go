@@ -101,7 +101,19 @@ func (s *Store) File(d Digest, size int64, now bool) (f *os.File, release func()
 // large file would (the kernel's window restarts small at every file), so
 // the fetcher calls it, in a goroutine of its own, for the chunks ahead of
 // a sequential reader. Does nothing for a chunk not cached.
-func (s *Store) WillNeed(d Digest) {
+func (s *Store) WillNeed(d Digest) { s.prepare(d, true) }
+
+// Preload asks the kernel to read chunk d's file into the page cache and
+// returns without waiting for it or checking the chunk: for chunks
+// further ahead of a reader than WillNeed checks, whose checks then hash
+// bytes already in memory. A preloaded chunk is checked on its first
+// read like any other. Does nothing for a chunk not cached.
+func (s *Store) Preload(d Digest) { s.prepare(d, false) }
+
+// prepare is WillNeed (check) and Preload: with check, a chunk not yet
+// checked is checked now if a check slot is free; otherwise the kernel
+// reads the file in.
+func (s *Store) prepare(d Digest, check bool) {
 	e := s.pin(d)
 	if e == nil {
 		return
@@ -111,7 +123,7 @@ func (s *Store) WillNeed(d Digest) {
 	if err != nil {
 		return
 	}
-	if _, ok := s.verified.Load(d); !ok {
+	if _, ok := s.verified.Load(d); check && !ok {
 		select {
 		case s.ahead <- struct{}{}:
 			s.check(e, f)
@@ -121,22 +133,6 @@ func (s *Store) WillNeed(d Digest) {
 		}
 	}
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_WILLNEED)
-}
-
-// Preload asks the kernel to read chunk d's file into the page cache and
-// returns without waiting for it or checking the chunk: for chunks
-// further ahead of a reader than WillNeed checks, whose checks then hash
-// bytes already in memory. A preloaded chunk is checked on its first
-// read like any other. Does nothing for a chunk not cached.
-func (s *Store) Preload(d Digest) {
-	e := s.pin(d)
-	if e == nil {
-		return
-	}
-	defer s.unpin(e)
-	if f, err := s.file(e); err == nil {
-		_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_WILLNEED)
-	}
 }
 
 // aheadChecks bounds the chunks WillNeed reads and verifies at once (each
