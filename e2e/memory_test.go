@@ -1,13 +1,10 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,23 +25,8 @@ func TestServeGivesMemoryBackWhenIdle(t *testing.T) {
 	ref := testutil.DockerRegistry(t) + "/serve/big:v1"
 	testutil.BlockImage(t, ref, 256<<20, imagefmt.WithChunkSize(imagefmt.DefaultChunkSize))
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command(staticLazyblk(t), "serve", "--plain-http", "--cache-dir", t.TempDir(), "--cache-size", "1GiB",
+	cmd, lines := startServe(t, staticLazyblk(t), "--plain-http", "--cache-dir", t.TempDir(), "--cache-size", "1GiB",
 		"--listen", "unix:"+sock, ref)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	lines := bufio.NewScanner(stderr)
-	if !lines.Scan() || !strings.Contains(lines.Text(), "serving") {
-		t.Fatalf("serve did not report readiness: %q", lines.Text())
-	}
 	go func() { // drain, so the server never blocks on its log
 		for lines.Scan() {
 		}

@@ -259,18 +259,7 @@ func TestServeCommand(t *testing.T) {
 	ref := host + "/serve/img:v1"
 	_, want := testutil.BlockImage(t, ref, 2<<20)
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command(lazyblk, "serve", "--plain-http", "--listen", "unix:"+sock, ref)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(stderr)
-	if !lines.Scan() || !strings.Contains(lines.Text(), "serving") {
-		t.Fatalf("serve did not report readiness: %q", lines.Text())
-	}
+	cmd, lines := startServe(t, lazyblk, "--plain-http", "--listen", "unix:"+sock, ref)
 	out := filepath.Join(t.TempDir(), "copy")
 	testutil.Run(t, "nbdcopy", "--connections=4", "nbd+unix:///?socket="+sock, out)
 	got, _ := os.ReadFile(out)
@@ -296,17 +285,7 @@ func TestServeTCP(t *testing.T) {
 	host := testutil.GGCRRegistry(t)
 	ref := host + "/serve/tcp:v1"
 	_, want := testutil.BlockImage(t, ref, 1<<20)
-	cmd := exec.Command(lazyblk, "serve", "--plain-http", "--listen", "tcp:127.0.0.1:0", ref)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	lines := bufio.NewScanner(stderr)
-	lines.Scan()
+	_, lines := startServe(t, lazyblk, "--plain-http", "--listen", "tcp:127.0.0.1:0", ref)
 	addr := lines.Text()[strings.LastIndex(lines.Text(), "tcp:")+len("tcp:"):]
 	go func() {
 		for lines.Scan() {
@@ -316,4 +295,30 @@ func TestServeTCP(t *testing.T) {
 	if size != strconv.Itoa(len(want)) {
 		t.Errorf("nbdinfo --size over TCP: %s, want %d", size, len(want))
 	}
+}
+
+// startServe starts bin serve with args and returns it once its first
+// line says it is serving; lines holds the rest of its stderr. It is
+// stopped (SIGTERM) at the end of the test unless the test waited for it.
+func startServe(t *testing.T, bin string, args ...string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		}
+	})
+	lines := bufio.NewScanner(stderr)
+	if !lines.Scan() || !strings.Contains(lines.Text(), "serving") {
+		t.Fatalf("serve did not report readiness: %q", lines.Text())
+	}
+	return cmd, lines
 }
