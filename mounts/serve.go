@@ -116,6 +116,7 @@ func setUp(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fet
 			return fail(fmt.Errorf("reattach %s: %w", st.Dir, err))
 		}
 	} else {
+		go readSuperblock(ctx, im)
 		attach := st.Attach
 		if attach == "auto" {
 			attach = blockdev.AttachNBDFuse
@@ -141,6 +142,19 @@ func setUp(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fet
 	}
 	st.Serving = true
 	return srv, im, index, st, nil
+}
+
+// readSuperblock reads the first 4 KiB of the image, where erofs and ext4
+// keep their superblocks (at 1 KiB): the mount reads them first, so their
+// chunk is fetched while the device attaches instead of after. Measured
+// (the cold-start image, 2 ms RTT), the chunk arrives 90 ms into the
+// serving process and took 45–50 ms to fetch, all of it on the mount's
+// path.
+func readSuperblock(ctx context.Context, im *fetcher.Image) {
+	var sb [4096]byte
+	if _, err := im.ReadAt(ctx, sb[:], 0); err != nil {
+		slog.Debug("reading the superblock ahead of the mount", "err", err)
+	}
 }
 
 // Stats is what a serving process reports of its image.
