@@ -18,8 +18,12 @@ var ErrChunkCorrupt = errors.New("imagefmt: chunk digest mismatch")
 
 // decoder is shared: DecodeAll is safe for concurrent use, and one decoder
 // with bounded concurrency keeps memory flat however many readers there are.
+// It skips zstd's own checksum (an xxhash64 of the content, in images
+// converted before the converter stopped writing it): the chunk's sha256
+// is checked anyway, and skipping it decodes the cold-start image's root
+// file system 9% faster (625 → 681 MB/s on one core).
 var decoder = sync.OnceValues(func() (*zstd.Decoder, error) {
-	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize))
+	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.IgnoreChecksum(true))
 })
 
 // DecodeChunk turns chunk i's stored bytes into its content in dst, which

@@ -242,7 +242,8 @@ func (k *chunker) encodeLoop() error {
 		if k.comp != CompressionNone {
 			if enc == nil {
 				var err error
-				if enc, err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1)); err != nil {
+				// No zstd checksum: the chunk's sha256 covers it.
+				if enc, err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false)); err != nil {
 					return err
 				}
 			}

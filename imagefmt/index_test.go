@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/zstd"
 )
 
 func sampleIndex() *Index {
@@ -82,6 +83,32 @@ func TestDecodeChunkDetectsCorruption(t *testing.T) {
 	bad[12345] ^= 1
 	if err := x.DecodeChunk(0, bad, dst); !errors.Is(err, ErrChunkCorrupt) {
 		t.Errorf("flipped byte: got %v, want ErrChunkCorrupt", err)
+	}
+}
+
+// TestDecodeChunkTrustsOnlySHA256: a zstd frame's own checksum (images
+// converted before the converter stopped writing it) is not checked — a
+// wrong one does not fail a chunk whose content matches its digest — and
+// a frame that decodes to other bytes still fails on the digest.
+func TestDecodeChunkTrustsOnlySHA256(t *testing.T) {
+	content := bytes.Repeat([]byte("lazyblk "), MinChunkSize/8)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderCRC(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := enc.EncodeAll(content, nil)
+	z[len(z)-1] ^= 0xff // the frame's xxhash64 checksum: its last 4 bytes
+	x := &Index{FS: FSErofs, ChunkSize: MinChunkSize, ImageSize: MinChunkSize,
+		Chunks: []Chunk{{Digest: sha256.Sum256(content), Length: uint32(len(z)), Encoding: EncodingZstd}}}
+	dst := make([]byte, MinChunkSize)
+	if err := x.DecodeChunk(0, z, dst); err != nil || !bytes.Equal(dst, content) {
+		t.Fatalf("wrong frame checksum, right content: %v", err)
+	}
+	other := bytes.Repeat([]byte("lazyblX "), MinChunkSize/8)
+	zo := enc.EncodeAll(other, nil)
+	x.Chunks[0].Length = uint32(len(zo))
+	if err := x.DecodeChunk(0, zo, dst); !errors.Is(err, ErrChunkCorrupt) {
+		t.Errorf("a frame of other content: got %v, want ErrChunkCorrupt", err)
 	}
 }
 
