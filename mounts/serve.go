@@ -41,13 +41,29 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 		}
 	}
 	pins := newPins(work)
-	srv, im, index, st, err := setUp(ctx, work, pins)
+	srv, im, index, st, err := open(ctx, work, pins)
 	if err != nil {
 		say(readyReport{Error: err.Error()})
 		return err
 	}
 	defer im.Close()
 	defer srv.Close()
+	loc, _ := fetcher.ParseLocation(st.Source.Ref, st.Source.PlainHTTP)
+	pf := newPrefetcher(im, index, loc)
+	background, stopBackground := context.WithCancel(ctx)
+	defer pf.wait()
+	defer stopBackground() // before the wait, on early returns
+	if len(st.Source.CacheDirs) > 0 {
+		// Before the device attaches: the trace lookup (a few registry
+		// round trips) and the replay's first chunks overlap the attach
+		// and the mount, instead of starting once the workload already
+		// waits on its first misses.
+		pf.start(background, st.Background, st.Source.CacheSize)
+	}
+	if err := attach(ctx, srv, im, st, work); err != nil {
+		say(readyReport{Error: err.Error()})
+		return err
+	}
 	go TrimWhenIdle(ctx, im)
 	pinned := make(chan struct{}) // closed once the pins stop being written
 	if len(st.Source.CacheDirs) > 0 {
@@ -56,8 +72,6 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 		close(pinned)
 	}
 	defer func() { <-pinned }() // on early returns
-	loc, _ := fetcher.ParseLocation(st.Source.Ref, st.Source.PlainHTTP)
-	pf := newPrefetcher(im, index, loc)
 	ctl, err := serveControl(ctx, work, im, srv, pf, pins)
 	if err != nil {
 		st.Mount.Unmount()
@@ -69,10 +83,6 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 		defer cancel()
 		ctl.Shutdown(shut)
 	}()
-	if len(st.Source.CacheDirs) > 0 {
-		pf.start(ctx, st.Background, st.Source.CacheSize)
-	}
-	defer pf.wait()
 	note := ""
 	if st.Mount.Attach == blockdev.AttachNBDFuse && st.Attach == "auto" {
 		note = "kernel has no nbd driver: mounted through nbdfuse (a userspace NBD client) instead"
@@ -90,7 +100,8 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	return err
 }
 
-func setUp(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fetcher.Image, v1.Hash, *State, error) {
+// open reads the mount's state, opens its image and starts its NBD server.
+func open(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fetcher.Image, v1.Hash, *State, error) {
 	st, err := readState(work)
 	if err != nil {
 		return nil, nil, v1.Hash{}, nil, err
@@ -105,15 +116,17 @@ func setUp(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fet
 		im.Close()
 		return nil, nil, v1.Hash{}, nil, err
 	}
-	fail := func(err error) (*blockdev.Server, *fetcher.Image, v1.Hash, *State, error) {
-		srv.Close()
-		im.Close()
-		return nil, nil, v1.Hash{}, nil, err
-	}
+	return srv, im, index, st, nil
+}
+
+// attach mounts the image on st.Dir, or, when the state already records a
+// device, hands it fresh connections; then it records the serving process
+// in the state.
+func attach(ctx context.Context, srv *blockdev.Server, im *fetcher.Image, st *State, work string) error {
 	fresh := st.Mount == nil
 	if !fresh {
 		if err := blockdev.Reattach(srv, st.Source.Ref, st.Mount, st.Connections); err != nil {
-			return fail(fmt.Errorf("reattach %s: %w", st.Dir, err))
+			return fmt.Errorf("reattach %s: %w", st.Dir, err)
 		}
 	} else {
 		go readSuperblock(ctx, im)
@@ -129,7 +142,7 @@ func setUp(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fet
 			Timeout: st.IOTimeout, DeadConnTimeout: deviceDeadConnTimeout, Backend: st.Source.Ref,
 		})
 		if err != nil {
-			return fail(fmt.Errorf("mount %s on %s: %w", st.Source.Ref, st.Dir, err))
+			return fmt.Errorf("mount %s on %s: %w", st.Source.Ref, st.Dir, err)
 		}
 		st.Mount = m
 	}
@@ -138,10 +151,10 @@ func setUp(ctx context.Context, work string, pins *pins) (*blockdev.Server, *fet
 		if fresh { // a reattach leaves the user's mount alone
 			err = errors.Join(err, st.Mount.Unmount())
 		}
-		return fail(err)
+		return err
 	}
 	st.Serving = true
-	return srv, im, index, st, nil
+	return nil
 }
 
 // readSuperblock reads the first 4 KiB of the image, where erofs and ext4
