@@ -41,15 +41,15 @@ func main() {
 	if err != nil {
 		log.Fatal("-conn-rate: ", err)
 	}
-	var shared *pacer
+	var shared []*pacer // the one pacer of all responses, if any (len == cap: appends copy)
 	if totalRate > 0 {
-		shared = newPacer(totalRate)
+		shared = []*pacer{newPacer(totalRate)}
 	}
 	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: *target})
 	proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 64}
 	log.Fatal(http.ListenAndServe(*listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(*delay) // the added latency itself, not synchronisation
-		pw := &pacedWriter{ResponseWriter: w, ctx: r.Context(), pacers: []*pacer{shared}}
+		pw := &pacedWriter{ResponseWriter: w, ctx: r.Context(), pacers: shared}
 		if connRate > 0 {
 			pw.pacers = append(pw.pacers, newPacer(connRate))
 		}
@@ -69,10 +69,8 @@ func (p *pacedWriter) Write(b []byte) (int, error) {
 	for done < len(b) {
 		n := min(len(b)-done, piece)
 		for _, pc := range p.pacers {
-			if pc != nil {
-				if err := pc.wait(p.ctx, n); err != nil {
-					return done, err
-				}
+			if err := pc.wait(p.ctx, n); err != nil {
+				return done, err
 			}
 		}
 		m, err := p.ResponseWriter.Write(b[done : done+n])
