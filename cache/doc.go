@@ -16,14 +16,16 @@
 // # Lifecycle and guarantees
 //
 // Put verifies the bytes against the digest, writes a temp file in the
-// chunk's directory, fsyncs it, renames it into place and fsyncs the
-// directory: a crash leaves nothing or the whole chunk. Open reuses what a
-// previous run left (temp files removed, the rest indexed, oldest first
-// for eviction) and Get verifies every chunk the first time it reads it
-// after Open, so a chunk corrupted on disk while no process watched is
-// removed and reported as a miss — refetched by the caller, never served.
-// Chunks written or verified by this process are trusted afterwards:
-// hashing every warm read would cost more than reading it.
+// chunk's directory with the CRC-32C of its bytes in an extended
+// attribute, fsyncs it, renames it into place and fsyncs the directory: a
+// crash leaves nothing or the whole chunk. Open reuses what a previous run
+// left (temp files removed, the rest indexed, oldest first for eviction)
+// and every chunk is checked the first time it is read after Open — by
+// its CRC, or by its sha256 where the CRC is missing or does not match —
+// so a chunk corrupted on disk while no process watched is removed and
+// reported as a miss: refetched by the caller, never served. Chunks
+// written or checked by this process are trusted afterwards: checking
+// every warm read would cost more than reading it.
 //
 // A chunk whose buffer and length are 4 KiB-aligned (every full 4 MiB
 // chunk the fetcher writes) is written with O_DIRECT: its bytes are in the

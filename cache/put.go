@@ -13,9 +13,9 @@ import (
 )
 
 // Put stores chunk d. data is verified against d before anything is
-// written; the file appears under its name only complete and synced (temp
-// file, fsync, rename, fsync of the directory), so a crash leaves either
-// nothing or the whole chunk. Putting a chunk already present is a no-op.
+// written; the file appears under its name only complete, with its CRC
+// (checksum.go), and synced (temp file, fsync, rename, fsync of the
+// directory), so a crash leaves either nothing or the whole chunk. Putting a chunk already present is a no-op.
 func (s *Store) Put(ctx context.Context, d Digest, data []byte) error {
 	if sha256.Sum256(data) != d {
 		return fmt.Errorf("%w: put %s", ErrCorrupt, d)
@@ -80,6 +80,7 @@ func writeAtomic(final string, data []byte) (err error) {
 	if err = write(f, data); err != nil {
 		return err
 	}
+	setCRC(f, data)
 	if err = f.Sync(); err != nil {
 		return err
 	}

@@ -301,8 +301,9 @@ func (s *Store) open(d Digest, size int64) (e *entry, f *os.File) {
 }
 
 // check verifies e's file, open as f, the first time it is read after
-// Open: it reads the whole chunk into a pooled buffer and hashes it (the
-// bytes then sit in the page cache for the reader). A corrupt chunk is
+// Open: it reads the whole chunk into a pooled buffer and checks it, by
+// its CRC or its sha256 (checksum.go; the bytes then sit in the page
+// cache for the reader). A corrupt chunk is
 // removed and reported as not ok. Readers arriving together (NBD clients
 // send many requests per chunk at once, and WillNeed checks ahead of them)
 // share one read and hash.
@@ -319,7 +320,7 @@ func (s *Store) check(e *entry, f *os.File) bool {
 		}
 		buf := s.bufs.Get(int(e.size))
 		defer s.bufs.Put(buf)
-		if _, err := f.ReadAt(*buf, 0); err != nil || sha256.Sum256(*buf) != e.d {
+		if _, err := f.ReadAt(*buf, 0); err != nil || !intact(f, e.d, *buf) {
 			s.corrupt.Add(1)
 			s.log.Warn("corrupt cached chunk removed", "digest", e.d.String())
 			s.drop(e)
