@@ -27,13 +27,18 @@
 // written or checked by this process are trusted afterwards: checking
 // every warm read would cost more than reading it.
 //
-// A chunk whose buffer and length are 4 KiB-aligned (every full 4 MiB
-// chunk the fetcher writes) is written with O_DIRECT: its bytes are in the
-// fetcher's memory already and the reader above the block device keeps
-// its own copy in the page cache, so a second copy there would only push
-// out other pages, and copying it costs CPU (measured: a cold 1 GiB read
-// spent 2.5 s of CPU with buffered writes, 1.6–1.8 s with direct ones).
-// Where the filesystem refuses O_DIRECT the write is an ordinary one.
+// How a chunk is written depends on when it will be read (When). One a
+// reader is about to read — a demand miss, a sequential reader's
+// readahead, a trace's prefetch — is written through the page cache, so
+// that reader's reads of the chunk file come from memory: written around
+// it, a cold 2 GiB read read its 2 GiB back from the cache disk, which on
+// a volume whose throughput ceiling counts reads and writes together (EBS
+// gp3) halves a cold read. The fill's chunks, which nobody may read for
+// hours, are written with O_DIRECT when their buffer and length are 4
+// KiB-aligned (every full 4 MiB chunk the fetcher writes): gigabytes of
+// them in the page cache would only push out other pages, and the copy
+// there costs CPU. Where the filesystem refuses O_DIRECT the write is an
+// ordinary one.
 // Open chunk files are kept for the next read (files.go).
 //
 // # Eviction

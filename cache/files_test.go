@@ -277,10 +277,10 @@ func TestWillNeedChecksAhead(t *testing.T) {
 	}
 }
 
-// TestDirectWrites: an aligned chunk is written around the page cache
-// (O_DIRECT: the fetcher has the bytes in memory already, and the reader
-// above the block device keeps its own copy), an unaligned one through
-// it; both read back exactly.
+// TestDirectWrites: an aligned chunk read later is written around the
+// page cache (O_DIRECT: the fetcher has the bytes in memory already, and
+// nobody is about to read them), an unaligned one or one read soon
+// through it; all read back exactly.
 func TestDirectWrites(t *testing.T) {
 	dir := t.TempDir()
 	probe, err := os.OpenFile(filepath.Join(dir, "probe"), os.O_CREATE|os.O_WRONLY|unix.O_DIRECT, 0o600)
@@ -292,22 +292,26 @@ func TestDirectWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1<<20+4096)
-	start := (4096 - int(uintptr(unsafe.Pointer(&buf[0]))%4096)) % 4096
-	aligned := buf[start : start+1<<20]
-	b, d := chunk(1, len(aligned))
-	copy(aligned, b)
+	aligned := func(i int) ([]byte, Digest) {
+		buf := make([]byte, 1<<20+4096)
+		start := (4096 - int(uintptr(unsafe.Pointer(&buf[0]))%4096)) % 4096
+		b, d := chunk(i, 1<<20)
+		return append(buf[start:start], b...), d
+	}
+	later, dlater := aligned(1)
+	soon, dsoon := aligned(3)
 	odd, dodd := chunk(2, 1<<20-512)
 	for _, c := range []struct {
 		data     []byte
 		d        Digest
+		when     When
 		resident bool
-	}{{aligned, d, false}, {odd, dodd, true}} {
-		if err := s.PutVerified(context.Background(), c.d, c.data); err != nil {
+	}{{later, dlater, ReadLater, false}, {odd, dodd, ReadLater, true}, {soon, dsoon, ReadSoon, true}} {
+		if err := s.PutVerified(context.Background(), c.d, c.data, c.when); err != nil {
 			t.Fatal(err)
 		}
 		if n := resident(t, s.path(0, c.d)); (n > 0) != c.resident {
-			t.Errorf("chunk of %d bytes: %d pages in the page cache after the write, want resident %v", len(c.data), n, c.resident)
+			t.Errorf("chunk of %d bytes, read soon %v: %d pages in the page cache after the write, want resident %v", len(c.data), c.when, n, c.resident)
 		}
 		if got, ok := mustGet(t, s, c.d, len(c.data)); !ok || string(got) != string(c.data) {
 			t.Fatalf("chunk of %d bytes: miss or wrong bytes", len(c.data))

@@ -49,7 +49,7 @@ func TestPutGet(t *testing.T) {
 		t.Errorf("Put of bytes not matching the digest: %v", err)
 	}
 	b2, d2 := chunk(2, 4096)
-	if err := s.PutVerified(context.Background(), d2, b2); err != nil {
+	if err := s.PutVerified(context.Background(), d2, b2, ReadLater); err != nil {
 		t.Fatal(err)
 	}
 	if got, ok := mustGet(t, s, d2, 4096); !ok || !bytes.Equal(got, b2) {

@@ -64,7 +64,7 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 		if err := im.reserve(ctx); err != nil {
 			return errors.Join(err, g.Wait())
 		}
-		run, cl := im.claim(i, chunks[k:])
+		run, cl := im.claim(i, chunks[k:], yield)
 		if cl == nil {
 			continue
 		}
@@ -147,8 +147,9 @@ func (im *Image) reserveSize() int64 {
 // claim registers a background fetch for chunk i and the chunks after it
 // in want that extend it back to back, under what the caller reserved
 // (the slot and memory the run does not use are given back); nil, all
-// given back, when i needs no fetch.
-func (im *Image) claim(i int, want []int) ([]int, *call) {
+// given back, when i needs no fetch. readLater marks the fill's fetches,
+// whose chunks nobody is about to read.
+func (im *Image) claim(i int, want []int, readLater bool) ([]int, *call) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	c := im.index.Chunks[i]
@@ -163,5 +164,7 @@ func (im *Image) claim(i int, want []int) ([]int, *call) {
 	}
 	run := im.runLocked(i, last)
 	im.bgMem.Release(im.reserveSize() - im.runMemory(run, true))
-	return run, im.startLocked(run, true)
+	cl := im.startLocked(run, true)
+	cl.readLater = readLater
+	return run, cl
 }

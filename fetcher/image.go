@@ -79,6 +79,7 @@ type Image struct {
 // in the run wait on it.
 type call struct {
 	background bool // a prefetch or fill: its cancellation is not a reader's error
+	readLater  bool // the fill: its chunks go to the cache around the page cache
 	mirror     bool // a mirror served it (set before done is closed)
 	done       chan struct{}
 	chunks     map[int][]byte // decoded, verified chunk contents
@@ -357,6 +358,10 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call) {
 	// and verified even when Close cancels the image: it is bounded by the
 	// slots and cheaper than a refetch.
 	wctx := context.WithoutCancel(ctx)
+	when := cache.ReadSoon // a reader is at it or about to be
+	if cl.readLater {
+		when = cache.ReadLater
+	}
 	var wg sync.WaitGroup
 	for _, j := range run {
 		if cl.errs[j] != nil {
@@ -365,7 +370,7 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call) {
 		im.cacheWrites <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-im.cacheWrites }()
-			if err := im.o.cache.PutVerified(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j]); err != nil {
+			if err := im.o.cache.PutVerified(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j], when); err != nil {
 				im.o.log.Warn("cache put failed", "chunk", j, "err", err)
 			}
 		})

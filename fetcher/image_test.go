@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
@@ -224,6 +226,81 @@ func TestCloseKeepsFetchedChunks(t *testing.T) {
 	}
 	if st := im2.Stats(); st.Requests != 0 {
 		t.Errorf("warm read after Close made %d requests", st.Requests)
+	}
+}
+
+// TestReadSoonChunksStayInMemory: the chunks a reader is about to read (a
+// demand miss and the neighbours fetched with it) are written to the cache
+// through the page cache, so that reader's next reads of them come from
+// memory instead of reading back from the disk what was just written; the
+// fill's chunks, which nobody is about to read, go around it (O_DIRECT).
+func TestReadSoonChunksStayInMemory(t *testing.T) {
+	dir := t.TempDir()
+	if probe, err := os.OpenFile(filepath.Join(dir, "probe"), os.O_CREATE|os.O_WRONLY|unix.O_DIRECT, 0o600); err != nil {
+		if testutil.InCI() {
+			t.Fatalf("CI's temp directory must take O_DIRECT: %v", err)
+		}
+		t.Skipf("the temp directory's filesystem refuses O_DIRECT: %v", err)
+	} else {
+		probe.Close()
+	}
+	loc, _ := testutil.BlockImage(t, testutil.GGCRRegistry(t)+"/img:v1", 8<<20, imagefmt.WithChunkSize(1<<20))
+	c, err := cache.Open([]string{dir}, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cachedPages := func() map[string][2]uint64 { // chunk file -> pages cached, pages
+		files, _ := filepath.Glob(filepath.Join(dir, "chunks", "*", "*"))
+		m := map[string][2]uint64{}
+		for _, name := range files {
+			f, err := os.Open(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st unix.Cachestat_t
+			fi, _ := f.Stat()
+			err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0)
+			f.Close()
+			if err != nil {
+				t.Fatalf("cachestat %s: %v", name, err)
+			}
+			m[name] = [2]uint64{st.Cache, uint64(fi.Size()+4095) / 4096}
+		}
+		return m
+	}
+	im, err := fetcher.Open(context.Background(), loc, fetcher.WithCache(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.ReadAt(context.Background(), make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	im.Close() // waits for the cache writes
+	soon := cachedPages()
+	if len(soon) == 0 {
+		t.Fatal("a demand read cached nothing")
+	}
+	for name, p := range soon {
+		if p[0] != p[1] {
+			t.Errorf("chunk %s, read soon: %d of %d pages in the page cache after its write", filepath.Base(name), p[0], p[1])
+		}
+	}
+	im = openImage(t, loc, fetcher.WithCache(c))
+	if err := im.Fill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	filled := 0
+	for name, p := range cachedPages() {
+		if _, ok := soon[name]; ok {
+			continue
+		}
+		filled++
+		if p[0] != 0 {
+			t.Errorf("chunk %s, filled: %d of %d pages in the page cache after its write", filepath.Base(name), p[0], p[1])
+		}
+	}
+	if filled == 0 {
+		t.Fatal("the fill cached nothing")
 	}
 }
 

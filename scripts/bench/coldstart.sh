@@ -119,8 +119,18 @@ run_case() {
   $w "$mnt"
   local took=$(( $(ms) - t0 ))
   if [ "$w" = sparse ]; then all[$c]+="$took "; else t[${c}_$w]=$took; fi
+  [ "$w" = sparse ] || disk_io "$c"
   [ -z "${record:-}" ] || { "$lb" prefetch record --state-dir "$state" --duration 0 -o "$work/trace.json" "$mnt" >/dev/null; record=; }
   umount_lazy
+}
+# disk_io CASE: the serving process's disk reads and writes (MiB), mostly
+# the chunk cache's: io[CASE_read], io[CASE_written].
+declare -A io
+disk_io() {
+  local pid
+  pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$state"/*/state.json)
+  io[$1_read]=$(awk '/^read_bytes/ {print int($2 / 1048576)}' "/proc/$pid/io")
+  io[$1_written]=$(awk '/^write_bytes/ {print int($2 / 1048576)}' "/proc/$pid/io")
 }
 median() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2] + a[NR/2+1]) / 2)}'; }
 
@@ -165,6 +175,7 @@ sparse, cold without trace / warm:   $r_cold_warm   (target <= 1.3)
 sparse, cold with trace / warm:      $r_trace_warm
 sparse, cold without trace / pull:   $r_cold_pull   (target <= 0.1)
 dense, lazy $dense_mbps MiB/s vs raw parallel download $raw_mbps MiB/s: $r_dense   (target >= 0.9)
+dense, the serving process's disk I/O for $((weights / 1048576)) MiB read: lazy ${io[lazy_read]} MiB read, ${io[lazy_written]} MiB written; lazy+trace ${io[trace_read]} / ${io[trace_written]}; warm ${io[warm_read]} / ${io[warm_written]}
 EOF
 
 cat >"$out_dir/coldstart.json" <<EOF
@@ -177,6 +188,8 @@ cat >"$out_dir/coldstart.json" <<EOF
     "dense": {"pull": ${t[pull_dense]}, "lazy": ${t[lazy_dense]}, "lazyTrace": ${t[trace_dense]}, "warm": ${t[warm_dense]}},
     "rawDownload": $raw_ms
   },
+  "denseDiskMiB": {"lazy": {"read": ${io[lazy_read]}, "written": ${io[lazy_written]}}, "lazyTrace": {"read": ${io[trace_read]}, "written": ${io[trace_written]}},
+                   "warm": {"read": ${io[warm_read]}, "written": ${io[warm_written]}}},
   "ratios": {"sparseColdOverWarm": $r_cold_warm, "sparseTraceOverWarm": $r_trace_warm,
              "sparseColdOverPull": $r_cold_pull, "denseOverRawDownload": $r_dense}
 }
