@@ -128,7 +128,7 @@ run_case() {
 declare -A io
 disk_io() {
   local pid
-  pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$state"/*/state.json)
+  pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$state"/mounts/*/state.json)
   io[$1_read]=$(awk '/^read_bytes/ {print int($2 / 1048576)}' "/proc/$pid/io")
   io[$1_written]=$(awk '/^write_bytes/ {print int($2 / 1048576)}' "/proc/$pid/io")
 }
