@@ -44,8 +44,8 @@ func TestFirstReadChecksByCRC(t *testing.T) {
 		}
 		t.Skipf("the temp directory's filesystem keeps no user xattrs: %v", err)
 	}
-	const size = 8192
-	s, err := Open([]string{dir}, 1<<20)
+	const size = checkPiece + 8192 // checked in two pieces, the second short
+	s, err := Open([]string{dir}, 16<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,11 +68,13 @@ func TestFirstReadChecksByCRC(t *testing.T) {
 	}
 	// 2's CRC is wrong, its bytes intact.
 	writeCRC(t, path(2), 12345)
-	// 3's bytes changed under its CRC: corrupt.
-	other := bytes.Repeat([]byte{0xa5}, size)
-	if err := os.WriteFile(path(3), other, 0o600); err != nil {
+	// 3's last byte changed under its CRC: corrupt.
+	flipped := bytes.Clone(data[3])
+	flipped[size-1] ^= 1
+	if err := os.WriteFile(path(3), flipped, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	other := bytes.Repeat([]byte{0xa5}, size)
 	// 4's bytes were rewritten together with a matching CRC, which takes
 	// write access to the cache directory: the CRC vouches for them. The
 	// test uses it to see that the first read trusts the CRC rather than
@@ -82,7 +84,7 @@ func TestFirstReadChecksByCRC(t *testing.T) {
 	}
 	writeCRC(t, path(4), crc32.Checksum(other, castagnoli))
 
-	s2, err := Open([]string{dir}, 1<<20)
+	s2, err := Open([]string{dir}, 16<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

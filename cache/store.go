@@ -301,12 +301,12 @@ func (s *Store) open(d Digest, size int64) (e *entry, f *os.File) {
 }
 
 // check verifies e's file, open as f, the first time it is read after
-// Open: it reads the whole chunk into a pooled buffer and checks it, by
-// its CRC or its sha256 (checksum.go; the bytes then sit in the page
-// cache for the reader). A corrupt chunk is
-// removed and reported as not ok. Readers arriving together (NBD clients
-// send many requests per chunk at once, and WillNeed checks ahead of them)
-// share one read and hash.
+// Open: it reads the whole chunk, a piece at a time, and checks it by its
+// CRC or its sha256 (checksum.go; the bytes then sit in the page cache
+// for the reader). A chunk that fails, or cannot be read, is counted
+// corrupt, removed and reported as not ok. Readers arriving together (NBD
+// clients send many requests per chunk at once, and WillNeed checks ahead
+// of them) share one check.
 func (s *Store) check(e *entry, f *os.File) bool {
 	if _, ok := s.verified.Load(e.d); ok {
 		return true
@@ -318,11 +318,11 @@ func (s *Store) check(e *entry, f *os.File) bool {
 		if !s.current(e) {
 			return false, nil // found corrupt and dropped by a check that just finished
 		}
-		buf := s.bufs.Get(int(e.size))
+		buf := s.bufs.Get(checkPiece)
 		defer s.bufs.Put(buf)
-		if _, err := f.ReadAt(*buf, 0); err != nil || !intact(f, e.d, *buf) {
+		if ok, err := intact(f, e.size, e.d, *buf); !ok {
 			s.corrupt.Add(1)
-			s.log.Warn("corrupt cached chunk removed", "digest", e.d.String())
+			s.log.Warn("corrupt cached chunk removed", "digest", e.d.String(), "err", err)
 			s.drop(e)
 			return false, nil
 		}
