@@ -80,14 +80,14 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call) {
 // by the slots and cheaper than a refetch.
 func (im *Image) cacheRun(ctx context.Context, run []int, cl *call) {
 	wctx := context.WithoutCancel(ctx)
-	when := cache.ReadSoon // a reader is at it or about to be
-	if cl.readLater {
-		when = cache.ReadLater
-	}
 	var wg sync.WaitGroup
 	for _, j := range run {
 		if cl.errs[j] != nil {
 			continue
+		}
+		when := cache.ReadSoon
+		if cl.readLater || im.beingRead(j) {
+			when = cache.ReadLater
 		}
 		im.cacheWrites <- struct{}{}
 		wg.Go(func() {
@@ -98,6 +98,17 @@ func (im *Image) cacheRun(ctx context.Context, run []int, cl *call) {
 		})
 	}
 	wg.Wait()
+}
+
+// beingRead reports whether the last read was in chunk j, or a sequential
+// reader has passed it: its reader takes the rest from the fetch's memory
+// while the chunk is written, and nothing is about to read it from the
+// cache (a fast sequential reader keeps up with readahead, and copying
+// its chunks into the page cache cost it a fifth of its throughput).
+func (im *Image) beingRead(j int) bool {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	return im.lastRead == j || im.seqRun > 0 && im.lastRead > j
 }
 
 // fetchRun fills cl for run while the caller holds a slot of slots
