@@ -28,17 +28,17 @@
 // every warm read would cost more than reading it.
 //
 // How a chunk is written depends on when it will be read (When). One a
-// reader is about to read — a demand miss, a sequential reader's
-// readahead, a trace's prefetch — is written through the page cache, so
-// that reader's reads of the chunk file come from memory: written around
-// it, a cold 2 GiB read read its 2 GiB back from the cache disk, which on
-// a volume whose throughput ceiling counts reads and writes together (EBS
-// gp3) halves a cold read. The fill's chunks, which nobody may read for
-// hours, are written with O_DIRECT when their buffer and length are 4
-// KiB-aligned (every full 4 MiB chunk the fetcher writes): gigabytes of
-// them in the page cache would only push out other pages, and the copy
-// there costs CPU. Where the filesystem refuses O_DIRECT the write is an
-// ordinary one.
+// reader will read from the cache soon (readahead ahead of a slower
+// reader, a trace's prefetch, a miss's neighbours) is written through the
+// page cache, so those reads come from memory: written around it, a cold 2
+// GiB read read its 2 GiB back from the cache disk, which on a volume
+// whose throughput ceiling counts reads and writes together (EBS gp3)
+// halves a cold read. The rest — the fill's chunks, which nobody may read
+// for hours, and chunks whose reader has them in memory already — is
+// written with O_DIRECT when its buffer and length are 4 KiB-aligned
+// (every full 4 MiB chunk the fetcher writes): in the page cache they
+// would only push out other pages, and the copy there costs CPU. Where
+// the filesystem refuses O_DIRECT the write is an ordinary one.
 // Open chunk files are kept for the next read (files.go).
 //
 // # Eviction
