@@ -229,8 +229,8 @@ func TestCloseKeepsFetchedChunks(t *testing.T) {
 	}
 }
 
-// TestReadSoonChunksStayInMemory: the chunks a reader is about to read (the
-// neighbours fetched with a demand miss, readahead ahead of a reader) are
+// TestReadSoonChunksStayInMemory: the chunks a reader is about to read (a
+// trace's prefetch, readahead ahead of a reader, a miss's neighbours) are
 // written to the cache through the page cache, so that reader's reads of
 // them come from memory instead of reading back from the disk what was
 // just written; the chunk the reader is in (it takes the rest from the
@@ -270,30 +270,36 @@ func TestReadSoonChunksStayInMemory(t *testing.T) {
 		}
 		return m
 	}
+	// A prefetch of chunks 1 and 2 (it returns once they are written),
+	// then a demand read in chunk 0, whose neighbours are then cached
+	// already: what is cached is exactly those three chunks.
 	im, err := fetcher.Open(context.Background(), loc, fetcher.WithCache(c))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Prefetch(context.Background(), []int{1, 2}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := im.ReadAt(context.Background(), make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
-	im.Close() // waits for the cache writes
-	demand := cache.Digest(im.Index().Chunks[0].Digest).String()
-	soon := cachedPages()
-	neighbours := 0
-	for name, p := range soon {
-		want := p[1]
-		if filepath.Base(name) == demand {
-			want = 0
-		} else {
-			neighbours++
-		}
-		if p[0] != want {
-			t.Errorf("chunk %s (the demand miss: %v): %d of %d pages in the page cache after its write, want %d", filepath.Base(name), filepath.Base(name) == demand, p[0], p[1], want)
-		}
+	im.Close() // waits for the demand fetch's cache write
+	file := func(i int) string {
+		d := cache.Digest(im.Index().Chunks[i].Digest).String()
+		return filepath.Join(dir, "chunks", d[:2], d)
 	}
-	if _, ok := soon[filepath.Join(dir, "chunks", demand[:2], demand)]; !ok || neighbours == 0 {
-		t.Fatalf("a demand read cached %d chunks: want the missed one and its neighbours", len(soon))
+	soon := cachedPages()
+	if len(soon) != 3 {
+		t.Fatalf("a prefetch of 2 chunks and a read in a third cached %d chunk files, want 3", len(soon))
+	}
+	for i, want := range []string{"none", "all", "all"} {
+		p, ok := soon[file(i)]
+		if !ok {
+			t.Fatalf("chunk %d not cached", i)
+		}
+		if (want == "none" && p[0] != 0) || (want == "all" && p[0] != p[1]) {
+			t.Errorf("chunk %d: %d of %d pages in the page cache after its write, want %s", i, p[0], p[1], want)
+		}
 	}
 	im = openImage(t, loc, fetcher.WithCache(c))
 	if err := im.Fill(context.Background()); err != nil {
