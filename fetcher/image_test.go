@@ -230,12 +230,12 @@ func TestCloseKeepsFetchedChunks(t *testing.T) {
 }
 
 // TestReadSoonChunksStayInMemory: the chunks a reader is about to read (a
-// trace's prefetch, readahead ahead of a reader, a miss's neighbours) are
-// written to the cache through the page cache, so that reader's reads of
-// them come from memory instead of reading back from the disk what was
-// just written; the chunk the reader is in (it takes the rest from the
-// fetch's memory) and the fill's chunks, which nobody is about to read, go
-// around it (O_DIRECT).
+// trace's prefetch, readahead ahead of a sequential reader, a scattered
+// reader's miss, which it comes back to) are written to the cache through
+// the page cache, so those reads come from memory instead of reading back
+// from the disk what was just written; the chunk a sequential reader is in
+// (it takes the rest from the fetch's memory) and the fill's chunks, which
+// nobody is about to read, go around it (O_DIRECT).
 func TestReadSoonChunksStayInMemory(t *testing.T) {
 	dir := t.TempDir()
 	if probe, err := os.OpenFile(filepath.Join(dir, "probe"), os.O_CREATE|os.O_WRONLY|unix.O_DIRECT, 0o600); err != nil {
@@ -270,35 +270,51 @@ func TestReadSoonChunksStayInMemory(t *testing.T) {
 		}
 		return m
 	}
-	// A prefetch of chunks 1 and 2 (it returns once they are written),
-	// then a demand read in chunk 0, whose neighbours are then cached
-	// already: what is cached is exactly those three chunks.
-	im, err := fetcher.Open(context.Background(), loc, fetcher.WithCache(c))
-	if err != nil {
-		t.Fatal(err)
+	// Each step closes its image, which waits for its cache writes, so
+	// every write happens with the reader where the step left it.
+	var im *fetcher.Image
+	step := func(read func()) {
+		im, err = fetcher.Open(context.Background(), loc, fetcher.WithCache(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		read()
+		im.Close()
 	}
-	if err := im.Prefetch(context.Background(), []int{1, 2}); err != nil {
-		t.Fatal(err)
+	readIn := func(i int) {
+		if _, err := im.ReadAt(context.Background(), make([]byte, 4096), int64(i)<<20); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := im.ReadAt(context.Background(), make([]byte, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
-	im.Close() // waits for the demand fetch's cache write
+	// A trace's prefetch (it returns once its chunks are written); 0 is
+	// also where the sequential reader starts, 5, 7 and 8 the neighbours
+	// of the scattered miss below, cached so that it fetches none of them.
+	step(func() {
+		if err := im.Prefetch(context.Background(), []int{0, 5, 7, 8}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// A sequential reader: 0 (cached), then 1, which starts readahead of
+	// 1..3 and waits for it.
+	step(func() { readIn(0); readIn(1) })
+	// A scattered miss in 6.
+	step(func() { readIn(6) })
 	file := func(i int) string {
 		d := cache.Digest(im.Index().Chunks[i].Digest).String()
 		return filepath.Join(dir, "chunks", d[:2], d)
 	}
 	soon := cachedPages()
-	if len(soon) != 3 {
-		t.Fatalf("a prefetch of 2 chunks and a read in a third cached %d chunk files, want 3", len(soon))
+	want := map[int]string{0: "all", 1: "none", 2: "all", 3: "all", 5: "all", 6: "all", 7: "all", 8: "all"}
+	if len(soon) != len(want) {
+		t.Fatalf("the reads cached %d chunk files, want %d", len(soon), len(want))
 	}
-	for i, want := range []string{"none", "all", "all"} {
+	for i, w := range want {
 		p, ok := soon[file(i)]
 		if !ok {
 			t.Fatalf("chunk %d not cached", i)
 		}
-		if (want == "none" && p[0] != 0) || (want == "all" && p[0] != p[1]) {
-			t.Errorf("chunk %d: %d of %d pages in the page cache after its write, want %s", i, p[0], p[1], want)
+		if (w == "none" && p[0] != 0) || (w == "all" && p[0] != p[1]) {
+			t.Errorf("chunk %d: %d of %d pages in the page cache after its write, want %s", i, p[0], p[1], w)
 		}
 	}
 	im = openImage(t, loc, fetcher.WithCache(c))
