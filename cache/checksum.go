@@ -28,11 +28,9 @@ const crcAttr = "user.lazyblk.crc32c"
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// setCRC records data's CRC-32C on f, whose bytes data are. Best effort:
+// storeCRC records crc, the CRC-32C of f's bytes, on f. Best effort:
 // where the filesystem keeps no user xattrs, the chunk is simply hashed
 // on its first read after Open.
-func setCRC(f *os.File, data []byte) { storeCRC(f, crc32.Checksum(data, castagnoli)) }
-
 func storeCRC(f *os.File, crc uint32) {
 	_ = unix.Fsetxattr(int(f.Fd()), crcAttr, binary.BigEndian.AppendUint32(nil, crc), 0)
 }

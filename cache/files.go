@@ -136,5 +136,5 @@ func (s *Store) prepare(d Digest, check bool) {
 }
 
 // aheadChecks bounds the chunks WillNeed reads and verifies at once (each
-// holds a chunk's bytes in memory while it is hashed).
+// holds a check buffer of checkPiece bytes and keeps a disk read going).
 const aheadChecks = 4

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"unsafe"
@@ -15,7 +16,8 @@ import (
 // Put stores chunk d. data is verified against d before anything is
 // written; the file appears under its name only complete, with its CRC
 // (checksum.go), and synced (temp file, fsync, rename, fsync of the
-// directory), so a crash leaves either nothing or the whole chunk. Putting a chunk already present is a no-op.
+// directory), so a crash leaves either nothing or the whole chunk.
+// Putting a chunk already present is a no-op.
 func (s *Store) Put(ctx context.Context, d Digest, data []byte) error {
 	if sha256.Sum256(data) != d {
 		return fmt.Errorf("%w: put %s", ErrCorrupt, d)
@@ -102,7 +104,7 @@ func writeAtomic(final string, data []byte, when When) (err error) {
 	if err = write(f, data, when); err != nil {
 		return err
 	}
-	setCRC(f, data)
+	storeCRC(f, crc32.Checksum(data, castagnoli))
 	if err = f.Sync(); err != nil {
 		return err
 	}

@@ -41,15 +41,18 @@ func main() {
 	if err != nil {
 		log.Fatal("-conn-rate: ", err)
 	}
-	var shared []*pacer // the one pacer of all responses, if any (len == cap: appends copy)
+	var shared *pacer // the pacer of all responses together, if any
 	if totalRate > 0 {
-		shared = []*pacer{newPacer(totalRate)}
+		shared = newPacer(totalRate)
 	}
 	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: *target})
 	proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 64}
 	log.Fatal(http.ListenAndServe(*listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(*delay) // the added latency itself, not synchronisation
-		pw := &pacedWriter{ResponseWriter: w, ctx: r.Context(), pacers: shared}
+		pw := &pacedWriter{ResponseWriter: w, ctx: r.Context()}
+		if shared != nil {
+			pw.pacers = append(pw.pacers, shared)
+		}
 		if connRate > 0 {
 			pw.pacers = append(pw.pacers, newPacer(connRate))
 		}
