@@ -29,12 +29,14 @@
 //
 // How a chunk is written depends on when it will be read (When). One a
 // reader will read from the cache soon (readahead ahead of a slower
-// reader, a trace's prefetch, a miss's neighbours) is written through the
+// reader, a trace's prefetch, a scattered reader's miss and its
+// neighbours) is written through the
 // page cache, so those reads come from memory: written around it, a cold 2
 // GiB read read its 2 GiB back from the cache disk, which on a volume
 // whose throughput ceiling counts reads and writes together (EBS gp3)
 // halves a cold read. The rest — the fill's chunks, which nobody may read
-// for hours, and chunks whose reader has them in memory already — is
+// for hours, and the chunk a sequential reader is in or has passed, which
+// it takes from the fetch's memory — is
 // written with O_DIRECT when its buffer and length are 4 KiB-aligned
 // (every full 4 MiB chunk the fetcher writes): in the page cache they
 // would only push out other pages, and the copy there costs CPU. Where

@@ -31,7 +31,8 @@ type When bool
 
 const (
 	// ReadSoon keeps the chunk's bytes in the page cache: readahead ahead
-	// of a slower reader, a trace's prefetch, a miss's neighbours, whose
+	// of a slower reader, a trace's prefetch, a scattered reader's miss
+	// and its neighbours, whose
 	// reader then reads the chunk file from memory instead of reading
 	// back from the disk what was just written to it. Measured, a cold 2
 	// GiB read through nbdfuse read 2.06 GiB back from the cache disk with
@@ -42,8 +43,9 @@ const (
 	ReadSoon When = true
 	// ReadLater writes an aligned chunk around the page cache (O_DIRECT):
 	// the fill of an image's rest, which nobody may read for hours and
-	// whose gigabytes would only push other pages out of memory, and a
-	// chunk whose reader has it in memory already.
+	// whose gigabytes would only push other pages out of memory, and the
+	// chunk a sequential reader is in or has passed (it has the bytes in
+	// memory already).
 	ReadLater When = false
 )
 
