@@ -20,8 +20,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Groups of packages, each with an explicit -timeout, and a per-package
+# timing summary at the end (scripts/test.sh says why each group runs as
+# it does).
 test: deps lint build
-	$(GO) test -race -count=1 ./...
+	GO=$(GO) ./scripts/test.sh
 
 fuzz:
 	$(GO) test ./imagefmt -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s

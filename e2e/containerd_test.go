@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,11 +204,7 @@ func ctrImage(t *testing.T) (img []testutil.Entry, weightsSum string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := make([]byte, 160<<20)
-	r := rand.New(rand.NewChaCha8([32]byte{5}))
-	for i := range w {
-		w[i] = byte(r.Uint32())
-	}
+	w := testutil.Random(160<<20, 5)
 	entries := []testutil.Entry{testutil.Dir("bin", 0o755), testutil.File("bin/busybox", 0o755, string(busybox))}
 	for _, applet := range []string{"sh", "cat", "sha256sum", "sleep", "head", "wc"} {
 		entries = append(entries, testutil.Symlink("bin/"+applet, "busybox"))

@@ -69,11 +69,14 @@ func newHoldProxy(t *testing.T, host string) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// staticLazyblk builds the binary without cgo, for a guest without libc,
-// and without the race detector (whose shadow memory the e2e binary
-// carries), for a measure of the product's own memory.
+// staticLazyblk returns a static binary without the race detector, for a
+// guest without libc and for memory measurements: TestMain's, unless that
+// one is race-built.
 func staticLazyblk(t *testing.T) string {
 	t.Helper()
+	if !testutil.Race {
+		return lazyblk
+	}
 	bin := filepath.Join(t.TempDir(), "lazyblk")
 	build := exec.Command("go", "build", "-o", bin, "../cmd/lazyblk")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,9 +15,7 @@ import (
 )
 
 func randomFile(name string, size int, seed byte) testutil.Entry {
-	b := make([]byte, size)
-	rand.NewChaCha8([32]byte{seed}).Read(b)
-	return testutil.File(name, 0o644, string(b))
+	return testutil.File(name, 0o644, string(testutil.Random(size, seed)))
 }
 
 // waitPrefetch polls the serving process until its background fetching

@@ -1,6 +1,7 @@
 package imagefmt
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -290,17 +291,19 @@ func (k *chunker) writeLoop() error {
 	return nil
 }
 
+// zeros is what isZero compares against.
+var zeros [64 << 10]byte
+
+// isZero reports whether b is all zeros. bytes.Equal runs in assembly at
+// memory speed; a loop over the bytes took a third of converting a sparse
+// 5 GiB file, and minutes of it under the race detector.
 func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if !bytes.Equal(b[:n], zeros[:n]) {
 			return false
 		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
+		b = b[n:]
 	}
 	return true
 }
