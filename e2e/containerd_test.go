@@ -85,6 +85,7 @@ func (e *containerdEnv) snapshotterCounter(t *testing.T, name string) float64 {
 // ctr runs containerd's ctr against this containerd.
 func (e *containerdEnv) ctr(t *testing.T, args ...string) string {
 	t.Helper()
+	defer logSlow(t, time.Now(), "ctr", args)
 	out, err := exec.Command("ctr", append([]string{"--address", e.ctrSock}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -61,6 +62,7 @@ func run(t *testing.T, args ...string) (string, string, int) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(lazyblk, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	defer logSlow(t, time.Now(), "lazyblk", args)
 	err := cmd.Run()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -69,6 +71,17 @@ func run(t *testing.T, args ...string) (string, string, int) {
 		t.Fatal(err)
 	}
 	return stdout.String(), stderr.String(), code
+}
+
+// slowCommand is when a command's time is worth a line in the test's log:
+// on a slow machine, -v then shows where a test's minutes went.
+const slowCommand = 2 * time.Second
+
+func logSlow(t *testing.T, start time.Time, name string, args []string) {
+	t.Helper()
+	if d := time.Since(start); d > slowCommand {
+		t.Logf("%s %s took %v", name, strings.Join(args, " "), d.Round(10*time.Millisecond))
+	}
 }
 
 func push(t *testing.T, ref string, img v1.Image) {
