@@ -199,6 +199,7 @@ func TestMirrors(t *testing.T) {
 		{"serving", testutil.Pass, false},
 		{"failing", testutil.Status503, true},
 		{"corrupt", testutil.Flip, true},
+		{"stalled", testutil.Hang, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var mirrorHits, originHits atomic.Int64
@@ -220,6 +221,14 @@ func TestMirrors(t *testing.T) {
 			}
 			if st := im.Stats(); c.fault == testutil.Flip && st.VerifyFailures == 0 {
 				t.Errorf("corrupt mirror not detected: %+v", st)
+			}
+			// A mirror that stalls costs half an attempt until its breaker
+			// opens; then reads pass it over at once (it sees a probe now
+			// and then).
+			if st := hostState(t, im, mirror); c.fault == testutil.Hang && (st.Opened == 0 || st.FailedFast == 0) {
+				t.Errorf("stalled mirror's breaker: %+v, want opened and reads passing it over", st)
+			} else if c.fault != testutil.Hang && st.Opened != 0 {
+				t.Errorf("the breaker of a mirror that answers opened: %+v", st)
 			}
 			// The read latency is counted under the source that served.
 			lat := im.Stats().Latency

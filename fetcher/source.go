@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -76,9 +77,10 @@ type registrySource struct {
 
 // endpoint is one host serving the blob.
 type endpoint struct {
-	client *http.Client
-	url    *url.URL
-	host   string
+	client  *http.Client
+	url     *url.URL
+	host    string
+	breaker *breaker // the host's, shared by every image of the process
 }
 
 // newRegistrySource reads digest from l's registry, after the mirrors. A
@@ -138,13 +140,23 @@ func newEndpoint(ctx context.Context, repo name.Repository, h host, digest v1.Ha
 		return nil, fmt.Errorf("fetcher: %s: %w", reg.RegistryStr(), err)
 	}
 	u := &url.URL{Scheme: h.scheme, Host: h.host, Path: fmt.Sprintf("%s/%s/blobs/%s", h.path, repo.RepositoryStr(), digest)}
-	return &endpoint{client: &http.Client{Transport: tr}, url: u, host: u.Host}, nil
+	return &endpoint{client: &http.Client{Transport: tr}, url: u, host: u.Host, breaker: breakerFor(u.Host)}, nil
 }
 
+// readRange tries the mirrors, then the origin. A mirror gets at most
+// half of what is left of the attempt, so one that stalls leaves the
+// origin time to answer; a mirror whose breaker is open is passed over at
+// once.
 func (s *registrySource) readRange(ctx context.Context, p []byte, off int64, originOnly bool) (bool, error) {
 	if !originOnly {
 		for _, m := range s.mirrors {
-			if err := m.readRange(ctx, p, off); err == nil || ctx.Err() != nil {
+			mctx, cancel := ctx, context.CancelFunc(func() {})
+			if deadline, ok := ctx.Deadline(); ok {
+				mctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
+			}
+			err := m.readRange(mctx, p, off)
+			cancel()
+			if err == nil || ctx.Err() != nil {
 				return err == nil, err
 			}
 		}
@@ -152,7 +164,29 @@ func (s *registrySource) readRange(ctx context.Context, p []byte, off int64, ori
 	return false, s.origin.readRange(ctx, p, off)
 }
 
+// readRange reads p at off from the host, unless its breaker is open;
+// when the breaker is due for a probe, a one-byte range asks the host
+// first, so the probe is short whatever p is.
 func (s *endpoint) readRange(ctx context.Context, p []byte, off int64) error {
+	probe, err := s.breaker.allow(ctx)
+	if err != nil {
+		return err
+	}
+	if probe {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		err := s.get(pctx, make([]byte, 1), off)
+		cancel()
+		s.breaker.done(true, err)
+		if hostFailure(err) {
+			return fmt.Errorf("%w: %s: probe: %v", ErrHostDown, s.host, err)
+		}
+	}
+	err = s.get(ctx, p, off)
+	s.breaker.done(false, err)
+	return err
+}
+
+func (s *endpoint) get(ctx context.Context, p []byte, off int64) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url.String(), nil)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +21,9 @@ type Stats struct {
 	// SourceOrigin), from
 	// the read's start to its chunk's bytes in hand.
 	Latency map[string]Histogram
+	// Hosts are the registry hosts the image reads from (mirrors, then
+	// the origin) with their breakers; none for an image layout.
+	Hosts []HostStats
 }
 
 type counters struct {
@@ -35,7 +39,7 @@ func (im *Image) Stats() Stats {
 		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
 		Cached: cached, Complete: im.complete(cached),
 		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceMirror: s.fromMirror.snapshot(),
-			SourceOrigin: s.fromOrigin.snapshot()}}
+			SourceOrigin: s.fromOrigin.snapshot()}, Hosts: hostStats(im.hosts())}
 }
 
 // Cached returns how many bytes of the image the cache holds; holes count
@@ -115,4 +119,29 @@ func (im *Image) CacheStats() *cache.Stats {
 	}
 	st := im.o.cache.Stats()
 	return &st
+}
+
+// hosts names the registry hosts the image reads from.
+func (im *Image) hosts() []string {
+	rs, ok := im.src.(*registrySource)
+	if !ok {
+		return nil
+	}
+	var hs []string
+	for _, e := range append(rs.mirrors, rs.origin) {
+		hs = append(hs, e.host)
+	}
+	return hs
+}
+
+// WaitHosts returns once a request to the image's registry may be tried
+// again: at once unless the origin's breaker is open, else when it lets a
+// probe through. Background work that failed with ErrHostDown waits on
+// it before it tries again.
+func (im *Image) WaitHosts(ctx context.Context) error {
+	rs, ok := im.src.(*registrySource)
+	if !ok {
+		return ctx.Err()
+	}
+	return rs.origin.breaker.wait(ctx)
 }
