@@ -51,6 +51,10 @@ type Registry struct {
 	// HostsDir is containerd's hosts.toml directory (mirrors, CAs,
 	// client certificates); "" for none.
 	HostsDir string `toml:"hosts_dir"`
+	// AttemptTimeout bounds one range request; ReadTimeout one block read,
+	// retries included (fetcher.WithTimeouts).
+	AttemptTimeout string `toml:"attempt_timeout"`
+	ReadTimeout    string `toml:"read_timeout"`
 }
 
 // Metrics configures the Prometheus endpoint.
@@ -111,7 +115,7 @@ func DefaultFetcher() Fetcher {
 		Cache:    Cache{Size: "10GiB", LowWatermark: 90},
 		Blockdev: Blockdev{Attach: "auto", Connections: 4, IOTimeout: "30s"},
 		Prefetch: Prefetch{Trace: true, FillBelow: "8GiB", FillRate: "0"},
-		Registry: Registry{HostsDir: DefaultHostsDir}}
+		Registry: Registry{HostsDir: DefaultHostsDir, AttemptTimeout: "10s", ReadTimeout: "60s"}}
 }
 
 // DefaultSnapshotter is the snapshotter's configuration without a file.
@@ -207,6 +211,9 @@ func (c Fetcher) Check() error {
 	if _, err := c.IOTimeout(); err != nil {
 		return err
 	}
+	if _, _, err := c.Timeouts(); err != nil {
+		return err
+	}
 	if err := c.Metrics.check(); err != nil {
 		return err
 	}
@@ -257,6 +264,19 @@ func (c Fetcher) IOTimeout() (time.Duration, error) {
 		return 0, fmt.Errorf("config: blockdev.io_timeout = %q: want a duration of at least 1s, like 30s", c.Blockdev.IOTimeout)
 	}
 	return d, nil
+}
+
+// Timeouts are registry.attempt_timeout and registry.read_timeout.
+func (c Fetcher) Timeouts() (attempt, read time.Duration, err error) {
+	for _, t := range []struct {
+		key, v string
+		d      *time.Duration
+	}{{"attempt_timeout", c.Registry.AttemptTimeout, &attempt}, {"read_timeout", c.Registry.ReadTimeout, &read}} {
+		if *t.d, err = time.ParseDuration(t.v); err != nil || *t.d <= 0 {
+			return 0, 0, fmt.Errorf("config: registry.%s = %q: want a positive duration like 10s", t.key, t.v)
+		}
+	}
+	return attempt, read, nil
 }
 
 // Check validates every value, naming the key of the first bad one.

@@ -34,7 +34,7 @@ func TestRoundTrip(t *testing.T) {
 	f := Fetcher{Root: "/r", State: "/s", Address: "/s/f.sock", Cache: Cache{Dirs: []string{"/v1", "/v2"}, Size: "2GiB", LowWatermark: 75},
 		Blockdev: Blockdev{Attach: "nbdfuse", Connections: 2, IOTimeout: "5s"},
 		Prefetch: Prefetch{Trace: false, FillBelow: "0", FillRate: "100MiB"}, Metrics: Metrics{Address: "127.0.0.1:9464"},
-		Registry: Registry{HostsDir: "/etc/hosts.d"}}
+		Registry: Registry{HostsDir: "/etc/hosts.d", AttemptTimeout: "3s", ReadTimeout: "20s"}}
 	s := Snapshotter{Root: "/sr", Address: "/s/sn.sock", FetcherAddress: "/s/f.sock", PlainHTTP: []string{"127.0.0.1:5000"},
 		Metrics: Metrics{Address: "[::1]:9465"}}
 	for _, c := range []struct {
@@ -74,6 +74,8 @@ func TestRejects(t *testing.T) {
 		{"[metrics]\naddress = \"9464\"", "metrics.address"},
 		{"[metrics]\nport = 9464", "metrics.port"},
 		{"[registry]\nhosts_dir = \"certs.d\"", "registry.hosts_dir"},
+		{"[registry]\nattempt_timeout = \"10\"", "registry.attempt_timeout"},
+		{"[registry]\nread_timeout = \"-1s\"", "registry.read_timeout"},
 	} {
 		_, err := LoadFetcher(write(t, c.file))
 		if err == nil || !strings.Contains(err.Error(), c.key) {

@@ -220,9 +220,7 @@ func checkReadMetrics(t *testing.T, url, mnt, ref string, size int64) {
 
 	// Read again from the cache, the kernel's copies dropped: the server
 	// splices the cached chunks to the socket instead of copying them.
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
-		t.Fatalf("drop the page cache: %v", err)
-	}
+	dropCaches(t)
 	again, err := os.ReadFile(filepath.Join(mnt, "random.bin"))
 	if err != nil || !bytes.Equal(again, b) {
 		t.Fatalf("read random.bin again from the cache: %d bytes, %v", len(again), err)

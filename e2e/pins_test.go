@@ -56,9 +56,7 @@ func TestPinnedWorkingSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
-		t.Fatal(err)
-	}
+	dropCaches(t)
 	readAll(filepath.Join(dirA, "a.bin"))
 	after, err := m.Stats(context.Background(), must(m.Get(dirA)))
 	if err != nil {

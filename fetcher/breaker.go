@@ -66,6 +66,9 @@ type HostStats struct {
 	// LastError is the failure that opened the breaker (or the last
 	// failed probe), while it is not closed.
 	LastError string `json:"lastError,omitempty"`
+	// ProbeIn is how soon an open breaker lets the next request probe
+	// the host (0 when that request may go now).
+	ProbeIn time.Duration `json:"probeInNanos,omitempty"`
 }
 
 // breaker tracks one registry host's health for every image of the
@@ -219,6 +222,9 @@ func (b *breaker) stats() HostStats {
 	s := HostStats{Host: b.host, State: b.state, FailedFast: b.failedFast, Opened: b.opened}
 	if b.state != BreakerClosed && b.lastErr != nil {
 		s.LastError = b.lastErr.Error()
+	}
+	if b.state == BreakerOpen {
+		s.ProbeIn = max(0, time.Until(b.retryAt))
 	}
 	return s
 }

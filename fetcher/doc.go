@@ -39,7 +39,9 @@
 // sits in a cancelled prefetch fetches it itself.
 //
 // The one model of time (per-attempt timeout, bounded jittered retries,
-// per-read deadline) is documented in options.go beside its defaults.
+// per-read deadline, and a breaker per registry host that fails reads at
+// once while the host is down) is documented in options.go beside its
+// defaults; the breaker in breaker.go.
 //
 // # Ownership
 //

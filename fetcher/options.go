@@ -19,7 +19,11 @@ import (
 // fails (the block layer answers EIO) whatever is still in flight. Shared
 // fetches run under the image's lifetime plus the attempt timeout, so one
 // impatient reader never cancels the fetch others wait on, and nothing
-// waits forever.
+// waits forever. Above them, per registry host, a breaker (breaker.go):
+// once a host's requests fail or time out repeatedly, further requests to
+// it fail at once (ErrHostDown) until a probe after a backoff gets an
+// answer, so a stalled registry costs a reader one read's error, not a
+// read deadline for every page the kernel asks for next.
 const (
 	// DefaultAttemptTimeout bounds one range request: 32 MiB at a slow
 	// 10 MB/s still fits.

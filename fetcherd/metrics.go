@@ -58,7 +58,13 @@ var (
 	descCorrupt      = metric("cache_corrupt_total", "Cache files found torn or corrupt (removed, refetched).")
 	descStripe       = metric("cache_stripe_bytes", "Bytes held per cache stripe (volume).", "stripe")
 	descStripeWrites = metric("cache_stripe_written_bytes_total", "Bytes written per cache stripe since the serving process started.", "stripe")
+	descHostState    = metric("registry_host_state", "1 for the state a registry host's breaker is in (closed; open: its reads fail at once; probing).", "host", "state")
+	descFailedFast   = metric("registry_failed_fast_total", "Reads a registry host's open breaker failed at once instead of waiting on the host.", "host")
+	descHostOpened   = metric("registry_host_opened_total", "Times a registry host's breaker opened (the host failed repeatedly).", "host")
 )
+
+// breakerStates are the values of lazyblk_registry_host_state's state label.
+var breakerStates = []string{fetcher.BreakerClosed, fetcher.BreakerOpen, fetcher.BreakerProbing}
 
 // phases are the values of lazyblk_prefetch_phase's phase label.
 var phases = []string{mounts.PhaseIdle, mounts.PhaseTrace, mounts.PhaseFill, mounts.PhaseDone, mounts.PhaseError}
@@ -132,14 +138,23 @@ func collectMount(ch chan<- prometheus.Metric, ms *mounts.Stats, labels ...strin
 	gauge(descInFlight, float64(srv.InFlight))
 	gauge(descStuck, float64(srv.Stuck))
 	gauge(descOldest, srv.Oldest.Seconds())
-	for _, p := range phases {
-		v := 0.0
-		if p == ms.Prefetch.Phase {
-			v = 1
+	// oneHot sets the series of d for each of states: 1 for current.
+	oneHot := func(d *prometheus.Desc, states []string, current string, extra ...string) {
+		for _, s := range states {
+			v := 0.0
+			if s == current {
+				v = 1
+			}
+			gauge(d, v, append(extra, s)...)
 		}
-		gauge(descPrefetch, v, p)
 	}
+	oneHot(descPrefetch, phases, ms.Prefetch.Phase)
 	gauge(descTraceChunks, float64(ms.Prefetch.TraceChunks))
+	for _, h := range im.Hosts {
+		oneHot(descHostState, breakerStates, h.State, h.Host)
+		counter(descFailedFast, h.FailedFast, h.Host)
+		counter(descHostOpened, h.Opened, h.Host)
+	}
 	if cs := ms.Cache; cs != nil {
 		gauge(descCacheUsed, float64(cs.Used))
 		gauge(descCacheCap, float64(cs.Capacity))

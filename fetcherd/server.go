@@ -34,7 +34,10 @@ type Defaults struct {
 	CacheSize   int64
 	CacheLow    float64
 	HostsDir    string
-	Background  mounts.Background
+	// AttemptTimeout and ReadTimeout: mounts.Source's.
+	AttemptTimeout time.Duration
+	ReadTimeout    time.Duration
+	Background     mounts.Background
 }
 
 // Server implements fetcherv1.FetcherServer.
@@ -51,7 +54,7 @@ func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcher
 	d := s.Defaults
 	req := mounts.Request{
 		Source: mounts.Source{Ref: r.Ref, PlainHTTP: r.PlainHttp, CacheDirs: d.CacheDirs, CacheSize: d.CacheSize, CacheLow: d.CacheLow, HostsDir: d.HostsDir,
-			IndexDigest: r.IndexDigest, IndexSize: r.IndexSize},
+			IndexDigest: r.IndexDigest, IndexSize: r.IndexSize, AttemptTimeout: d.AttemptTimeout, ReadTimeout: d.ReadTimeout},
 		Dir: filepath.Clean(r.Dir), Attach: r.Attach, Connections: int(r.Connections),
 		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond, Exclusive: r.Exclusive, Background: d.Background,
 	}
@@ -143,6 +146,10 @@ func (s *Server) Stats(ctx context.Context, r *fetcherv1.StatsRequest) (*fetcher
 				is.CachedBytes = ms.Image.Cached
 				is.ReadsInFlight, is.ReadsStuck = int32(ms.Server.InFlight), int32(ms.Server.Stuck)
 				is.OldestReadMs = ms.Server.Oldest.Milliseconds()
+				for _, h := range ms.Image.Hosts {
+					is.Hosts = append(is.Hosts, &fetcherv1.RegistryHost{Host: h.Host, State: h.State, FailedFast: h.FailedFast,
+						Opened: h.Opened, LastError: h.LastError})
+				}
 			}
 		}
 		out.Images = append(out.Images, is)

@@ -106,7 +106,21 @@ func (p *prefetcher) requestFill(ctx context.Context) {
 func (p *prefetcher) run(ctx context.Context, trace bool) {
 	defer p.wg.Done()
 	err := p.phases(ctx, trace)
+	// A registry that is down does not end the background work: it waits
+	// for the host's breaker to let a probe through and goes on (cached
+	// chunks are skipped), so a mount that outlives an outage is filled.
+	for errors.Is(err, fetcher.ErrHostDown) && ctx.Err() == nil {
+		p.mu.Lock()
+		p.status.Error = "waiting for the registry: " + err.Error()
+		trace = p.status.Phase == PhaseTrace // the phase that failed runs again
+		p.fill = p.fill || p.status.Phase == PhaseFill
+		p.mu.Unlock()
+		if err = p.im.WaitHosts(ctx); err == nil {
+			err = p.phases(ctx, trace)
+		}
+	}
 	p.mu.Lock()
+	p.status.Error = ""
 	for err == nil && p.fill && ctx.Err() == nil { // asked for while the trace ran
 		p.mu.Unlock()
 		err = p.phases(ctx, false)

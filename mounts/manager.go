@@ -224,7 +224,17 @@ func (m *Manager) List() ([]*State, error) {
 // Unmount unmounts dir, detaches its device, stops its serving process
 // and removes the state. It also cleans up after a server that crashed,
 // and refuses, changing nothing, while dir is busy.
-func (m *Manager) Unmount(dir string) error {
+func (m *Manager) Unmount(dir string) error { return m.unmount(dir, false) }
+
+// ForceUnmount is Unmount that does not refuse a busy dir: the filesystem
+// is detached at once (MNT_DETACH: it leaves the mount table, and the
+// kernel frees it when its last user lets go), the reads in flight fail
+// with EIO, and the device and serving process go as with Unmount. For a
+// mount whose readers are stuck on a registry that does not answer:
+// they get their error within seconds and nothing stays behind them.
+func (m *Manager) ForceUnmount(dir string) error { return m.unmount(dir, true) }
+
+func (m *Manager) unmount(dir string, force bool) error {
 	defer m.lock(dir)()
 	work := workDir(m.root(), dir)
 	st, err := readState(work)
@@ -242,7 +252,12 @@ func (m *Manager) Unmount(dir string) error {
 	// The filesystem first, so a busy mountpoint fails before anything
 	// else is touched.
 	if err := unix.Unmount(dir, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("umount %s: %w", dir, err)
+		if !force || !errors.Is(err, unix.EBUSY) {
+			return m.busy(dir, st, err)
+		}
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("umount --force %s: %w", dir, err)
+		}
 	}
 	if err := stopServers(dir, work); err != nil {
 		return err
@@ -254,6 +269,23 @@ func (m *Manager) Unmount(dir string) error {
 		st = now
 	}
 	return teardown(work, st)
+}
+
+// busy explains a refused unmount: when the mount's serving process has
+// reads stuck in flight, they are what holds it, and --force is the way
+// out.
+func (m *Manager) busy(dir string, st *State, err error) error {
+	err = fmt.Errorf("umount %s: %w", dir, err)
+	if !errors.Is(err, unix.EBUSY) {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if s, serr := m.Stats(ctx, st); serr == nil && s.Server.Stuck > 0 {
+		return fmt.Errorf("%w: %d reads stuck in flight, the oldest for %v (is the registry down? lazyblk status); "+
+			"umount --force fails them and detaches", err, s.Server.Stuck, s.Server.Oldest.Round(time.Second))
+	}
+	return fmt.Errorf("%w: files are open or a working directory is there; umount --force detaches it anyway", err)
 }
 
 // stopServers stops every process serving the mount on dir, the one its

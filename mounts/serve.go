@@ -91,6 +91,10 @@ func Serve(ctx context.Context, work string, report *os.File) error {
 	say(readyReport{State: st, Note: note})
 
 	<-ctx.Done()
+	// Reads still in flight fail now (EIO), not when their fetches give
+	// up: a forced unmount leaves readers stuck on a registry that does
+	// not answer, and the device cannot go while they wait.
+	srv.Close()
 	<-pinned // no pin file is written while the work directory goes
 	err = st.Mount.Unmount()
 	slog.Info("stopped", "dir", st.Dir, "stats", fmt.Sprintf("%+v", srv.Stats()), "err", err)

@@ -1,9 +1,11 @@
 package mounts
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -32,12 +34,19 @@ type Source struct {
 	// since the pull does not change what is mounted.
 	IndexDigest string `json:"indexDigest,omitempty"`
 	IndexSize   int64  `json:"indexSize,omitempty"`
+	// AttemptTimeout and ReadTimeout override the fetcher's defaults
+	// (fetcher.WithTimeouts) when set.
+	AttemptTimeout time.Duration `json:"attemptTimeout,omitempty"`
+	ReadTimeout    time.Duration `json:"readTimeout,omitempty"`
 }
 
 // Check validates the source without touching the network.
 func (s Source) Check() error {
 	if _, err := fetcher.ParseLocation(s.Ref, s.PlainHTTP); err != nil {
 		return err
+	}
+	if s.AttemptTimeout < 0 || s.ReadTimeout < 0 {
+		return fmt.Errorf("timeouts must be positive (attempt %v, read %v)", s.AttemptTimeout, s.ReadTimeout)
 	}
 	if s.IndexDigest != "" {
 		if _, err := v1.NewHash(s.IndexDigest); err != nil {
@@ -66,6 +75,10 @@ func (s Source) open(ctx context.Context, copts []cache.Option, opts ...fetcher.
 	opts = append([]fetcher.Option{fetcher.WithLogger(slog.Default())}, opts...)
 	if s.HostsDir != "" {
 		opts = append(opts, fetcher.WithHostsDir(s.HostsDir))
+	}
+	if s.AttemptTimeout > 0 || s.ReadTimeout > 0 {
+		attempt, read := cmp.Or(s.AttemptTimeout, fetcher.DefaultAttemptTimeout), cmp.Or(s.ReadTimeout, fetcher.DefaultReadTimeout)
+		opts = append(opts, fetcher.WithTimeouts(attempt, fetcher.DefaultAttempts, read))
 	}
 	if len(s.CacheDirs) > 0 {
 		copts := append([]cache.Option{cache.WithLogger(slog.Default())}, copts...)

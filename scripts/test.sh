@@ -23,7 +23,7 @@ GO=${GO:-go}
 RACE_TIMEOUT=${RACE_TIMEOUT:-9m}
 E2E_TIMEOUT=${E2E_TIMEOUT:-12m}
 E2E_RACE_TIMEOUT=${E2E_RACE_TIMEOUT:-6m}
-E2E_RACE_RUN='^(TestMountTree|TestPrefetchTrace|TestFetcherDaemon|TestCacheBoundAcrossMounts)$'
+E2E_RACE_RUN='^(TestMountTree|TestPrefetchTrace|TestFetcherDaemon|TestCacheBoundAcrossMounts|TestStalledRegistryFailsFast)$'
 
 log=$(mktemp)
 summary=$(mktemp)

@@ -60,6 +60,7 @@ func runFetcher(c *cli.Context) error {
 	size, _ := cfg.CacheSize()
 	timeout, _ := cfg.IOTimeout()
 	fillBelow, fillRate, _ := cfg.Fill()
+	attempt, read, _ := cfg.Timeouts()
 	for _, d := range cfg.CacheDirs() {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("cache directory: %w", err)
@@ -69,6 +70,7 @@ func runFetcher(c *cli.Context) error {
 	srv := &fetcherd.Server{Mounts: m, Defaults: fetcherd.Defaults{Attach: cfg.Blockdev.Attach,
 		Connections: cfg.Blockdev.Connections, IOTimeout: timeout, CacheDirs: cfg.CacheDirs(), CacheSize: size,
 		CacheLow: float64(cfg.Cache.LowWatermark) / 100, HostsDir: cfg.Registry.HostsDir,
+		AttemptTimeout: attempt, ReadTimeout: read,
 		Background: mounts.Background{Trace: cfg.Prefetch.Trace, FillBelow: fillBelow, FillRate: fillRate}}}
 	l, err := fetcherd.Listen(cfg.Address)
 	if err != nil {

@@ -17,6 +17,10 @@ func sourceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cache-size", Value: "10GiB", Usage: "cache capacity across all stripes"},
 		&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registry"},
 		hostsDirFlag(),
+		&cli.DurationFlag{Name: "attempt-timeout", Value: fetcher.DefaultAttemptTimeout,
+			Usage: "one range request may take this long before it is retried (4 attempts in all)"},
+		&cli.DurationFlag{Name: "read-timeout", Value: fetcher.DefaultReadTimeout, Usage: "a block read fails with EIO after this long, " +
+			"retries included; a registry host that keeps failing fails reads at once until it answers a probe again"},
 	}
 }
 
@@ -28,7 +32,7 @@ func hostsDirFlag() cli.Flag {
 // sourceFromFlags reads REF (the first argument) and the source flags.
 func sourceFromFlags(c *cli.Context) (mounts.Source, error) {
 	s := mounts.Source{Ref: c.Args().First(), PlainHTTP: c.Bool("plain-http"), CacheDirs: c.StringSlice("cache-dir"),
-		HostsDir: c.String("hosts-dir")}
+		HostsDir: c.String("hosts-dir"), AttemptTimeout: c.Duration("attempt-timeout"), ReadTimeout: c.Duration("read-timeout")}
 	if err := s.Check(); err != nil {
 		return s, cli.Exit(err.Error(), 2)
 	}

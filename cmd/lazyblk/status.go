@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
 	"github.com/lazyblk/lazyblk/config"
+	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/fetcherd"
 )
 
@@ -92,10 +94,10 @@ func runStatus(c *cli.Context) error {
 		return printJSON(c.App.Writer, out)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tCACHED\tHITS\tMISSES\tREADS\tPREFETCH")
+	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tCACHED\tHITS\tMISSES\tREADS\tREGISTRY\tPREFETCH")
 	for _, m := range out {
 		fetched, cached, reads := "-", "-", "-"
-		hits, misses, prefetch := "-", "-", "-"
+		hits, misses, prefetch, registry := "-", "-", "-", "-"
 		if s := m.Stats; s != nil && s.ImageSize > 0 {
 			fetched = fmt.Sprintf("%.1f MiB (%.1f%%)", float64(s.BytesFetched)/(1<<20), 100*float64(s.BytesFetched)/float64(s.ImageSize))
 			cached = fmt.Sprintf("%.1f%%", 100*float64(s.CachedBytes)/float64(s.ImageSize))
@@ -107,6 +109,7 @@ func runStatus(c *cli.Context) error {
 				reads += fmt.Sprintf(", %d STUCK", s.ReadsStuck)
 			}
 			hits, misses, prefetch = fmt.Sprint(s.CacheHits), fmt.Sprint(s.CacheMisses), s.PrefetchPhase
+			registry = registryStatus(s.Hosts)
 			if s.TraceChunks > 0 {
 				prefetch += fmt.Sprintf(" (trace of %d chunks)", s.TraceChunks)
 			}
@@ -114,8 +117,23 @@ func runStatus(c *cli.Context) error {
 				prefetch += ": " + s.PrefetchError
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Dir, m.Ref, m.Fs, m.Attach, m.Serving, fetched, cached,
-			hits, misses, reads, prefetch)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Dir, m.Ref, m.Fs, m.Attach, m.Serving, fetched, cached,
+			hits, misses, reads, registry, prefetch)
 	}
 	return tw.Flush()
+}
+
+// registryStatus sums up a mount's registry hosts: "up", or each host
+// whose breaker is not closed, with the reads it failed at once.
+func registryStatus(hosts []*fetcherv1.RegistryHost) string {
+	var down []string
+	for _, h := range hosts {
+		if h.State != fetcher.BreakerClosed {
+			down = append(down, fmt.Sprintf("%s %s (%d reads failed fast)", h.Host, strings.ToUpper(h.State), h.FailedFast))
+		}
+	}
+	if len(down) == 0 {
+		return "up"
+	}
+	return strings.Join(down, ", ")
 }

@@ -561,6 +561,9 @@ type ImageStats struct {
 	ReadsInFlight int32  `protobuf:"varint,16,opt,name=reads_in_flight,json=readsInFlight,proto3" json:"reads_in_flight,omitempty"` // NBD reads being answered
 	ReadsStuck    int32  `protobuf:"varint,17,opt,name=reads_stuck,json=readsStuck,proto3" json:"reads_stuck,omitempty"`            // of them, in flight for over 10 s
 	OldestReadMs  int64  `protobuf:"varint,18,opt,name=oldest_read_ms,json=oldestReadMs,proto3" json:"oldest_read_ms,omitempty"`    // age of the oldest read in flight
+	// The registry hosts the mount reads from (mirrors, then the origin)
+	// and their breakers.
+	Hosts         []*RegistryHost `protobuf:"bytes,19,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -721,6 +724,92 @@ func (x *ImageStats) GetOldestReadMs() int64 {
 	return 0
 }
 
+func (x *ImageStats) GetHosts() []*RegistryHost {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+// RegistryHost is one registry host's breaker: a host whose requests keep
+// failing or timing out is "open" and its reads fail at once (EIO) until
+// a probe after a backoff gets an answer ("probing", then "closed").
+type RegistryHost struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`                              // closed, open or probing
+	FailedFast    int64                  `protobuf:"varint,3,opt,name=failed_fast,json=failedFast,proto3" json:"failed_fast,omitempty"` // reads refused at once while open
+	Opened        int64                  `protobuf:"varint,4,opt,name=opened,proto3" json:"opened,omitempty"`                           // times the breaker opened
+	LastError     string                 `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`     // what opened it, while not closed
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryHost) Reset() {
+	*x = RegistryHost{}
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryHost) ProtoMessage() {}
+
+func (x *RegistryHost) ProtoReflect() protoreflect.Message {
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryHost.ProtoReflect.Descriptor instead.
+func (*RegistryHost) Descriptor() ([]byte, []int) {
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RegistryHost) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *RegistryHost) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RegistryHost) GetFailedFast() int64 {
+	if x != nil {
+		return x.FailedFast
+	}
+	return 0
+}
+
+func (x *RegistryHost) GetOpened() int64 {
+	if x != nil {
+		return x.Opened
+	}
+	return 0
+}
+
+func (x *RegistryHost) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 type StatsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Images        []*ImageStats          `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
@@ -730,7 +819,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +831,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +844,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{10}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StatsResponse) GetImages() []*ImageStats {
@@ -802,7 +891,7 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x12\n" +
 	"\x10PrefetchResponse\" \n" +
 	"\fStatsRequest\x12\x10\n" +
-	"\x03dir\x18\x01 \x01(\tR\x03dir\"\xd7\x04\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x8f\x05\n" +
 	"\n" +
 	"ImageStats\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x10\n" +
@@ -826,7 +915,16 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x0freads_in_flight\x18\x10 \x01(\x05R\rreadsInFlight\x12\x1f\n" +
 	"\vreads_stuck\x18\x11 \x01(\x05R\n" +
 	"readsStuck\x12$\n" +
-	"\x0eoldest_read_ms\x18\x12 \x01(\x03R\foldestReadMs\"G\n" +
+	"\x0eoldest_read_ms\x18\x12 \x01(\x03R\foldestReadMs\x126\n" +
+	"\x05hosts\x18\x13 \x03(\v2 .lazyblk.fetcher.v1.RegistryHostR\x05hosts\"\x90\x01\n" +
+	"\fRegistryHost\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1f\n" +
+	"\vfailed_fast\x18\x03 \x01(\x03R\n" +
+	"failedFast\x12\x16\n" +
+	"\x06opened\x18\x04 \x01(\x03R\x06opened\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x05 \x01(\tR\tlastError\"G\n" +
 	"\rStatsResponse\x126\n" +
 	"\x06images\x18\x01 \x03(\v2\x1e.lazyblk.fetcher.v1.ImageStatsR\x06images2\x97\x03\n" +
 	"\aFetcher\x12H\n" +
@@ -848,7 +946,7 @@ func file_api_fetcher_v1_fetcher_proto_rawDescGZIP() []byte {
 	return file_api_fetcher_v1_fetcher_proto_rawDescData
 }
 
-var file_api_fetcher_v1_fetcher_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_api_fetcher_v1_fetcher_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_api_fetcher_v1_fetcher_proto_goTypes = []any{
 	(*MountRequest)(nil),     // 0: lazyblk.fetcher.v1.MountRequest
 	(*MountInfo)(nil),        // 1: lazyblk.fetcher.v1.MountInfo
@@ -860,26 +958,28 @@ var file_api_fetcher_v1_fetcher_proto_goTypes = []any{
 	(*PrefetchResponse)(nil), // 7: lazyblk.fetcher.v1.PrefetchResponse
 	(*StatsRequest)(nil),     // 8: lazyblk.fetcher.v1.StatsRequest
 	(*ImageStats)(nil),       // 9: lazyblk.fetcher.v1.ImageStats
-	(*StatsResponse)(nil),    // 10: lazyblk.fetcher.v1.StatsResponse
+	(*RegistryHost)(nil),     // 10: lazyblk.fetcher.v1.RegistryHost
+	(*StatsResponse)(nil),    // 11: lazyblk.fetcher.v1.StatsResponse
 }
 var file_api_fetcher_v1_fetcher_proto_depIdxs = []int32{
 	1,  // 0: lazyblk.fetcher.v1.ListResponse.mounts:type_name -> lazyblk.fetcher.v1.MountInfo
-	9,  // 1: lazyblk.fetcher.v1.StatsResponse.images:type_name -> lazyblk.fetcher.v1.ImageStats
-	0,  // 2: lazyblk.fetcher.v1.Fetcher.Mount:input_type -> lazyblk.fetcher.v1.MountRequest
-	2,  // 3: lazyblk.fetcher.v1.Fetcher.Unmount:input_type -> lazyblk.fetcher.v1.UnmountRequest
-	4,  // 4: lazyblk.fetcher.v1.Fetcher.List:input_type -> lazyblk.fetcher.v1.ListRequest
-	6,  // 5: lazyblk.fetcher.v1.Fetcher.Prefetch:input_type -> lazyblk.fetcher.v1.PrefetchRequest
-	8,  // 6: lazyblk.fetcher.v1.Fetcher.Stats:input_type -> lazyblk.fetcher.v1.StatsRequest
-	1,  // 7: lazyblk.fetcher.v1.Fetcher.Mount:output_type -> lazyblk.fetcher.v1.MountInfo
-	3,  // 8: lazyblk.fetcher.v1.Fetcher.Unmount:output_type -> lazyblk.fetcher.v1.UnmountResponse
-	5,  // 9: lazyblk.fetcher.v1.Fetcher.List:output_type -> lazyblk.fetcher.v1.ListResponse
-	7,  // 10: lazyblk.fetcher.v1.Fetcher.Prefetch:output_type -> lazyblk.fetcher.v1.PrefetchResponse
-	10, // 11: lazyblk.fetcher.v1.Fetcher.Stats:output_type -> lazyblk.fetcher.v1.StatsResponse
-	7,  // [7:12] is the sub-list for method output_type
-	2,  // [2:7] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	10, // 1: lazyblk.fetcher.v1.ImageStats.hosts:type_name -> lazyblk.fetcher.v1.RegistryHost
+	9,  // 2: lazyblk.fetcher.v1.StatsResponse.images:type_name -> lazyblk.fetcher.v1.ImageStats
+	0,  // 3: lazyblk.fetcher.v1.Fetcher.Mount:input_type -> lazyblk.fetcher.v1.MountRequest
+	2,  // 4: lazyblk.fetcher.v1.Fetcher.Unmount:input_type -> lazyblk.fetcher.v1.UnmountRequest
+	4,  // 5: lazyblk.fetcher.v1.Fetcher.List:input_type -> lazyblk.fetcher.v1.ListRequest
+	6,  // 6: lazyblk.fetcher.v1.Fetcher.Prefetch:input_type -> lazyblk.fetcher.v1.PrefetchRequest
+	8,  // 7: lazyblk.fetcher.v1.Fetcher.Stats:input_type -> lazyblk.fetcher.v1.StatsRequest
+	1,  // 8: lazyblk.fetcher.v1.Fetcher.Mount:output_type -> lazyblk.fetcher.v1.MountInfo
+	3,  // 9: lazyblk.fetcher.v1.Fetcher.Unmount:output_type -> lazyblk.fetcher.v1.UnmountResponse
+	5,  // 10: lazyblk.fetcher.v1.Fetcher.List:output_type -> lazyblk.fetcher.v1.ListResponse
+	7,  // 11: lazyblk.fetcher.v1.Fetcher.Prefetch:output_type -> lazyblk.fetcher.v1.PrefetchResponse
+	11, // 12: lazyblk.fetcher.v1.Fetcher.Stats:output_type -> lazyblk.fetcher.v1.StatsResponse
+	8,  // [8:13] is the sub-list for method output_type
+	3,  // [3:8] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_api_fetcher_v1_fetcher_proto_init() }
@@ -893,7 +993,7 @@ func file_api_fetcher_v1_fetcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_fetcher_v1_fetcher_proto_rawDesc), len(file_api_fetcher_v1_fetcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
