@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -115,19 +113,17 @@ func (c *rawClient) recv(t *testing.T) (uint64, rawReply) {
 // without losing the connection's framing; NBD_CMD_DISC ends it cleanly.
 func TestOutOfOrderReplies(t *testing.T) {
 	release := make(chan struct{})
-	var slow atomic.Uint64 // stored offset of the chunk whose answer is held, once known
-	slow.Store(^uint64(0))
+	var slow rangeMatch // the chunk whose answer is held, once known
 	s := serve(t, func(host string) string {
 		return testutil.FaultProxy(t, host, func(_ int64, r *http.Request) testutil.Fault {
-			var from, to uint64
-			if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to); err == nil && from <= slow.Load() && slow.Load() <= to {
+			if slow.matches(r) {
 				<-release // hold this answer until the test lets it go
 			}
 			return testutil.Pass
 		})
 	})
-	k, off := storedChunk(s.im)
-	slow.Store(off)
+	k, blob, off := storedChunk(s.im)
+	slow.set(blob, off)
 	slowOff := uint64(k) * uint64(s.im.Index().ChunkSize)
 	size := uint64(len(s.want))
 

@@ -165,19 +165,17 @@ func TestQemuImgConvert(t *testing.T) {
 // reads past the end EINVAL.
 func TestReadErrorKeepsConnection(t *testing.T) {
 	testutil.Require(t, false, "/usr/bin/python3")
-	var bad atomic.Uint64 // stored offset of the chunk whose fetches fail, once known
-	bad.Store(^uint64(0))
+	var bad rangeMatch // the chunk whose fetches fail, once known
 	s := serve(t, func(host string) string {
 		return testutil.FaultProxy(t, host, func(_ int64, r *http.Request) testutil.Fault {
-			var from, to uint64
-			if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to); err == nil && from <= bad.Load() && bad.Load() <= to {
+			if bad.matches(r) {
 				return testutil.Status503
 			}
 			return testutil.Pass
 		})
 	}, fetcher.WithTimeouts(time.Second, 1, 5*time.Second))
-	k, off := storedChunk(s.im)
-	bad.Store(off)
+	k, blob, off := storedChunk(s.im)
+	bad.set(blob, off)
 	badOff := int64(k) * int64(s.im.Index().ChunkSize)
 	sum := sha256.Sum256(s.want[:4096])
 	script := fmt.Sprintf(`
@@ -252,13 +250,35 @@ func runOut(name string, args ...string) (string, error) {
 }
 
 // storedChunk returns the first chunk after chunk 0 that has stored bytes
-// (not a hole, not a duplicate of chunk 0), and its offset in the data blob.
-func storedChunk(im *fetcher.Image) (int, uint64) {
+// (not a hole, not a duplicate of chunk 0), the blob it is in and its
+// offset there.
+func storedChunk(im *fetcher.Image) (k int, blob string, off uint64) {
 	x := im.Index()
 	for k := 1; k < len(x.Chunks); k++ {
-		if c := x.Chunks[k]; c.Length != 0 && c.Offset != x.Chunks[0].Offset {
-			return k, c.Offset
+		c := x.Chunks[k]
+		if c.Length != 0 && (c.Blob != x.Chunks[0].Blob || c.Offset != x.Chunks[0].Offset) {
+			return k, x.Blobs[c.Blob].Digest.String(), c.Offset
 		}
 	}
 	panic("image has no second stored chunk")
+}
+
+// rangeMatch picks out the range requests for one stored chunk, once the
+// test knows which (set).
+type rangeMatch struct {
+	blob atomic.Pointer[string]
+	off  atomic.Uint64
+}
+
+func (m *rangeMatch) set(blob string, off uint64) { m.off.Store(off); m.blob.Store(&blob) }
+
+// matches reports whether r asks for the chunk's bytes.
+func (m *rangeMatch) matches(r *http.Request) bool {
+	blob := m.blob.Load()
+	var from, to uint64
+	if blob == nil || !strings.HasSuffix(r.URL.Path, *blob) {
+		return false
+	}
+	_, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to)
+	return err == nil && from <= m.off.Load() && m.off.Load() <= to
 }

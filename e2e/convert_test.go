@@ -173,14 +173,15 @@ func treeFromRegistry(t *testing.T, ref string, info inspected) testutil.Tree {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := blob(info.DataDigest)
 	img := filepath.Join(t.TempDir(), "image")
 	f, err := os.Create(img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := idx.WriteImage(bytes.NewReader(data), f); err != nil {
+	if err := idx.WriteImage(func(i int) (io.ReaderAt, error) {
+		return bytes.NewReader(blob(idx.Blobs[i].Digest.String())), nil
+	}, f); err != nil {
 		t.Fatal(err)
 	}
 	return testutil.SnapshotErofs(t, f)

@@ -2,6 +2,7 @@ package fetcher
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -231,10 +232,14 @@ func (b *breaker) stats() HostStats {
 
 // hostFailure reports whether err says the host is unwell: no answer in
 // time, a broken connection, a truncated body, or a 5xx. An HTTP answer
-// of any other status is the host working; a request its caller
-// cancelled says nothing of the host.
+// of any other status is the host working; so is a TLS handshake that
+// failed on a certificate (a configuration this client has, not the
+// host's health); a request its caller cancelled says nothing of the
+// host.
 func hostFailure(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrHostDown) {
+	var cert *tls.CertificateVerificationError
+	var alert tls.AlertError
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrHostDown) || errors.As(err, &cert) || errors.As(err, &alert) {
 		return false
 	}
 	var he *HTTPError

@@ -213,6 +213,12 @@ func TestMirrors(t *testing.T) {
 			})
 			im := openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithMirrors("http://"+mirror))
 			readRandom(t, im, want, 13, 30)
+			if c.fault == testutil.Hang { // reads after its breaker opened, by a new image (nothing held)
+				for hostState(t, im, mirror).State == fetcher.BreakerClosed {
+					readRandom(t, im, want, 14, 1)
+				}
+				readRandom(t, openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithMirrors("http://"+mirror)), want, 15, 10)
+			}
 			if mirrorHits.Load() == 0 {
 				t.Error("mirror never asked")
 			}

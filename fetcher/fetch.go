@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lazyblk/lazyblk/cache"
@@ -119,10 +120,13 @@ func (im *Image) readPast(j int) bool {
 func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan struct{}) bool {
 	x := im.index
 	first := x.Chunks[run[0]]
-	lastc := x.Chunks[run[len(run)-1]]
-	stored := im.buffer(cl, int(lastc.Offset+uint64(lastc.Length)-first.Offset))
+	end := uint64(0) // the run's stored bytes end where its furthest chunk does (runLocked)
+	for _, j := range run {
+		end = max(end, x.Chunks[j].Offset+uint64(x.Chunks[j].Length))
+	}
+	stored := im.buffer(cl, int(end-first.Offset))
 	parts := 1 + im.spareSlots(slots, len(stored))
-	mirror, err := im.getParts(ctx, stored, int64(first.Offset), parts)
+	mirror, err := im.getParts(ctx, im.blob(run[0]), stored, int64(first.Offset), parts)
 	for range parts - 1 { // the connections are free again; decoding needs none
 		<-slots
 	}
@@ -160,13 +164,16 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	return true
 }
 
-// get fetches stored bytes with retries, counting traffic; originOnly
-// bypasses mirrors. mirror reports that a mirror served them.
-func (im *Image) get(ctx context.Context, p []byte, off int64, originOnly bool) (mirror bool, err error) {
+// blob is the digest of the blob chunk i is stored in.
+func (im *Image) blob(i int) v1.Hash { return im.index.Blobs[im.index.Chunks[i].Blob].Digest }
+
+// get fetches stored bytes of blob with retries, counting traffic;
+// originOnly bypasses mirrors. mirror reports that a mirror served them.
+func (im *Image) get(ctx context.Context, blob v1.Hash, p []byte, off int64, originOnly bool) (mirror bool, err error) {
 	err = retry(ctx, &im.o, func(error) { im.stats.retries.Add(1) }, func(ctx context.Context) error {
 		im.stats.requests.Add(1)
 		var err error
-		mirror, err = im.src.readRange(ctx, p, off, originOnly)
+		mirror, err = im.src.readRange(ctx, blob, p, off, originOnly)
 		return err
 	})
 	if err == nil {
@@ -186,7 +193,7 @@ func (im *Image) decode(ctx context.Context, j int, stored, out []byte) (_ []byt
 		im.o.log.Warn("chunk failed verification, refetching", "chunk", j, "ref", im.loc.String())
 		again := make([]byte, len(stored))
 		refetched = true
-		if _, err = im.get(ctx, again, int64(x.Chunks[j].Offset), true); err == nil {
+		if _, err = im.get(ctx, im.blob(j), again, int64(x.Chunks[j].Offset), true); err == nil {
 			if x.Chunks[j].Encoding == imagefmt.EncodingRaw {
 				out = again
 			}

@@ -105,12 +105,11 @@ func OpenIndex(ctx context.Context, l Location, x *imagefmt.Index, opts ...Optio
 	}
 	var src source
 	if l.Ref != nil {
-		src, err = newRegistrySource(ctx, l, x.Data, o)
+		if src, err = newRegistrySource(ctx, l, o); err != nil {
+			return nil, err
+		}
 	} else {
-		src, err = newLayoutSource(l, x.Data)
-	}
-	if err != nil {
-		return nil, err
+		src = newLayoutSource(l)
 	}
 	life, cancel := context.WithCancel(context.Background())
 	idle := make(chan struct{})
@@ -141,15 +140,7 @@ func (im *Image) Close() error {
 	if im.o.cache != nil {
 		im.o.cache.CloseIdleFiles()
 	}
-	switch s := im.src.(type) {
-	case *layoutSource:
-		return s.f.Close()
-	case *registrySource:
-		if s.pool != nil {
-			s.pool.CloseIdleConnections()
-		}
-	}
-	return nil
+	return im.src.close()
 }
 
 // ReadAt reads len(p) bytes at off. It returns only verified bytes, and
@@ -272,22 +263,26 @@ func (im *Image) startLocked(run []int, background bool) *call {
 }
 
 // runLocked picks chunks i..last that one range request can fetch: not
-// holes, not cached, not in flight, stored back to back, within the cap.
+// holes, not cached, not in flight, in the same blob, each stored right
+// after the run so far or within it (a chunk identical to one before it
+// is stored once), within the cap.
 func (im *Image) runLocked(i, last int) []int {
 	x := im.index
 	run := []int{i}
-	end := x.Chunks[i].Offset + uint64(x.Chunks[i].Length)
+	start, end := x.Chunks[i].Offset, x.Chunks[i].Offset+uint64(x.Chunks[i].Length)
 	cost := im.chunkCost(i)
 	for j := i + 1; j <= last && j < len(x.Chunks); j++ {
 		c := x.Chunks[j]
-		if c.Encoding == imagefmt.EncodingHole || c.Offset != end || cost+im.chunkCost(j) > im.o.maxCoalesce {
+		within := c.Offset >= start && c.Offset+uint64(c.Length) <= end
+		if c.Encoding == imagefmt.EncodingHole || c.Blob != x.Chunks[i].Blob || (c.Offset != end && !within) ||
+			cost+im.chunkCost(j) > im.o.maxCoalesce {
 			break
 		}
 		if _, busy := im.inflight[j]; busy || im.held(j) {
 			break
 		}
 		run = append(run, j)
-		end += uint64(c.Length)
+		end = max(end, c.Offset+uint64(c.Length))
 		cost += im.chunkCost(j)
 	}
 	return run

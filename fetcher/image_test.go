@@ -120,12 +120,15 @@ func TestSequentialWithoutCache(t *testing.T) {
 	}
 	im := openImage(t, loc)
 	read(im)
-	var stored int64
+	// Every stored byte once; a chunk identical to an earlier one (stored
+	// once) may come again with a later run.
+	var perChunk int64
 	for _, c := range im.Index().Chunks {
-		stored += int64(c.Length)
+		perChunk += int64(c.Length)
 	}
-	if st := im.Stats(); st.BytesFetched != stored {
-		t.Errorf("fetched %d bytes for an image of %d stored bytes, read once in order", st.BytesFetched, stored)
+	if st, stored := im.Stats(), int64(im.Index().StoredSize()); st.BytesFetched < stored || st.BytesFetched > perChunk {
+		t.Errorf("fetched %d bytes for an image of %d stored bytes (%d counting each chunk), read once in order",
+			st.BytesFetched, stored, perChunk)
 	}
 	read(openImage(t, loc, fetcher.WithMemory(16<<10)))
 }

@@ -6,15 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -190,69 +186,6 @@ func OpenBlob(ctx context.Context, l Location, digest v1.Hash) (io.ReadCloser, e
 		return nil, err
 	}
 	return p.Blob(digest)
-}
-
-// Push writes idx to l: blobs first, child manifests next, the tag last,
-// so a failure leaves no tag naming a partial image. A layout directory
-// that did not exist is written beside its final name and renamed.
-func Push(ctx context.Context, l Location, idx v1.ImageIndex) error {
-	return PushWithProgress(ctx, l, idx, nil)
-}
-
-// PushProgress counts a push's bytes as it goes (registries only).
-type PushProgress struct {
-	Done, Total atomic.Int64
-}
-
-// PushWithProgress is Push that counts its bytes into p (nil: not counted).
-func PushWithProgress(ctx context.Context, l Location, idx v1.ImageIndex, prog *PushProgress) error {
-	if l.Ref != nil {
-		var opts []remote.Option
-		done := make(chan struct{})
-		if prog != nil {
-			updates := make(chan v1.Update, 16)
-			go func() {
-				defer close(done)
-				for u := range updates { // closed by ggcr when the write ends
-					prog.Done.Store(u.Complete)
-					prog.Total.Store(u.Total)
-				}
-			}()
-			opts = append(opts, remote.WithProgress(updates))
-		} else {
-			close(done)
-		}
-		if err := remote.WriteIndex(l.Ref, idx, remoteOptions(ctx, opts...)...); err != nil {
-			return fmt.Errorf("fetcher: push %s: %w", l, err)
-		}
-		<-done
-		return nil
-	}
-	var opts []layout.Option
-	if l.Tag != "" {
-		opts = append(opts, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": l.Tag}))
-	}
-	if p, err := layout.FromPath(l.Dir); err == nil {
-		if err := p.ReplaceIndex(idx, tagMatcher(l.Tag), opts...); err != nil {
-			return fmt.Errorf("fetcher: write %s: %w", l, err)
-		}
-		return nil
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(l.Dir)), ".lazyblk-layout-*")
-	if err != nil {
-		return fmt.Errorf("fetcher: write %s: %w", l, err)
-	}
-	p, err := layout.Write(tmp, empty.Index)
-	if err == nil {
-		err = p.AppendIndex(idx, opts...)
-	}
-	if err == nil {
-		err = os.Rename(tmp, l.Dir)
-	}
-	if err != nil {
-		return errors.Join(fmt.Errorf("fetcher: write %s: %w", l, err), os.RemoveAll(tmp))
-	}
-	return nil
 }
 
 func tagMatcher(tag string) func(v1.Descriptor) bool {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -54,11 +55,12 @@ func redact(u *url.URL) string {
 	return c.String()
 }
 
-// source reads byte ranges of one blob and says whether a mirror served
-// them. originOnly skips mirrors: the refetch of a chunk that failed
-// verification goes to the origin.
+// source reads byte ranges of an image's blobs and says whether a mirror
+// served them. originOnly skips mirrors: the refetch of a chunk that
+// failed verification goes to the origin.
 type source interface {
-	readRange(ctx context.Context, p []byte, off int64, originOnly bool) (mirror bool, err error)
+	readRange(ctx context.Context, blob v1.Hash, p []byte, off int64, originOnly bool) (mirror bool, err error)
+	close() error
 }
 
 // registrySource reads a blob with closed HTTP range requests. Its client
@@ -75,18 +77,18 @@ type registrySource struct {
 	pool    *http.Transport // the image's own connections, unless WithTransport
 }
 
-// endpoint is one host serving the blob.
+// endpoint is one host serving the repository's blobs.
 type endpoint struct {
 	client  *http.Client
-	url     *url.URL
+	blobs   *url.URL // the repository's blobs/ path: a blob is blobs + digest
 	host    string
 	breaker *breaker // the host's, shared by every image of the process
 }
 
-// newRegistrySource reads digest from l's registry, after the mirrors. A
+// newRegistrySource reads blobs from l's registry, after the mirrors. A
 // mirror that cannot be set up (unreachable, no auth endpoint) is skipped
 // with a warning: mirrors are an optimisation, never a reason to fail.
-func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, o options) (*registrySource, error) {
+func newRegistrySource(ctx context.Context, l Location, o options) (*registrySource, error) {
 	repo := l.Ref.Context()
 	base := o.transport
 	var pool *http.Transport
@@ -103,13 +105,13 @@ func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, o option
 		}
 		mirrors, base = append(mirrors, more...), originBase
 	}
-	origin, err := newEndpoint(ctx, repo, host{scheme: repo.Registry.Scheme(), host: repo.RegistryStr(), path: "/v2", base: base}, digest)
+	origin, err := newEndpoint(ctx, repo, host{scheme: repo.Registry.Scheme(), host: repo.RegistryStr(), path: "/v2", base: base})
 	if err != nil {
 		return nil, err
 	}
 	s := &registrySource{origin: origin, pool: pool}
 	for _, h := range mirrors {
-		e, err := newEndpoint(ctx, repo, h, digest)
+		e, err := newEndpoint(ctx, repo, h)
 		if err != nil {
 			logSkippedMirror(o.log, h, err)
 			continue
@@ -119,9 +121,9 @@ func newRegistrySource(ctx context.Context, l Location, digest v1.Hash, o option
 	return s, nil
 }
 
-// newEndpoint sets up h for repo's blob digest: credentials from the docker
+// newEndpoint sets up h for repo's blobs: credentials from the docker
 // keychain for h's host, and a token for pulling repo.
-func newEndpoint(ctx context.Context, repo name.Repository, h host, digest v1.Hash) (*endpoint, error) {
+func newEndpoint(ctx context.Context, repo name.Repository, h host) (*endpoint, error) {
 	var opts []name.Option
 	if h.scheme == "http" {
 		opts = append(opts, name.Insecure)
@@ -139,55 +141,62 @@ func newEndpoint(ctx context.Context, repo name.Repository, h host, digest v1.Ha
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %s: %w", reg.RegistryStr(), err)
 	}
-	u := &url.URL{Scheme: h.scheme, Host: h.host, Path: fmt.Sprintf("%s/%s/blobs/%s", h.path, repo.RepositoryStr(), digest)}
-	return &endpoint{client: &http.Client{Transport: tr}, url: u, host: u.Host, breaker: breakerFor(u.Host)}, nil
+	u := &url.URL{Scheme: h.scheme, Host: h.host, Path: fmt.Sprintf("%s/%s/blobs/", h.path, repo.RepositoryStr())}
+	return &endpoint{client: &http.Client{Transport: tr}, blobs: u, host: u.Host, breaker: breakerFor(u.Host)}, nil
 }
 
 // readRange tries the mirrors, then the origin. A mirror gets at most
 // half of what is left of the attempt, so one that stalls leaves the
 // origin time to answer; a mirror whose breaker is open is passed over at
 // once.
-func (s *registrySource) readRange(ctx context.Context, p []byte, off int64, originOnly bool) (bool, error) {
+func (s *registrySource) readRange(ctx context.Context, blob v1.Hash, p []byte, off int64, originOnly bool) (bool, error) {
 	if !originOnly {
 		for _, m := range s.mirrors {
 			mctx, cancel := ctx, context.CancelFunc(func() {})
 			if deadline, ok := ctx.Deadline(); ok {
 				mctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
 			}
-			err := m.readRange(mctx, p, off)
+			err := m.readRange(mctx, blob, p, off)
 			cancel()
 			if err == nil || ctx.Err() != nil {
 				return err == nil, err
 			}
 		}
 	}
-	return false, s.origin.readRange(ctx, p, off)
+	return false, s.origin.readRange(ctx, blob, p, off)
+}
+
+func (s *registrySource) close() error {
+	if s.pool != nil {
+		s.pool.CloseIdleConnections()
+	}
+	return nil
 }
 
 // readRange reads p at off from the host, unless its breaker is open;
 // when the breaker is due for a probe, a one-byte range asks the host
 // first, so the probe is short whatever p is.
-func (s *endpoint) readRange(ctx context.Context, p []byte, off int64) error {
+func (s *endpoint) readRange(ctx context.Context, blob v1.Hash, p []byte, off int64) error {
 	probe, err := s.breaker.allow(ctx)
 	if err != nil {
 		return err
 	}
 	if probe {
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		err := s.get(pctx, make([]byte, 1), off)
+		err := s.get(pctx, blob, make([]byte, 1), off)
 		cancel()
 		s.breaker.done(true, err)
 		if hostFailure(err) {
 			return fmt.Errorf("%w: %s: probe: %v", ErrHostDown, s.host, err)
 		}
 	}
-	err = s.get(ctx, p, off)
+	err = s.get(ctx, blob, p, off)
 	s.breaker.done(false, err)
 	return err
 }
 
-func (s *endpoint) get(ctx context.Context, p []byte, off int64) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url.String(), nil)
+func (s *endpoint) get(ctx context.Context, blob v1.Hash, p []byte, off int64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.blobs.JoinPath(blob.String()).String(), nil)
 	if err != nil {
 		return err
 	}
@@ -238,18 +247,47 @@ func checkContentRange(h string, off int64, n int) error {
 	return nil
 }
 
-// layoutSource reads a blob of an OCI image layout on disk.
-type layoutSource struct{ f *os.File }
-
-func newLayoutSource(l Location, digest v1.Hash) (*layoutSource, error) {
-	f, err := os.Open(filepath.Join(l.Dir, "blobs", digest.Algorithm, digest.Hex))
-	if err != nil {
-		return nil, fmt.Errorf("fetcher: %s: %w", l, err)
-	}
-	return &layoutSource{f: f}, nil
+// layoutSource reads the blobs of an OCI image layout on disk, each file
+// opened on first use.
+type layoutSource struct {
+	dir   string
+	mu    sync.Mutex // guards files
+	files map[v1.Hash]*os.File
 }
 
-func (s *layoutSource) readRange(_ context.Context, p []byte, off int64, _ bool) (bool, error) {
-	_, err := s.f.ReadAt(p, off)
+func newLayoutSource(l Location) *layoutSource {
+	return &layoutSource{dir: l.Dir, files: map[v1.Hash]*os.File{}}
+}
+
+func (s *layoutSource) readRange(_ context.Context, blob v1.Hash, p []byte, off int64, _ bool) (bool, error) {
+	f, err := s.open(blob)
+	if err != nil {
+		return false, err
+	}
+	_, err = f.ReadAt(p, off)
 	return false, err
+}
+
+func (s *layoutSource) open(blob v1.Hash) (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, ok := s.files[blob]; ok {
+		return f, nil
+	}
+	f, err := os.Open(filepath.Join(s.dir, "blobs", blob.Algorithm, blob.Hex))
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: oci:%s: %w", s.dir, err)
+	}
+	s.files[blob] = f
+	return f, nil
+}
+
+func (s *layoutSource) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, f := range s.files {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
 }

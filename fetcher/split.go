@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync/atomic"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -36,9 +37,9 @@ func (im *Image) spareSlots(slots chan struct{}, n int) int {
 // getParts fetches p from off as parts range requests in parallel (each
 // with its own retries); the first failure cancels the others. mirror
 // reports that a mirror served any of them.
-func (im *Image) getParts(ctx context.Context, p []byte, off int64, parts int) (mirror bool, err error) {
+func (im *Image) getParts(ctx context.Context, blob v1.Hash, p []byte, off int64, parts int) (mirror bool, err error) {
 	if parts <= 1 {
-		return im.get(ctx, p, off, false)
+		return im.get(ctx, blob, p, off, false)
 	}
 	const align = 64 << 10
 	size := (len(p)/parts + align - 1) / align * align
@@ -47,7 +48,7 @@ func (im *Image) getParts(ctx context.Context, p []byte, off int64, parts int) (
 	for start := 0; start < len(p); start += size {
 		part := p[start:min(start+size, len(p))]
 		g.Go(func() error {
-			m, err := im.get(ctx, part, off+int64(start), false)
+			m, err := im.get(ctx, blob, part, off+int64(start), false)
 			if m {
 				fromMirror.Store(true)
 			}

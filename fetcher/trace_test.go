@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -160,23 +161,41 @@ type gate struct {
 	release  chan struct{}
 	requests atomic.Int64 // range requests seen
 	mu       sync.Mutex
-	ranges   [][2]uint64 // their [first, last] bytes
+	ranges   []blobRange // the bytes they asked for
+}
+
+// blobRange is a range request: bytes first to last of a blob.
+type blobRange struct {
+	blob        string
+	first, last uint64
+}
+
+// touches reports whether r asks for any stored byte of chunk c of x.
+func (r blobRange) touches(x *imagefmt.Index, c imagefmt.Chunk) bool {
+	return c.Encoding != imagefmt.EncodingHole && r.blob == x.Blobs[c.Blob].Digest.String() &&
+		c.Offset <= r.last && r.first < c.Offset+uint64(c.Length)
 }
 
 // outside returns the range requests seen so far that touch any stored
 // byte outside chunks from..to.
-func (g *gate) outside(x *imagefmt.Index, from, to int) [][2]uint64 {
-	lo, hi := ^uint64(0), uint64(0)
+func (g *gate) outside(x *imagefmt.Index, from, to int) []blobRange {
+	type span struct{ lo, hi uint64 }
+	spans := map[string]span{}
 	for i := max(from, 0); i <= min(to, len(x.Chunks)-1); i++ {
 		if c := x.Chunks[i]; c.Encoding != imagefmt.EncodingHole {
-			lo, hi = min(lo, c.Offset), max(hi, c.Offset+uint64(c.Length))
+			b := x.Blobs[c.Blob].Digest.String()
+			s, ok := spans[b]
+			if !ok {
+				s = span{^uint64(0), 0}
+			}
+			spans[b] = span{min(s.lo, c.Offset), max(s.hi, c.Offset+uint64(c.Length))}
 		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var out [][2]uint64
+	var out []blobRange
 	for _, r := range g.ranges {
-		if r[0] < lo || r[1] >= hi {
+		if s, ok := spans[r.blob]; !ok || r.first < s.lo || r.last >= s.hi {
 			out = append(out, r)
 		}
 	}
@@ -193,12 +212,12 @@ func newGate(t *testing.T, host string, x *imagefmt.Index, chunks []int) (*gate,
 			g.requests.Add(1)
 		}
 		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err == nil {
+			rg := blobRange{blob: path.Base(r.URL.Path), first: first, last: last}
 			g.mu.Lock()
-			g.ranges = append(g.ranges, [2]uint64{first, last})
+			g.ranges = append(g.ranges, rg)
 			g.mu.Unlock()
 			for _, i := range chunks {
-				c := x.Chunks[i]
-				if c.Offset <= last && first < c.Offset+uint64(c.Length) {
+				if rg.touches(x, x.Chunks[i]) {
 					g.held <- struct{}{}
 					select {
 					case <-g.release:

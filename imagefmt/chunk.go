@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -65,9 +64,10 @@ func (x *Index) DecodeChunk(i int, stored, dst []byte) error {
 	return nil
 }
 
-// WriteImage reassembles the whole filesystem image from a data blob into
+// WriteImage reassembles the whole filesystem image from its blobs into
 // w, verifying every chunk (holes become sparse regions when w is a file).
-func (x *Index) WriteImage(data io.ReaderAt, w io.WriterAt) error {
+// blob(i) reads blob i of x.Blobs.
+func (x *Index) WriteImage(blob func(i int) (io.ReaderAt, error), w io.WriterAt) error {
 	buf := make([]byte, x.ChunkSize)
 	stored := make([]byte, 0, x.ChunkSize)
 	for i, c := range x.Chunks {
@@ -78,8 +78,12 @@ func (x *Index) WriteImage(data io.ReaderAt, w io.WriterAt) error {
 			stored = make([]byte, 0, c.Length)
 		}
 		stored = stored[:c.Length]
+		data, err := blob(c.Blob)
+		if err != nil {
+			return err
+		}
 		if _, err := data.ReadAt(stored, int64(c.Offset)); err != nil {
-			return fmt.Errorf("imagefmt: chunk %d: read data blob: %w", i, err)
+			return fmt.Errorf("imagefmt: chunk %d: read blob %s: %w", i, x.Blobs[c.Blob].Digest, err)
 		}
 		dst := buf[:x.ChunkLen(i)]
 		if err := x.DecodeChunk(i, stored, dst); err != nil {
@@ -95,16 +99,25 @@ func (x *Index) WriteImage(data io.ReaderAt, w io.WriterAt) error {
 	return nil
 }
 
-// OpenData opens the converted data blob.
-func (r *Result) OpenData() (*os.File, error) { return os.Open(filepath.Join(r.dir, dataFile)) }
-
 // WriteImage reassembles the converted filesystem image into w, verifying
 // every chunk.
 func (r *Result) WriteImage(w io.WriterAt) error {
-	data, err := r.OpenData()
-	if err != nil {
-		return err
-	}
-	defer data.Close()
-	return r.Index.WriteImage(data, w)
+	files := make([]*os.File, len(r.Index.Blobs))
+	defer func() {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}()
+	return r.Index.WriteImage(func(i int) (io.ReaderAt, error) {
+		if files[i] == nil {
+			f, err := os.Open(r.blobs[r.Index.Blobs[i].Digest])
+			if err != nil {
+				return nil, err
+			}
+			files[i] = f
+		}
+		return files[i], nil
+	}, w)
 }

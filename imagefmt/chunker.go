@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // Compression selects how chunks are stored.
@@ -41,8 +41,14 @@ func ParseCompression(s string) (Compression, error) {
 }
 
 // chunker receives a filesystem image as a byte stream and turns it into
-// chunks: hashed and compressed in parallel, appended to the data blob in
-// order, identical chunks stored once, all-zero chunks stored not at all.
+// chunks: hashed and compressed in parallel, appended to their blob in
+// order, identical chunks of a blob stored once, all-zero chunks stored
+// not at all.
+//
+// The stream is cut into regions at chunk boundaries (startRegion), each
+// stored in a blob of its own in dir: a region's blob depends on the
+// region's bytes alone, so two images with a region in common share its
+// blob. Chunk 0 goes to the last region's blob.
 //
 // It is an io.WriteSeeker because filesystem writers stream their data and
 // then seek back once to write the superblock. Chunk 0 is therefore held in
@@ -50,14 +56,15 @@ func ParseCompression(s string) (Compression, error) {
 type chunker struct {
 	chunkSize int
 	comp      Compression
-	blob      io.Writer
-	blobHash  hash.Hash
+	dir       string // where blobs are written
 
 	pos, size int64
 	written   *atomic.Int64 // size, for progress; may be nil
 	head      []byte        // chunk 0, held until finish
 	cur       []byte        // the chunk being filled (index curIdx)
 	curIdx    int
+	region    int // the region chunks are submitted to
+	starts    []int
 
 	work  chan *chunkJob
 	order chan *chunkJob
@@ -68,34 +75,83 @@ type chunker struct {
 	closed bool // finish or close ran: the goroutines are gone
 
 	// Written only by the ordering goroutine; read after g.Wait.
-	chunks   []Chunk
-	dataSize uint64
-	seen     map[[32]byte]Chunk
+	chunks []Chunk
+	blobs  []*blobFile // by region; nil for a region that stored nothing
+}
+
+// blobFile is the blob one region's chunks are stored in.
+type blobFile struct {
+	path string
+	f    *os.File
+	hash hash.Hash
+	size uint64
+	seen map[[32]byte]Chunk
 }
 
 type chunkJob struct {
-	idx  int
-	buf  []byte
-	done chan struct{}
-	c    Chunk
-	out  []byte // stored bytes (buf itself when raw)
+	idx    int
+	region int
+	buf    []byte // nil: a hole that was never materialised (writeZeros)
+	done   chan struct{}
+	c      Chunk
+	out    []byte // stored bytes (buf itself when raw)
 }
 
-func newChunker(ctx context.Context, blob io.Writer, chunkSize int, comp Compression) *chunker {
+func newChunker(ctx context.Context, dir string, chunkSize int, comp Compression) *chunker {
 	workers := runtime.GOMAXPROCS(0)
 	inflight := 2 * workers
 	g, ctx := errgroup.WithContext(ctx)
 	k := &chunker{
-		chunkSize: chunkSize, comp: comp, blob: blob, blobHash: sha256.New(),
+		chunkSize: chunkSize, comp: comp, dir: dir, starts: []int{0},
 		work: make(chan *chunkJob, inflight), order: make(chan *chunkJob, inflight),
 		free: make(chan []byte, inflight+2), g: g, ctx: ctx,
-		seen: map[[32]byte]Chunk{},
 	}
 	for range workers {
 		g.Go(k.encodeLoop)
 	}
 	g.Go(k.writeLoop)
 	return k
+}
+
+// startRegion begins a new region at the current position, which must be
+// a chunk boundary past chunk 0.
+func (k *chunker) startRegion() error {
+	if k.pos != k.size || k.size%int64(k.chunkSize) != 0 || k.size == 0 {
+		return fmt.Errorf("imagefmt: region start at %d is not a chunk boundary after chunk 0", k.size)
+	}
+	k.region++
+	k.starts = append(k.starts, k.curIdx)
+	return nil
+}
+
+// writeZeros appends n zero bytes; whole chunks of them become holes
+// without being hashed or even allocated.
+func (k *chunker) writeZeros(n int64) error {
+	for n > 0 {
+		if len(k.cur) == 0 && k.curIdx > 0 && n >= int64(k.chunkSize) && k.pos == k.size {
+			if err := k.submit(k.curIdx, nil); err != nil {
+				return err
+			}
+			k.curIdx++
+			k.advance(int64(k.chunkSize))
+			n -= int64(k.chunkSize)
+			continue
+		}
+		m := min(n, int64(len(zeros)))
+		if _, err := k.Write(zeros[:m]); err != nil {
+			return err
+		}
+		n -= m
+	}
+	return nil
+}
+
+func (k *chunker) advance(n int64) {
+	k.pos += n
+	k.size = k.pos
+	if k.written != nil {
+		k.written.Store(k.size)
+	}
 }
 
 func (k *chunker) buffer() []byte {
@@ -129,11 +185,7 @@ func (k *chunker) Write(p []byte) (int, error) {
 		m := min(len(p), k.chunkSize-len(k.cur))
 		k.cur = append(k.cur, p[:m]...)
 		p, n = p[m:], n+m
-		k.pos += int64(m)
-		k.size = k.pos
-		if k.written != nil {
-			k.written.Store(k.size)
-		}
+		k.advance(int64(m))
 		if len(k.cur) == k.chunkSize {
 			if err := k.emit(); err != nil {
 				return n, err
@@ -172,7 +224,7 @@ func (k *chunker) emit() error {
 }
 
 func (k *chunker) submit(idx int, buf []byte) error {
-	j := &chunkJob{idx: idx, buf: buf, done: make(chan struct{})}
+	j := &chunkJob{idx: idx, region: k.region, buf: buf, done: make(chan struct{})}
 	select {
 	case k.order <- j:
 	case <-k.ctx.Done():
@@ -194,8 +246,9 @@ func (k *chunker) abort() error {
 }
 
 // finish flushes the last chunk and chunk 0, waits for every encoder and
-// returns the index entries in chunk order.
-func (k *chunker) finish() ([]Chunk, v1.Hash, uint64, error) {
+// returns the chunks in order, the first chunk of each region, and each
+// region's blob (nil for a region that stored nothing).
+func (k *chunker) finish() ([]Chunk, []int, []*blobFile, error) {
 	var err error
 	k.closed = true
 	if len(k.cur) > 0 {
@@ -206,12 +259,26 @@ func (k *chunker) finish() ([]Chunk, v1.Hash, uint64, error) {
 	}
 	close(k.work)
 	close(k.order)
-	err = errors.Join(err, k.g.Wait())
+	err = errors.Join(err, k.g.Wait(), k.closeBlobs())
 	if err != nil {
-		return nil, v1.Hash{}, 0, err
+		return nil, nil, nil, err
 	}
-	h := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", k.blobHash.Sum(nil))}
-	return k.chunks, h, k.dataSize, nil
+	for len(k.blobs) <= k.region {
+		k.blobs = append(k.blobs, nil)
+	}
+	return k.chunks, k.starts, k.blobs, nil
+}
+
+// closeBlobs closes the blob files (the caller removes the directory).
+func (k *chunker) closeBlobs() error {
+	var errs []error
+	for _, b := range k.blobs {
+		if b != nil && b.f != nil {
+			errs = append(errs, b.f.Close())
+			b.f = nil
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // close releases the goroutines after a failure elsewhere.
@@ -223,6 +290,7 @@ func (k *chunker) close() {
 	close(k.work)
 	close(k.order)
 	_ = k.g.Wait()
+	_ = k.closeBlobs()
 }
 
 func (k *chunker) encodeLoop() error {
@@ -233,7 +301,7 @@ func (k *chunker) encodeLoop() error {
 		}
 	}()
 	for j := range k.work {
-		if isZero(j.buf) {
+		if j.buf == nil || isZero(j.buf) {
 			j.c.Encoding = EncodingHole
 			close(j.done)
 			continue
@@ -258,7 +326,8 @@ func (k *chunker) encodeLoop() error {
 	return nil
 }
 
-// writeLoop appends encoded chunks to the blob in submission order.
+// writeLoop appends encoded chunks to their region's blob in submission
+// order.
 func (k *chunker) writeLoop() error {
 	for j := range k.order {
 		select {
@@ -267,27 +336,53 @@ func (k *chunker) writeLoop() error {
 			return k.ctx.Err()
 		}
 		for len(k.chunks) <= j.idx {
-			k.chunks = append(k.chunks, Chunk{})
+			k.chunks = append(k.chunks, Chunk{Blob: NoBlob})
 		}
 		if j.c.Encoding != EncodingHole {
-			if prev, ok := k.seen[j.c.Digest]; ok {
-				j.c = prev
-			} else {
-				j.c.Offset, j.c.Length = k.dataSize, uint32(len(j.out))
-				if _, err := k.blob.Write(j.out); err != nil {
-					return fmt.Errorf("imagefmt: write data blob: %w", err)
-				}
-				k.blobHash.Write(j.out)
-				k.dataSize += uint64(len(j.out))
-				k.seen[j.c.Digest] = j.c
+			if err := k.store(j); err != nil {
+				return err
 			}
+		} else {
+			j.c.Blob = NoBlob
 		}
 		k.chunks[j.idx] = j.c
-		select {
-		case k.free <- j.buf:
-		default:
+		if j.buf != nil {
+			select {
+			case k.free <- j.buf:
+			default:
+			}
 		}
 	}
+	return nil
+}
+
+// store appends j's bytes to its region's blob, unless the blob holds
+// them already.
+func (k *chunker) store(j *chunkJob) error {
+	for len(k.blobs) <= j.region {
+		k.blobs = append(k.blobs, nil)
+	}
+	b := k.blobs[j.region]
+	if b == nil {
+		p := filepath.Join(k.dir, fmt.Sprintf("blob-%d", j.region))
+		f, err := os.Create(p)
+		if err != nil {
+			return fmt.Errorf("imagefmt: create blob: %w", err)
+		}
+		b = &blobFile{path: p, f: f, hash: sha256.New(), seen: map[[32]byte]Chunk{}}
+		k.blobs[j.region] = b
+	}
+	if prev, ok := b.seen[j.c.Digest]; ok {
+		j.c = prev
+		return nil
+	}
+	j.c.Blob, j.c.Offset, j.c.Length = j.region, b.size, uint32(len(j.out))
+	if _, err := b.f.Write(j.out); err != nil {
+		return fmt.Errorf("imagefmt: write blob: %w", err)
+	}
+	b.hash.Write(j.out)
+	b.size += uint64(len(j.out))
+	b.seen[j.c.Digest] = j.c
 	return nil
 }
 

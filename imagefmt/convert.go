@@ -109,6 +109,7 @@ type Result struct {
 	// and the lazyblk artifact manifest (see doc.go).
 	Image v1.ImageIndex
 	dir   string
+	blobs map[v1.Hash]string // the file of each data blob
 }
 
 // Close removes the temporary files.
@@ -152,8 +153,9 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 	}
 
 	var (
-		idx = &Index{FS: o.fs, ChunkSize: uint32(o.chunkSize)}
-		fb  fallbackBlob
+		idx   *Index
+		blobs map[v1.Hash]string
+		fb    fallbackBlob
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	if o.fallback {
@@ -166,9 +168,8 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 		})
 	}
 	g.Go(func() error {
-		_, err := writeFile(filepath.Join(dir, dataFile), func(w io.Writer) (struct{}, error) {
-			return struct{}{}, buildImage(gctx, t, idx, w, o, dir)
-		})
+		var err error
+		idx, blobs, err = buildImage(gctx, t, layerDiffIDs(cfg), o, dir)
 		return err
 	})
 	if err := g.Wait(); err != nil {
@@ -178,42 +179,100 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Index: idx, IndexBlob: blob, IndexDigest: sha256Hash(blob), dir: dir}
+	res := &Result{Index: idx, IndexBlob: blob, IndexDigest: sha256Hash(blob), dir: dir, blobs: blobs}
 	if res.Image, err = layoutImage(cfg, res, o.fallback, fb); err != nil {
 		return nil, err
 	}
-	o.log.Info("converted", "fs", o.fs, "image_size", idx.ImageSize, "chunks", len(idx.Chunks), "stored", idx.DataSize)
+	o.log.Info("converted", "fs", o.fs, "image_size", idx.ImageSize, "chunks", len(idx.Chunks), "blobs", len(idx.Blobs),
+		"stored", idx.StoredSize())
 	return res, nil
 }
 
-const (
-	dataFile     = "data"
-	fallbackFile = "fallback.tar.gz"
-)
+const fallbackFile = "fallback.tar.gz"
 
-// buildImage writes the filesystem image through a chunker into w.
-func buildImage(ctx context.Context, t *tree, idx *Index, w io.Writer, o options, dir string) error {
-	k := newChunker(ctx, w, o.chunkSize, o.compression)
+// buildImage writes the filesystem image through a chunker into blobs in
+// dir and returns its index: erofs in the layer-stable layout
+// (regions.go), one blob per layer region and one for chunk 0 and the
+// metadata; ext4 as mkfs.ext4 lays it out, one region, one blob.
+func buildImage(ctx context.Context, t *tree, diffIDs []v1.Hash, o options, dir string) (*Index, map[v1.Hash]string, error) {
+	k := newChunker(ctx, dir, o.chunkSize, o.compression)
 	k.written = &o.progress.ImageBytes
 	defer k.close()
-	var err error
+	var (
+		plan *layoutPlan
+		err  error
+	)
 	switch o.fs {
 	case FSErofs:
-		err = writeErofs(t, k)
+		plan = planLayout(t, diffIDs, int64(o.chunkSize), nil)
+		err = writeErofs(t, k, plan)
 	case FSExt4:
 		err = writeExt4(ctx, t, k, dir)
 	}
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	size := k.size
-	chunks, data, dataSize, err := k.finish()
+	chunks, starts, blobs, err := k.finish()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	idx.ImageSize, idx.Chunks, idx.Data, idx.DataSize = uint64(size), chunks, data, dataSize
-	return nil
+	idx := &Index{Version: IndexVersion, FS: o.fs, ChunkSize: uint32(o.chunkSize), ImageSize: uint64(size), Chunks: chunks}
+	return idx, idx.setRegions(plan, starts, blobs), nil
 }
+
+// setRegions fills in the index's blobs and regions from what the chunker
+// wrote: each region's chunks, first chunk of region r at starts[r], in
+// blobs[r] (nil when it stored nothing; chunk 0 is stored in the last).
+// Regions whose bytes are the same share one blob, named by its digest.
+// It returns the file of each blob.
+func (x *Index) setRegions(plan *layoutPlan, starts []int, blobs []*blobFile) map[v1.Hash]string {
+	blobIndex := make([]int, len(blobs)) // chunker region -> index blob
+	byDigest := map[v1.Hash]int{}
+	paths := map[v1.Hash]string{}
+	for r, b := range blobs {
+		blobIndex[r] = NoBlob
+		if b == nil {
+			continue
+		}
+		d := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", b.hash.Sum(nil))}
+		i, seen := byDigest[d]
+		if !seen {
+			i = len(x.Blobs)
+			byDigest[d] = i
+			x.Blobs = append(x.Blobs, Blob{Digest: d, Size: b.size})
+			paths[d] = b.path
+		}
+		blobIndex[r] = i
+	}
+	for i := range x.Chunks {
+		if c := &x.Chunks[i]; c.Encoding != EncodingHole {
+			c.Blob = blobIndex[c.Blob]
+		}
+	}
+	count := func(r int) int {
+		if r+1 < len(starts) {
+			return starts[r+1] - starts[r]
+		}
+		return len(x.Chunks) - starts[r]
+	}
+	if plan == nil { // ext4: one region, chunk 0 in it
+		x.Regions = []Region{{Kind: RegionImage, Count: len(x.Chunks), Blob: blobIndex[len(blobs)-1]}}
+		return paths
+	}
+	meta := blobIndex[len(blobs)-1]
+	x.Regions = append(x.Regions, Region{Kind: RegionHead, First: 0, Count: 1, Blob: meta})
+	for i, rp := range plan.regions {
+		x.Regions = append(x.Regions, Region{Kind: RegionLayer, Layer: rp.diffID, First: starts[i+1], Count: count(i + 1),
+			Blob: blobIndex[i+1]})
+	}
+	last := len(starts) - 1
+	x.Regions = append(x.Regions, Region{Kind: RegionMeta, First: starts[last], Count: count(last), Blob: meta})
+	return paths
+}
+
+// layerDiffIDs are the source layers' uncompressed digests, by layer.
+func layerDiffIDs(cfg *v1.ConfigFile) []v1.Hash { return cfg.RootFS.DiffIDs }
 
 // applyLayers applies every layer in order, checking each against the
 // digest the manifest names and the diff ID the config names.

@@ -4,41 +4,58 @@ import (
 	"archive/tar"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 
 	erofs "github.com/erofs/go-erofs"
 )
 
-// writeErofs serialises the tree as an erofs image into out. Block size is
-// 4 KiB, the page size every kernel that mounts it will have.
-func writeErofs(t *tree, out io.WriteSeeker) error {
+// writeErofs writes the tree as an erofs image into k in the
+// layer-stable layout of p (regions.go): chunk 0, then each layer's
+// region, its blob of its own, then the metadata. Block size is 4 KiB, the
+// page size every kernel that mounts it will have.
+func writeErofs(t *tree, k *chunker, p *layoutPlan) error {
 	if err := checkErofsLimits(t); err != nil {
 		return err
 	}
-	w := erofs.Create(out, erofs.WithBlockSize(4096), erofs.WithBuildTime(0, 0))
-	err := t.walkInodes(func(p string, n *node, first string) error {
+	if err := k.writeZeros(p.chunkSize); err != nil { // the superblock's, written last
+		return err
+	}
+	for _, r := range p.regions {
+		if err := writeRegion(t.spool, k, r); err != nil {
+			return fmt.Errorf("erofs: layer %d: %w", r.layer, err)
+		}
+	}
+	if err := k.startRegion(); err != nil {
+		return err
+	}
+	w := erofs.Create(k, erofs.WithBlockSize(erofsBlock), erofs.WithBuildTime(0, 0),
+		erofs.WithPlacedData(uint64(p.metaStart/erofsBlock)))
+	err := t.walkInodes(func(path string, n *node, first string) error {
 		ino := n.ino
 		if first != "" {
-			return w.Link(first, p)
+			return w.Link(first, path)
 		}
 		var err error
 		switch ino.typ {
 		case tar.TypeDir:
-			err = w.Mkdir(p, 0o755)
+			err = w.Mkdir(path, 0o755)
 		case tar.TypeReg:
-			err = w.AddFile(p, ino.size, t.spool.reader(ino.dataOff, ino.size))
+			if blk, ok := p.placed[ino]; ok {
+				err = w.AddPlacedFile(path, ino.size, uint64(blk))
+			} else {
+				err = w.AddFile(path, ino.size, t.spool.reader(ino.dataOff, ino.size))
+			}
 		case tar.TypeSymlink:
-			err = w.Symlink(ino.linkname, p)
+			err = w.Symlink(ino.linkname, path)
 		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-			err = w.Mknod(p, unixType(ino.typ)|uint16(ino.mode&0o7777), newEncodeDev(ino.major, ino.minor))
+			err = w.Mknod(path, unixType(ino.typ)|uint16(ino.mode&0o7777), newEncodeDev(ino.major, ino.minor))
 		default:
 			err = fmt.Errorf("unexpected type %q", ino.typ)
 		}
 		if err != nil {
-			return fmt.Errorf("erofs: %s: %w", p, err)
+			return fmt.Errorf("erofs: %s: %w", path, err)
 		}
-		return setErofsMeta(w, p, ino)
+		return setErofsMeta(w, path, ino)
 	})
 	if err != nil {
 		return err
@@ -47,6 +64,31 @@ func writeErofs(t *tree, out io.WriteSeeker) error {
 		return fmt.Errorf("erofs: write image: %w", err)
 	}
 	return nil
+}
+
+// writeRegion writes one layer's region: each visible file's data at its
+// slot, zeros around them and for files no longer visible.
+func writeRegion(sp *spool, k *chunker, r regionPlan) error {
+	if err := k.startRegion(); err != nil {
+		return err
+	}
+	at := int64(0)
+	for _, s := range r.slots {
+		if err := k.writeZeros(s.off - at); err != nil {
+			return err
+		}
+		var err error
+		if s.live {
+			err = sp.copyTo(k, s.ino.dataOff, s.ino.size)
+		} else {
+			err = k.writeZeros(s.ino.size)
+		}
+		if err != nil {
+			return err
+		}
+		at = s.off + s.ino.size
+	}
+	return k.writeZeros(r.size - at)
 }
 
 func setErofsMeta(w *erofs.Writer, p string, ino *inode) error {

@@ -60,6 +60,8 @@ func writeExt4(ctx context.Context, t *tree, out io.Writer, dir string) error {
 	return err
 }
 
+// onlyWriter hides a writer's other methods from io.Copy, so it uses a
+// buffer of its own (or the one given) and the writer's Write.
 type onlyWriter struct{ io.Writer }
 
 // stageTree materialises the tree under root with owners, modes, xattrs,

@@ -2,7 +2,6 @@ package imagefmt
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -19,12 +18,19 @@ const (
 	DefaultChunkSize = 4 << 20
 )
 
-// IndexVersion is the only chunk index version this package writes and reads.
-const IndexVersion = 1
+// Index versions. Version 1 stores every chunk in one data blob; version 2
+// in one blob per region (a layer's files, the metadata), so images that
+// share layers share blobs. DecodeIndex reads both; the converter writes
+// version 2.
+const (
+	IndexVersion1 = 1
+	IndexVersion2 = 2
+	IndexVersion  = IndexVersion2
+)
 
 const (
 	indexMagic      = "LZBLKIX\x00"
-	indexHeaderSize = 68
+	indexHeaderSize = 68 // version 1
 	chunkRecordSize = 48
 )
 
@@ -61,7 +67,7 @@ func ParseFSType(s string) (FSType, error) {
 	return 0, fmt.Errorf("imagefmt: unknown filesystem %q (want erofs or ext4)", s)
 }
 
-// Encoding is how one chunk is stored in the data blob.
+// Encoding is how one chunk is stored in its blob.
 type Encoding uint8
 
 const (
@@ -87,23 +93,87 @@ func (e Encoding) String() string {
 type Chunk struct {
 	// Digest is the sha256 of the chunk's uncompressed bytes (zero for holes).
 	Digest [sha256.Size]byte
-	// Offset and Length locate the stored bytes in the data blob.
+	// Blob is the blob holding the stored bytes (an index into
+	// Index.Blobs): its region's. Offset and Length locate them there.
+	Blob     int
 	Offset   uint64
 	Length   uint32
 	Encoding Encoding
 }
 
+// Blob is one data blob of a block image, named by the sha256 of its
+// bytes.
+type Blob struct {
+	Digest v1.Hash
+	Size   uint64
+}
+
+// RegionKind says what a region of the filesystem image holds.
+type RegionKind uint8
+
+const (
+	// RegionImage is the whole image in one region: version 1 indexes, and
+	// ext4, whose writer places data itself.
+	RegionImage RegionKind = 1
+	// RegionHead is chunk 0: the superblock.
+	RegionHead RegionKind = 2
+	// RegionLayer holds the file data one source layer brought.
+	RegionLayer RegionKind = 3
+	// RegionMeta holds the filesystem's metadata: inodes, directories,
+	// xattrs, small files inline.
+	RegionMeta RegionKind = 4
+)
+
+func (k RegionKind) String() string {
+	switch k {
+	case RegionImage:
+		return "image"
+	case RegionHead:
+		return "head"
+	case RegionLayer:
+		return "layer"
+	case RegionMeta:
+		return "metadata"
+	}
+	return fmt.Sprintf("region(%d)", uint8(k))
+}
+
+// NoBlob is a region's Blob when it stores nothing (all holes).
+const NoBlob = -1
+
+// Region is a run of chunks stored in one blob.
+type Region struct {
+	Kind RegionKind
+	// Layer is the diff ID of the source layer a RegionLayer holds.
+	Layer        v1.Hash
+	First, Count int // chunks [First, First+Count)
+	Blob         int // index into Index.Blobs, or NoBlob
+}
+
 // Index is the chunk index of one block image.
 type Index struct {
+	// Version is the format the index was decoded from, or is to be
+	// encoded in (0: IndexVersion).
+	Version   int
 	FS        FSType
 	ChunkSize uint32
 	// ImageSize is the size of the filesystem image in bytes; the last chunk
 	// may be shorter than ChunkSize.
 	ImageSize uint64
-	// Data names the blob holding every stored chunk.
-	Data     v1.Hash
-	DataSize uint64
-	Chunks   []Chunk
+	Blobs     []Blob
+	// Regions cover the chunks in order, each stored in one blob; a
+	// version 1 index has one RegionImage.
+	Regions []Region
+	Chunks  []Chunk
+}
+
+// StoredSize is the bytes of every blob.
+func (x *Index) StoredSize() uint64 {
+	var n uint64
+	for _, b := range x.Blobs {
+		n += b.Size
+	}
+	return n
 }
 
 // ChunkLen returns the uncompressed length of chunk i.
@@ -144,75 +214,6 @@ func ValidChunkSize(n int) error {
 	return nil
 }
 
-// MarshalBinary encodes the index (layout in doc.go).
-func (x *Index) MarshalBinary() ([]byte, error) {
-	if err := x.validate(); err != nil {
-		return nil, err
-	}
-	b := make([]byte, indexHeaderSize+chunkRecordSize*len(x.Chunks))
-	copy(b, indexMagic)
-	le := binary.LittleEndian
-	le.PutUint16(b[8:], IndexVersion)
-	b[10] = byte(x.FS)
-	b[11] = byte(bits.TrailingZeros32(x.ChunkSize))
-	le.PutUint64(b[16:], x.ImageSize)
-	dataDigest, _ := hexDigest(x.Data)
-	copy(b[24:56], dataDigest[:])
-	le.PutUint64(b[56:], x.DataSize)
-	le.PutUint32(b[64:], uint32(len(x.Chunks)))
-	for i, c := range x.Chunks {
-		r := b[indexHeaderSize+i*chunkRecordSize:]
-		copy(r[:32], c.Digest[:])
-		le.PutUint64(r[32:], c.Offset)
-		le.PutUint32(r[40:], c.Length)
-		r[44] = byte(c.Encoding)
-	}
-	return b, nil
-}
-
-// DecodeIndex decodes and validates an encoded index. It never allocates
-// more than the input's size implies.
-func DecodeIndex(b []byte) (*Index, error) {
-	if len(b) < indexHeaderSize || string(b[:8]) != indexMagic {
-		return nil, fmt.Errorf("%w: bad magic or short header (%d bytes)", ErrInvalidIndex, len(b))
-	}
-	le := binary.LittleEndian
-	if v := le.Uint16(b[8:]); v != IndexVersion {
-		return nil, fmt.Errorf("%w: version %d, this build reads version %d", ErrInvalidIndex, v, IndexVersion)
-	}
-	shift := b[11]
-	if shift > 31 || le.Uint32(b[12:]) != 0 {
-		return nil, fmt.Errorf("%w: bad chunk shift %d or reserved bits set", ErrInvalidIndex, shift)
-	}
-	n := le.Uint32(b[64:])
-	if uint64(len(b)-indexHeaderSize) != uint64(n)*chunkRecordSize {
-		return nil, fmt.Errorf("%w: %d chunks need %d bytes, have %d", ErrInvalidIndex, n, uint64(n)*chunkRecordSize, len(b)-indexHeaderSize)
-	}
-	x := &Index{
-		FS:        FSType(b[10]),
-		ChunkSize: 1 << shift,
-		ImageSize: le.Uint64(b[16:]),
-		Data:      v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(b[24:56])},
-		DataSize:  le.Uint64(b[56:]),
-		Chunks:    make([]Chunk, n),
-	}
-	for i := range x.Chunks {
-		r := b[indexHeaderSize+i*chunkRecordSize:]
-		c := &x.Chunks[i]
-		copy(c.Digest[:], r[:32])
-		c.Offset = le.Uint64(r[32:])
-		c.Length = le.Uint32(r[40:])
-		c.Encoding = Encoding(r[44])
-		if r[45]|r[46]|r[47] != 0 {
-			return nil, fmt.Errorf("%w: chunk %d: reserved bytes set", ErrInvalidIndex, i)
-		}
-	}
-	if err := x.validate(); err != nil {
-		return nil, err
-	}
-	return x, nil
-}
-
 // validate checks the invariants every reader relies on.
 func (x *Index) validate() error {
 	if x.FS != FSErofs && x.FS != FSExt4 {
@@ -225,30 +226,64 @@ func (x *Index) validate() error {
 	if uint64(len(x.Chunks)) != want {
 		return fmt.Errorf("%w: image of %d bytes needs %d chunks, index has %d", ErrInvalidIndex, x.ImageSize, want, len(x.Chunks))
 	}
-	if _, err := hexDigest(x.Data); err != nil {
-		return fmt.Errorf("%w: data blob: %v", ErrInvalidIndex, err)
+	for i, b := range x.Blobs {
+		if _, err := hexDigest(b.Digest); err != nil {
+			return fmt.Errorf("%w: blob %d: %v", ErrInvalidIndex, i, err)
+		}
 	}
-	for i, c := range x.Chunks {
-		n := uint64(x.ChunkLen(i))
-		if c.Offset > x.DataSize || uint64(c.Length) > x.DataSize-c.Offset {
-			return fmt.Errorf("%w: chunk %d: [%d,+%d) outside data blob of %d bytes", ErrInvalidIndex, i, c.Offset, c.Length, x.DataSize)
+	next := 0
+	for r, g := range x.Regions {
+		if g.First != next || g.Count < 0 || g.Count > len(x.Chunks)-next {
+			return fmt.Errorf("%w: region %d covers chunks [%d,+%d), want it to start at %d within %d chunks",
+				ErrInvalidIndex, r, g.First, g.Count, next, len(x.Chunks))
 		}
-		switch c.Encoding {
-		case EncodingHole:
-			if c.Length != 0 || c.Offset != 0 || c.Digest != ([32]byte{}) {
-				return fmt.Errorf("%w: chunk %d: hole with stored bytes or digest", ErrInvalidIndex, i)
-			}
-		case EncodingRaw:
-			if uint64(c.Length) != n {
-				return fmt.Errorf("%w: chunk %d: raw length %d, want %d", ErrInvalidIndex, i, c.Length, n)
-			}
-		case EncodingZstd:
-			if c.Length == 0 || uint64(c.Length) > n+n/8+64 {
-				return fmt.Errorf("%w: chunk %d: zstd length %d implausible for %d bytes", ErrInvalidIndex, i, c.Length, n)
-			}
-		default:
-			return fmt.Errorf("%w: chunk %d: unknown encoding %d", ErrInvalidIndex, i, c.Encoding)
+		if g.Blob != NoBlob && (g.Blob < 0 || g.Blob >= len(x.Blobs)) {
+			return fmt.Errorf("%w: region %d: blob %d of %d", ErrInvalidIndex, r, g.Blob, len(x.Blobs))
 		}
+		if g.Kind < RegionImage || g.Kind > RegionMeta {
+			return fmt.Errorf("%w: region %d: unknown kind %d", ErrInvalidIndex, r, g.Kind)
+		}
+		for i := g.First; i < g.First+g.Count; i++ {
+			if err := x.validChunk(i, g.Blob); err != nil {
+				return err
+			}
+		}
+		next += g.Count
+	}
+	if next != len(x.Chunks) {
+		return fmt.Errorf("%w: regions cover %d of %d chunks", ErrInvalidIndex, next, len(x.Chunks))
+	}
+	return nil
+}
+
+// validChunk checks chunk i, which its region stores in blob.
+func (x *Index) validChunk(i, blob int) error {
+	c := x.Chunks[i]
+	n := uint64(x.ChunkLen(i))
+	if c.Encoding == EncodingHole {
+		if c.Length != 0 || c.Offset != 0 || c.Digest != ([32]byte{}) {
+			return fmt.Errorf("%w: chunk %d: hole with stored bytes or digest", ErrInvalidIndex, i)
+		}
+		return nil
+	}
+	if blob == NoBlob || c.Blob != blob {
+		return fmt.Errorf("%w: chunk %d: stored outside its region's blob", ErrInvalidIndex, i)
+	}
+	size := x.Blobs[blob].Size
+	if c.Offset > size || uint64(c.Length) > size-c.Offset {
+		return fmt.Errorf("%w: chunk %d: [%d,+%d) outside blob of %d bytes", ErrInvalidIndex, i, c.Offset, c.Length, size)
+	}
+	switch c.Encoding {
+	case EncodingRaw:
+		if uint64(c.Length) != n {
+			return fmt.Errorf("%w: chunk %d: raw length %d, want %d", ErrInvalidIndex, i, c.Length, n)
+		}
+	case EncodingZstd:
+		if c.Length == 0 || uint64(c.Length) > n+n/8+64 {
+			return fmt.Errorf("%w: chunk %d: zstd length %d implausible for %d bytes", ErrInvalidIndex, i, c.Length, n)
+		}
+	default:
+		return fmt.Errorf("%w: chunk %d: unknown encoding %d", ErrInvalidIndex, i, c.Encoding)
 	}
 	return nil
 }

@@ -44,15 +44,18 @@ func (r *Result) Annotations() map[string]string {
 
 // layoutImage assembles the image index that gets pushed.
 func layoutImage(cfg *v1.ConfigFile, r *Result, fallback bool, fb fallbackBlob) (v1.ImageIndex, error) {
-	data := &fileBlob{path: filepath.Join(r.dir, dataFile), digest: r.Index.Data, size: int64(r.Index.DataSize), mt: MediaTypeData}
+	var data []v1.Layer
+	for _, b := range r.Index.Blobs {
+		data = append(data, &fileBlob{path: r.blobs[b.Digest], digest: b.Digest, size: int64(b.Size), mt: MediaTypeData})
+	}
 	indexLayer := static.NewLayer(r.IndexBlob, MediaTypeIndex)
 
-	var runLayer v1.Layer = data
+	runLayers := data
 	if fallback {
-		runLayer = &fileBlob{path: filepath.Join(r.dir, fallbackFile), digest: fb.Digest, diffID: fb.DiffID,
-			size: fb.Size, mt: types.OCILayer}
+		runLayers = []v1.Layer{&fileBlob{path: filepath.Join(r.dir, fallbackFile), digest: fb.Digest, diffID: fb.DiffID,
+			size: fb.Size, mt: types.OCILayer}}
 	}
-	runnable, err := runnableImage(cfg, runLayer, r.Annotations())
+	runnable, err := runnableImage(cfg, runLayers, r.Annotations())
 	if err != nil {
 		return nil, err
 	}
@@ -75,13 +78,16 @@ func layoutImage(cfg *v1.ConfigFile, r *Result, fallback bool, fb fallbackBlob) 
 }
 
 // runnableImage keeps the source config but for its rootfs and history,
-// which now describe the one squashed layer.
-func runnableImage(cfg *v1.ConfigFile, layer v1.Layer, ann map[string]string) (v1.Image, error) {
+// which now describe the one squashed layer (or, without a fallback, the
+// data blobs, which no stock runtime can unpack).
+func runnableImage(cfg *v1.ConfigFile, layers []v1.Layer, ann map[string]string) (v1.Image, error) {
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	img, err := mutate.Append(img, mutate.Addendum{Layer: layer, Annotations: ann, MediaType: mustMT(layer)})
-	if err != nil {
-		return nil, err
+	for _, layer := range layers {
+		var err error
+		if img, err = mutate.Append(img, mutate.Addendum{Layer: layer, Annotations: ann, MediaType: mustMT(layer)}); err != nil {
+			return nil, err
+		}
 	}
 	base, err := img.ConfigFile()
 	if err != nil {
@@ -95,8 +101,8 @@ func runnableImage(cfg *v1.ConfigFile, layer v1.Layer, ann map[string]string) (v
 
 // artifactImage is the manifest that keeps the index and data blobs
 // referenced, so registry garbage collection never drops them.
-func artifactImage(r *Result, index, data v1.Layer) (v1.Image, error) {
-	dataLayer := data
+func artifactImage(r *Result, index v1.Layer, data []v1.Layer) (v1.Image, error) {
+	layers := append([]v1.Layer{index}, data...)
 	m := v1.Manifest{
 		SchemaVersion: 2,
 		MediaType:     types.OCIManifestSchema1,
@@ -104,7 +110,7 @@ func artifactImage(r *Result, index, data v1.Layer) (v1.Image, error) {
 		Config:        v1.Descriptor{MediaType: mediaTypeEmpty, Size: 2, Digest: sha256Hash([]byte("{}"))},
 		Annotations:   r.Annotations(),
 	}
-	for _, l := range []v1.Layer{index, dataLayer} {
+	for _, l := range layers {
 		d, err := partial.Descriptor(l)
 		if err != nil {
 			return nil, err
@@ -115,7 +121,7 @@ func artifactImage(r *Result, index, data v1.Layer) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return partial.CompressedToImage(&rawImage{manifest: raw, layers: []v1.Layer{index, dataLayer}})
+	return partial.CompressedToImage(&rawImage{manifest: raw, layers: layers})
 }
 
 // rawImage is a manifest we serialised ourselves, with its blobs.

@@ -11,7 +11,7 @@ import (
 func TestErofsTooBig(t *testing.T) {
 	tr := newTree(nil)
 	tr.root.children["huge"] = &node{name: "huge", ino: &inode{typ: tar.TypeReg, mode: 0o644, size: 17 << 40}}
-	err := writeErofs(tr, nil)
+	err := writeErofs(tr, nil, nil)
 	if !errors.Is(err, ErrTooBig) {
 		t.Fatalf("got %v, want ErrTooBig", err)
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // spoolBlock is the granularity at which runs of zeros are skipped rather
@@ -15,9 +17,10 @@ const spoolBlock = 64 << 10
 // filesystem writer can read each file once at the end. It is a sparse
 // temporary file, removed on close.
 type spool struct {
-	f    *os.File
-	size int64
-	buf  []byte
+	f       *os.File
+	size    int64
+	buf     []byte // add's
+	copyBuf []byte // copyTo's
 }
 
 func newSpool(dir string) (*spool, error) {
@@ -60,4 +63,38 @@ func (s *spool) reader(off, n int64) *io.SectionReader {
 
 func (s *spool) close() error {
 	return errors.Join(s.f.Close(), os.Remove(s.f.Name()))
+}
+
+// copyTo writes n bytes of the spool at off to k, the holes of the sparse
+// spool as zeros that are never read (a 5 GiB file of zeros with three
+// words in it costs no reading of 5 GiB).
+func (s *spool) copyTo(k *chunker, off, n int64) error {
+	if s.copyBuf == nil { // not buf: the fallback writer reads the spool meanwhile
+		s.copyBuf = make([]byte, 256<<10)
+	}
+	for end := off + n; off < end; {
+		data, err := s.f.Seek(off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) { // nothing but a hole to the end
+			data = end
+		} else if err != nil {
+			return fmt.Errorf("imagefmt: spool: %w", err)
+		}
+		if data > off {
+			if err := k.writeZeros(min(data, end) - off); err != nil {
+				return err
+			}
+			off = min(data, end)
+			continue
+		}
+		hole, err := s.f.Seek(off, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("imagefmt: spool: %w", err)
+		}
+		m := min(hole, end) - off
+		if _, err := io.CopyBuffer(onlyWriter{k}, io.NewSectionReader(s.f, off, m), s.copyBuf); err != nil {
+			return err
+		}
+		off += m
+	}
+	return nil
 }

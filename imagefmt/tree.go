@@ -50,6 +50,16 @@ type node struct {
 type tree struct {
 	root  *node
 	spool *spool
+	// files lists, per layer, every regular file its tar wrote, in tar
+	// order, visible in the end or not: the layer-stable layout gives each
+	// a place in its layer's region (regions.go).
+	files [][]layerFile
+}
+
+// layerFile is one regular file a layer's tar wrote.
+type layerFile struct {
+	path string
+	ino  *inode
 }
 
 func newTree(sp *spool) *tree {
@@ -118,6 +128,10 @@ func (t *tree) applyEntry(layer int, hdr *tar.Header, data io.Reader) error {
 		if n.ino.dataOff, err = t.spool.add(data, hdr.Size); err != nil {
 			return err
 		}
+		for len(t.files) <= layer {
+			t.files = append(t.files, nil)
+		}
+		t.files[layer] = append(t.files[layer], layerFile{path: p, ino: n.ino})
 	case tar.TypeSymlink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		n.ino = t.newInode(hdr)
 	default:

@@ -24,8 +24,18 @@ func convertCommand() *cli.Command {
 (sha256-verified, zstd where that pays), and writes DST as an image index with:
   - a runnable manifest (one squashed layer) that stock containerd and Docker
     still pull and run, unless --no-fallback;
-  - a lazyblk artifact manifest holding the chunk index and the data blob.
+  - a lazyblk artifact manifest holding the chunk index and the data blobs.
 Nothing is pushed until the conversion has succeeded; the tag is written last.
+
+Layout (erofs): each source layer's file data goes to a region of its own,
+starting on a chunk boundary, stored as a blob of its own; the filesystem
+metadata (inodes, directories, small files inline) goes last. Data of a file
+a later layer removes or replaces stays a hole (zeros cost nothing), so what
+lower layers hold never moves: a new version of an image on the same base
+has the same blobs for the unchanged layers — the registry keeps them once,
+the push skips them (and says so), and a node that ran the old version
+fetches only the new chunks. The same layers always give the same bytes.
+ext4 keeps mkfs.ext4's own layout (one region): it places data itself.
 
 Examples:
   lazyblk convert docker.io/library/python:3.12 registry.local/python:3.12-lazyblk
@@ -39,6 +49,8 @@ Examples:
 			&cli.StringFlag{Name: "platform", Usage: "platform to convert from a multi-platform SRC, e.g. linux/arm64 (default linux/amd64)"},
 			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registries (loopback test registries)"},
 			&cli.StringFlag{Name: "tmp-dir", Usage: "directory for temporary files (needs room for the unpacked image)", EnvVars: []string{"TMPDIR"}},
+			&cli.StringSliceFlag{Name: "mount-from", Usage: "a repository of DST's registry that may hold some blobs already " +
+				"(an earlier version, the base image's block image): they are mounted, not uploaded; repeatable"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		},
 		Action: runConvert,
@@ -67,6 +79,14 @@ func runConvert(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
+	var mountFrom []fetcher.Location
+	for _, r := range c.StringSlice("mount-from") {
+		l, err := fetcher.ParseLocation(r, c.Bool("plain-http"))
+		if err != nil || l.Ref == nil {
+			return cli.Exit(fmt.Sprintf("--mount-from %q: want a repository of a registry: %v", r, err), 2)
+		}
+		mountFrom = append(mountFrom, l)
+	}
 	progress := newStages(c.App.ErrWriter, !c.Bool("json"))
 
 	progress.start("resolving " + src.String())
@@ -92,7 +112,7 @@ func runConvert(c *cli.Context) error {
 	progress.start("pushing to " + dst.String())
 	var push fetcher.PushProgress
 	m = startMeter(c.App.ErrWriter, progress.on, func() (string, int64, int64) { return "pushed", push.Done.Load(), push.Total.Load() })
-	err = fetcher.PushWithProgress(c.Context, dst, res.Image, &push)
+	rep, err := fetcher.PushWithOptions(c.Context, dst, res.Image, fetcher.PushOptions{Progress: &push, MountFrom: mountFrom})
 	m.stop()
 	if err != nil {
 		return err
@@ -103,6 +123,7 @@ func runConvert(c *cli.Context) error {
 	}
 	progress.done()
 	sum := summarize(dst.String(), digest, res.IndexDigest, res.Index)
+	sum.Push = &rep
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, sum)
 	}

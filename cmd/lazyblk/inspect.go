@@ -3,11 +3,13 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
 
+	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
 )
 
@@ -45,6 +47,7 @@ type summary struct {
 	Digest      string `json:"digest"`
 	Runnable    string `json:"runnableManifest,omitempty"`
 	Artifact    string `json:"artifactManifest,omitempty"`
+	Version     int    `json:"indexVersion"`
 	FS          string `json:"fs"`
 	ImageSize   uint64 `json:"imageSize"`
 	ChunkSize   uint32 `json:"chunkSize"`
@@ -54,17 +57,52 @@ type summary struct {
 	Zstd        int    `json:"zstd"`
 	StoredBytes uint64 `json:"storedBytes"`
 	IndexDigest string `json:"indexDigest"`
-	DataDigest  string `json:"dataDigest"`
-	DataSize    uint64 `json:"dataSize"`
+	// DataDigest names a version 1 image's one data blob.
+	DataDigest string `json:"dataDigest,omitempty"`
+	// DataSize is the bytes of every data blob.
+	DataSize uint64          `json:"dataSize"`
+	Regions  []regionSummary `json:"regions"`
+	// Push is what convert sent and what the registry had already.
+	Push *fetcher.PushReport `json:"push,omitempty"`
+}
+
+// regionSummary is one region of the image and the blob it is stored in.
+type regionSummary struct {
+	Kind        string `json:"kind"`
+	Layer       string `json:"layer,omitempty"` // the source layer's diff ID
+	FirstChunk  int    `json:"firstChunk"`
+	Chunks      int    `json:"chunks"`
+	Holes       int    `json:"holes"`
+	StoredBytes uint64 `json:"storedBytes"` // of its blob: all its chunks, once each
+	Blob        string `json:"blob,omitempty"`
 }
 
 func summarize(ref string, digest, indexDigest v1.Hash, x *imagefmt.Index) summary {
 	st := x.Stats()
-	return summary{
-		Ref: ref, Digest: digest.String(), FS: x.FS.String(), ImageSize: x.ImageSize, ChunkSize: x.ChunkSize,
+	s := summary{
+		Ref: ref, Digest: digest.String(), Version: x.Version, FS: x.FS.String(), ImageSize: x.ImageSize, ChunkSize: x.ChunkSize,
 		Chunks: st.Chunks, Holes: st.Holes, Raw: st.Raw, Zstd: st.Zstd, StoredBytes: st.StoredBytes,
-		IndexDigest: indexDigest.String(), DataDigest: x.Data.String(), DataSize: x.DataSize,
+		IndexDigest: indexDigest.String(), DataSize: x.StoredSize(),
 	}
+	if x.Version == imagefmt.IndexVersion1 {
+		s.DataDigest = x.Blobs[0].Digest.String()
+	}
+	for _, g := range x.Regions {
+		r := regionSummary{Kind: g.Kind.String(), FirstChunk: g.First, Chunks: g.Count}
+		if g.Kind == imagefmt.RegionLayer {
+			r.Layer = g.Layer.String()
+		}
+		if g.Blob != imagefmt.NoBlob {
+			r.Blob, r.StoredBytes = x.Blobs[g.Blob].Digest.String(), x.Blobs[g.Blob].Size
+		}
+		for _, c := range x.Chunks[g.First : g.First+g.Count] {
+			if c.Encoding == imagefmt.EncodingHole {
+				r.Holes++
+			}
+		}
+		s.Regions = append(s.Regions, r)
+	}
+	return s
 }
 
 func (s summary) print(w io.Writer) {
@@ -75,14 +113,37 @@ func (s summary) print(w io.Writer) {
 		fmt.Fprintf(tw, "Runnable manifest:\t%s\n", s.Runnable)
 		fmt.Fprintf(tw, "Artifact manifest:\t%s\n", s.Artifact)
 	}
-	fmt.Fprintf(tw, "Filesystem:\t%s\n", s.FS)
+	fmt.Fprintf(tw, "Filesystem:\t%s (chunk index version %d)\n", s.FS, s.Version)
 	fmt.Fprintf(tw, "Image size:\t%s (%d bytes)\n", human(s.ImageSize), s.ImageSize)
 	fmt.Fprintf(tw, "Chunk size:\t%s\n", human(uint64(s.ChunkSize)))
 	fmt.Fprintf(tw, "Chunks:\t%d (%d raw, %d zstd, %d holes)\n", s.Chunks, s.Raw, s.Zstd, s.Holes)
-	fmt.Fprintf(tw, "Stored bytes:\t%s (%.1f%% of image; identical chunks stored once)\n", human(s.DataSize), pct(s.DataSize, s.ImageSize))
+	fmt.Fprintf(tw, "Stored bytes:\t%s (%.1f%% of image; identical chunks of a blob stored once)\n", human(s.DataSize), pct(s.DataSize, s.ImageSize))
 	fmt.Fprintf(tw, "Chunk index:\t%s\n", s.IndexDigest)
-	fmt.Fprintf(tw, "Data blob:\t%s\n", s.DataDigest)
+	if p := s.Push; p != nil {
+		fmt.Fprintf(tw, "Pushed:\t%s of %d blobs (%s) sent; %d (%s) already there; %d (%s) mounted\n", human(uint64(p.Sent())),
+			p.Blobs, human(uint64(p.Bytes)), p.Present, human(uint64(p.PresentBytes)), p.Mounted, human(uint64(p.MountedBytes)))
+	}
 	tw.Flush()
+	fmt.Fprintln(w, "Regions:")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  KIND\tCHUNKS\tHOLES\tSTORED\tLAYER\tBLOB")
+	for _, r := range s.Regions {
+		fmt.Fprintf(tw, "  %s\t%d-%d\t%d\t%s\t%s\t%s\n", r.Kind, r.FirstChunk, r.FirstChunk+r.Chunks-1, r.Holes,
+			human(r.StoredBytes), short(r.Layer), short(r.Blob))
+	}
+	tw.Flush()
+}
+
+// short abbreviates a digest for a table: the algorithm's first 12 hex
+// digits, as docker and crane print them.
+func short(d string) string {
+	if _, hex, ok := strings.Cut(d, ":"); ok && len(hex) > 12 {
+		return hex[:12]
+	}
+	if d == "" {
+		return "-"
+	}
+	return d
 }
 
 func pct(a, b uint64) float64 {

@@ -61,6 +61,9 @@ func (w *erofsWriter) planLayout(root *erofsEntry) {
 		switch e.mode & disk.StatTypeMask {
 		case disk.StatTypeReg:
 			switch {
+			case e.placed: // lazyblk patch: data already in the image
+				e.layout = disk.LayoutFlatPlain
+				e.dataBlkAddr = uint32(e.placedBlk)
 			case e.size == 0 && len(e.chunks) == 0 && e.data == nil && !e.metadataOnly:
 				e.layout = disk.LayoutFlatPlain
 			case len(e.chunks) > 0 || e.metadataOnly:
@@ -72,6 +75,14 @@ func (w *erofsWriter) planLayout(root *erofsEntry) {
 				// Full-image mode: decide inline vs plain
 				if int(e.size) <= w.blockSize-headerSize {
 					inBlockOff := (currentOff + headerSize) % w.blockSize
+					if w.placedData && inBlockOff+int(e.size) > w.blockSize {
+						// lazyblk patch: in placed-data mode a small
+						// file is always inline: its inode starts a
+						// block rather than send its data elsewhere.
+						currentOff = (currentOff + w.blockSize - 1) & ^(w.blockSize - 1)
+						e.nid = uint64(currentOff / 32)
+						inBlockOff = headerSize
+					}
 					if inBlockOff+int(e.size) <= w.blockSize {
 						e.layout = disk.LayoutFlatInline
 					} else {

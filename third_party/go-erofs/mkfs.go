@@ -38,6 +38,9 @@ type Writer struct {
 	copyMerge        bool   // merge mode: apply whiteouts
 	copyDeviceID     uint16 // device ID assigned to current MetadataOnly CopyFrom
 
+	placedData bool   // lazyblk patch: WithPlacedData
+	metaBlock  uint64 // where metadata starts in placed-data mode
+
 	dataFile *os.File // external data file (nil = spool mode)
 	dataOff  int64    // current byte offset in data file
 	spool    *os.File // temp spool (created lazily)
@@ -86,6 +89,8 @@ func Create(out io.WriteSeeker, opts ...CreateOpt) *Writer {
 		byPath:       map[string]*fsEntry{"/": root},
 		dataFile:     o.dataFile,
 		tempDir:      o.tempDir,
+		placedData:   o.placedData,
+		metaBlock:    o.metaBlock,
 	}
 
 	if o.blockSize != 0 {
@@ -617,11 +622,15 @@ func (fsys *Writer) Close() error {
 		blockSize:   fsys.blockSize,
 		chunkBits:   chunkBits,
 		zeroBuf:     make([]byte, fsys.blockSize),
+		placedData:  fsys.placedData,
 	}
 
 	ew.planLayout(root)
 	fixParentNids(root, root)
 
+	if fsys.placedData {
+		return ew.writePlaced(fsys.out, fsys.metaBlock)
+	}
 	return ew.write(fsys.out)
 }
 
@@ -781,6 +790,11 @@ type fsEntry struct {
 	hardlinkTo   *fsEntry
 	er           *erofsEntry
 	metadataOnly bool // from a metadata-only CopyFrom; use chunk-based layout
+
+	// lazyblk patch: placed data (AddPlacedFile): the caller wrote the
+	// file's data at this block of the image.
+	placed    bool
+	placedBlk uint64
 }
 
 // createOptions holds the parsed option values for Create.
@@ -791,6 +805,8 @@ type createOptions struct {
 	blockSize    int      // 0 = use default
 	dataFile     *os.File // external data file for metadata-only mode
 	tempDir      string   // temp directory for spool file
+	metaBlock    uint64   // lazyblk patch: WithPlacedData
+	placedData   bool
 }
 
 // blockSizer may be implemented by an fs.FS to declare its block size.
@@ -878,6 +894,10 @@ type erofsEntry struct {
 	// lazyblk patch: a hardlink is a dirent naming linkOf's inode; it
 	// has no inode of its own.
 	linkOf *erofsEntry
+
+	// lazyblk patch: placed data (AddPlacedFile).
+	placed    bool
+	placedBlk uint64
 }
 
 // --- Internal helpers ---
@@ -1335,6 +1355,8 @@ func (fsys *Writer) newErofsEntry(e *fsEntry) *erofsEntry {
 		data:          data,
 		xattrs:        e.xattrs,
 		erofsFileType: modeToFileType(e.mode),
+		placed:        e.placed,
+		placedBlk:     e.placedBlk,
 	}
 }
 

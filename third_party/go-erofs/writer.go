@@ -37,6 +37,11 @@ type erofsWriter struct {
 	copyBuf     []byte                       // reusable buffer for io.CopyBuffer
 	zeroBuf     []byte                       // blockSize-length zero buffer for padding
 	inodeBuf    [disk.SizeInodeExtended]byte // scratch buffer for writeInode
+
+	// lazyblk patch: placed-data mode (WithPlacedData). totalBlocks,
+	// when set, is the image's size in blocks for the superblock.
+	placedData  bool
+	totalBlocks uint64
 }
 
 // inodeSize returns the on-disk inode header size for e.
@@ -221,6 +226,9 @@ func (w *erofsWriter) writeBlock0(buf io.Writer) error {
 		}
 	}
 	totalBlocks := w.sbAreaBlocks() + metaBlocks + dataBlocks
+	if w.totalBlocks != 0 {
+		totalBlocks = int(w.totalBlocks) // lazyblk patch: placed-data mode
+	}
 
 	var featureIncompat uint32
 	var extraDevices uint16
