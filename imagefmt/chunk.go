@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"io"
 	"os"
 	"sync"
@@ -99,6 +100,15 @@ func (x *Index) WriteImage(blob func(i int) (io.ReaderAt, error), w io.WriterAt)
 	return nil
 }
 
+// OpenBlob opens the converted data blob d.
+func (r *Result) OpenBlob(d v1.Hash) (*os.File, error) {
+	p, ok := r.blobs[d]
+	if !ok {
+		return nil, fmt.Errorf("imagefmt: no data blob %s in the conversion", d)
+	}
+	return os.Open(p)
+}
+
 // WriteImage reassembles the converted filesystem image into w, verifying
 // every chunk.
 func (r *Result) WriteImage(w io.WriterAt) error {
@@ -112,7 +122,7 @@ func (r *Result) WriteImage(w io.WriterAt) error {
 	}()
 	return r.Index.WriteImage(func(i int) (io.ReaderAt, error) {
 		if files[i] == nil {
-			f, err := os.Open(r.blobs[r.Index.Blobs[i].Digest])
+			f, err := r.OpenBlob(r.Index.Blobs[i].Digest)
 			if err != nil {
 				return nil, err
 			}

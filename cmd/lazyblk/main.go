@@ -60,7 +60,7 @@ image layouts on disk (oci:DIR or oci:DIR:TAG).`,
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
-		Commands: []*cli.Command{convertCommand(), inspectCommand(), catCommand(), mountCommand(), umountCommand(),
+		Commands: []*cli.Command{convertCommand(), inspectCommand(), diffCommand(), catCommand(), mountCommand(), umountCommand(),
 			reattachCommand(), serveCommand(), fetcherCommand(), snapshotterCommand(), pullCommand(), statusCommand(), prefetchCommand(), cacheCommand(), configCommand(), completionCommand(), serveMountCommand()},
 	}
 }

@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyblk/lazyblk/cache"
+	"github.com/lazyblk/lazyblk/fetcher"
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+// uploadCounter is a registry proxy that counts the bytes clients upload
+// (blobs and manifests): how much a push grows the registry by.
+type uploadCounter struct {
+	host     string
+	uploaded atomic.Int64
+}
+
+func newUploadCounter(t *testing.T, registry string) *uploadCounter {
+	u := &uploadCounter{}
+	target, _ := url.Parse("http://" + registry)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Method != http.MethodGet && r.Method != http.MethodHead {
+			r.Body = countingBody{r.Body, &u.uploaded}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	u.host = strings.TrimPrefix(srv.URL, "http://")
+	return u
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// versionChunk is small enough that each layer of the versions spans many
+// chunks, so the targets' "+ 3 chunks" is a small allowance.
+const versionChunk = 256 << 10
+
+// TestVersionsShareChunks converts four versions of an image (A; B = A +
+// a small top layer; C = A with a few small files of its middle layer
+// changed; D = A with other weights) into a real registry — Debian's
+// docker-registry and go-containerregistry's — and checks what sharing
+// the layer-stable layout gives, as counts: the bytes the registry grows
+// by when a version is pushed after A (convert uploads only the blobs it
+// lacks, and says what it skipped), and the bytes a node whose cache holds
+// A fetches to read the version whole — on demand, by a trace replay and
+// by the fill, each from a cache holding A alone.
+func TestVersionsShareChunks(t *testing.T) {
+	v := testutil.MakeVersions(t, testutil.VersionSizes{BaseFiles: 400, Library: 6 << 20, Modules: 150, Weights: 8 << 20})
+	for _, reg := range []struct {
+		name  string
+		start func(testing.TB) string
+	}{{"docker-registry", testutil.DockerRegistry}, {"ggcr", testutil.GGCRRegistry}} {
+		t.Run(reg.name, func(t *testing.T) {
+			host := reg.start(t)
+			up := newUploadCounter(t, host)
+			convert := func(name string) (stored, grew int64, rep fetcher.PushReport) {
+				t.Helper()
+				push(t, host+"/app:"+name, map[string]v1.Image{"A": v.A, "B": v.B, "C": v.C, "D": v.D}[name])
+				before := up.uploaded.Load()
+				out, stderr, code := run(t, "convert", "--plain-http", "--no-fallback", "--chunk-size", "256KiB", "--json",
+					up.host+"/app:"+name, up.host+"/app:"+name+"-lazyblk")
+				if code != 0 {
+					t.Fatalf("convert %s: exit %d: %s", name, code, stderr)
+				}
+				var sum struct {
+					DataSize uint64
+					Push     fetcher.PushReport
+				}
+				if err := json.Unmarshal([]byte(out), &sum); err != nil {
+					t.Fatalf("convert --json: %v: %s", err, out)
+				}
+				return int64(sum.DataSize), up.uploaded.Load() - before, sum.Push
+			}
+			storedA, grewA, _ := convert("A")
+			t.Logf("A: %d bytes stored, registry grew by %d", storedA, grewA)
+			for _, c := range []struct {
+				name  string
+				bound int64 // bytes fetched and registry growth, at most
+			}{
+				{"B", storedA*3/100 + 3*versionChunk},
+				{"C", storedA / 2},
+				{"D", int64(v.WeightsSize) + storedA*5/100 + 3*versionChunk},
+			} {
+				_, grew, rep := convert(c.name)
+				fetched := fetchedAfter(t, host, "app:A-lazyblk", "app:"+c.name+"-lazyblk")
+				t.Logf("%s after A: registry grew by %d bytes (%d blobs of %d there already, %d bytes), fetched %v; bound %d",
+					c.name, grew, rep.Present, rep.Blobs, rep.PresentBytes, fetched, c.bound)
+				if grew > c.bound {
+					t.Errorf("%s after A: the registry grew by %d bytes, want at most %d", c.name, grew, c.bound)
+				}
+				if rep.Present == 0 || rep.PresentBytes == 0 {
+					t.Errorf("%s after A: convert says no blob was there already: %+v", c.name, rep)
+				}
+				for how, n := range fetched {
+					if n > c.bound {
+						t.Errorf("%s after A, %s: fetched %d bytes, want at most %d", c.name, how, n, c.bound)
+					}
+				}
+				// lazyblk diff predicts the fetch: the new chunks' bytes.
+				out, stderr, code := run(t, "diff", "--plain-http", "--json", host+"/app:A-lazyblk", host+"/app:"+c.name+"-lazyblk")
+				var d struct {
+					NewBytes, SharedBytes int64
+					Regions               []struct{ Kind string }
+				}
+				if err := json.Unmarshal([]byte(out), &d); code != 0 || err != nil {
+					t.Fatalf("diff: exit %d, %v: %s%s", code, err, out, stderr)
+				}
+				if d.NewBytes != fetched["fill"] || d.SharedBytes == 0 || len(d.Regions) < 5 {
+					t.Errorf("diff A %s: %s; want new bytes = the %d the fill fetched, some shared, a region per layer", c.name, out, fetched["fill"])
+				}
+			}
+		})
+	}
+}
+
+// fetchedAfter returns the bytes fetched to read image b whole, from a
+// cache holding image a (filled whole first), three ways.
+func fetchedAfter(t *testing.T, host, a, b string) map[string]int64 {
+	t.Helper()
+	ctx := context.Background()
+	open := func(ref string, c *cache.Store) *fetcher.Image {
+		loc, err := fetcher.ParseLocation(host+"/"+ref, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, err := fetcher.Open(ctx, loc, fetcher.WithCache(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return im
+	}
+	out := map[string]int64{}
+	for _, how := range []string{"demand", "trace replay", "fill"} {
+		c, err := cache.Open([]string{t.TempDir()}, 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imA := open(a, c)
+		if err := imA.Fill(ctx); err != nil {
+			t.Fatal(err)
+		}
+		imA.Close()
+		im := open(b, c)
+		switch how {
+		case "demand":
+			p := make([]byte, 1<<20)
+			for off := int64(0); off < im.Size(); off += int64(len(p)) {
+				if _, err := im.ReadAt(ctx, p, off); err != nil && err != io.EOF {
+					t.Fatal(err)
+				}
+			}
+		case "trace replay":
+			all := make([]int, len(im.Index().Chunks))
+			for i := range all {
+				all[i] = i
+			}
+			err = im.Prefetch(ctx, all)
+		case "fill":
+			err = im.Fill(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[how] = im.Stats().BytesFetched
+		im.Close()
+	}
+	return out
+}
