@@ -54,6 +54,7 @@ func (im *Image) Files(off int64, n int, now bool, add func(f *os.File, foff int
 		add(f, lo, int(hi-lo))
 	}
 	im.readAt.Store(start.UnixNano())
+	im.access.record(off, int64(n), im.Size())
 	for i := first; i <= last; i++ {
 		im.touch(i)
 		im.stats.hits.Add(1)

@@ -63,6 +63,7 @@ type Image struct {
 
 	recent *recent      // without a cache: the chunks fetched last (recent.go)
 	bufs   bufpool.Pool // run buffers (buffers.go)
+	access accessLog    // the bytes readers asked for (access.go)
 
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
@@ -147,21 +148,42 @@ func (im *Image) Close() error {
 // fails once the read deadline passes (DefaultReadTimeout) rather than
 // wait without bound.
 func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	return im.read(ctx, p, off, true)
+}
+
+// Reader reads the image under ctx, for lazyblk's own use (mapping a
+// trace to files): its reads are not a reader's — they count in no trace
+// (Touched, Accessed) and drive no readahead.
+func (im *Image) Reader(ctx context.Context) io.ReaderAt { return quietReader{ctx, im} }
+
+type quietReader struct {
+	ctx context.Context
+	im  *Image
+}
+
+func (r quietReader) ReadAt(p []byte, off int64) (int, error) { return r.im.read(r.ctx, p, off, false) }
+
+// read is ReadAt; reader says a reader asked (its reads are recorded and
+// drive readahead).
+func (im *Image) read(ctx context.Context, p []byte, off int64, reader bool) (int, error) {
 	if off < 0 || off > im.Size() {
 		return 0, fmt.Errorf("fetcher: read at %d outside image of %d bytes", off, im.Size())
 	}
-	im.readAt.Store(time.Now().UnixNano())
 	ctx, cancel := context.WithTimeout(ctx, im.o.readTimeout)
 	defer cancel()
 	cs := int64(im.index.ChunkSize)
 	n := int(min(int64(len(p)), im.Size()-off))
+	if reader {
+		im.readAt.Store(time.Now().UnixNano())
+		im.access.record(off, int64(n), im.Size())
+	}
 	last := int((off + int64(n) - 1) / cs)
 	for done := 0; done < n; {
 		pos := off + int64(done)
 		i := int(pos / cs)
 		within := pos - int64(i)*cs
 		m := int(min(int64(n-done), int64(im.index.ChunkLen(i))-within))
-		if err := im.readChunk(ctx, i, last, p[done:done+m], within); err != nil {
+		if err := im.readChunk(ctx, i, last, p[done:done+m], within, reader); err != nil {
 			return done, fmt.Errorf("fetcher: %s: read at %d: %w", im.loc, pos, err)
 		}
 		done += m
@@ -174,14 +196,16 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 
 // readChunk fills p from chunk i at within, fetching on a miss. last is the
 // last chunk the current read needs, so one request can cover them all.
-func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within int64) error {
+func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within int64, reader bool) error {
 	c := im.index.Chunks[i]
 	if c.Encoding == imagefmt.EncodingHole {
 		clear(p)
 		return nil
 	}
 	size := int64(im.index.ChunkLen(i))
-	im.touch(i)
+	if reader {
+		im.touch(i)
+	}
 	start := time.Now()
 	if im.o.cache != nil {
 		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
@@ -205,7 +229,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	im.stats.misses.Add(1)
 	for {
 		cl, started := im.join(i, last)
-		if started {
+		if started && reader {
 			im.fetchNear(i)
 		}
 		if again, err := im.await(ctx, cl, i, p, within, start); !again {

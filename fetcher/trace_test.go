@@ -112,11 +112,11 @@ func TestTraceRoundTrip(t *testing.T) {
 			if _, _, err := fetcher.FindTrace(ctx, loc, d.IndexDigest, d.Index); !errors.Is(err, fetcher.ErrNoTrace) {
 				t.Fatalf("before any push FindTrace = %v, want ErrNoTrace", err)
 			}
-			old := imagefmt.NewTrace(d.IndexDigest, d.Index, []int{data[1]})
+			old := imagefmt.NewTrace(d.IndexDigest, d.Index, []int{data[1]}, nil)
 			if _, err := fetcher.PushTrace(ctx, loc, old); err != nil {
 				t.Fatal(err)
 			}
-			tr := imagefmt.NewTrace(d.IndexDigest, d.Index, im.Touched())
+			tr := imagefmt.NewTrace(d.IndexDigest, d.Index, im.Touched(), nil)
 			h, err := fetcher.PushTrace(ctx, loc, tr)
 			if err != nil {
 				t.Fatal(err)
@@ -143,7 +143,7 @@ func TestTraceRoundTrip(t *testing.T) {
 				t.Fatalf("after the pushes the image is %v (%v), want %s", d2, err, d.ImageIndex)
 			}
 
-			other := imagefmt.NewTrace(d.Artifact, d.Index, want) // not the index digest
+			other := imagefmt.NewTrace(d.Artifact, d.Index, want, nil) // not the index digest
 			if _, err := fetcher.PushTrace(ctx, loc, other); !errors.Is(err, imagefmt.ErrTraceMismatch) {
 				t.Fatalf("push of another image's trace: %v, want ErrTraceMismatch", err)
 			}

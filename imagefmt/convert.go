@@ -28,6 +28,7 @@ type options struct {
 	tempDir     string
 	log         *slog.Logger
 	progress    *Progress
+	startup     []TraceFile // WithStartupOrder
 }
 
 // Progress counts a conversion's work as it goes, for a caller to show:
@@ -107,9 +108,10 @@ type Result struct {
 	IndexDigest v1.Hash
 	// Image is what to push: an image index holding the runnable manifest
 	// and the lazyblk artifact manifest (see doc.go).
-	Image v1.ImageIndex
-	dir   string
-	blobs map[v1.Hash]string // the file of each data blob
+	Image   v1.ImageIndex
+	dir     string
+	blobs   map[v1.Hash]string // the file of each data blob
+	startup *startupResult     // WithStartupOrder's files, where they landed
 }
 
 // Close removes the temporary files.
@@ -155,6 +157,7 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 	var (
 		idx   *Index
 		blobs map[v1.Hash]string
+		plan  *layoutPlan
 		fb    fallbackBlob
 	)
 	g, gctx := errgroup.WithContext(ctx)
@@ -169,7 +172,7 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 	}
 	g.Go(func() error {
 		var err error
-		idx, blobs, err = buildImage(gctx, t, layerDiffIDs(cfg), o, dir)
+		idx, blobs, plan, err = buildImage(gctx, t, layerDiffIDs(cfg), o, dir)
 		return err
 	})
 	if err := g.Wait(); err != nil {
@@ -179,7 +182,8 @@ func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err 
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Index: idx, IndexBlob: blob, IndexDigest: sha256Hash(blob), dir: dir, blobs: blobs}
+	res := &Result{Index: idx, IndexBlob: blob, IndexDigest: sha256Hash(blob), dir: dir, blobs: blobs,
+		startup: newStartupResult(t, plan, o.startup)}
 	if res.Image, err = layoutImage(cfg, res, o.fallback, fb); err != nil {
 		return nil, err
 	}
@@ -194,7 +198,7 @@ const fallbackFile = "fallback.tar.gz"
 // dir and returns its index: erofs in the layer-stable layout
 // (regions.go), one blob per layer region and one for chunk 0 and the
 // metadata; ext4 as mkfs.ext4 lays it out, one region, one blob.
-func buildImage(ctx context.Context, t *tree, diffIDs []v1.Hash, o options, dir string) (*Index, map[v1.Hash]string, error) {
+func buildImage(ctx context.Context, t *tree, diffIDs []v1.Hash, o options, dir string) (*Index, map[v1.Hash]string, *layoutPlan, error) {
 	k := newChunker(ctx, dir, o.chunkSize, o.compression)
 	k.written = &o.progress.ImageBytes
 	defer k.close()
@@ -204,21 +208,21 @@ func buildImage(ctx context.Context, t *tree, diffIDs []v1.Hash, o options, dir 
 	)
 	switch o.fs {
 	case FSErofs:
-		plan = planLayout(t, diffIDs, int64(o.chunkSize), nil)
+		plan = planLayout(t, diffIDs, int64(o.chunkSize), startupRanks(o.startup))
 		err = writeErofs(t, k, plan)
 	case FSExt4:
 		err = writeExt4(ctx, t, k, dir)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	size := k.size
 	chunks, starts, blobs, err := k.finish()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	idx := &Index{Version: IndexVersion, FS: o.fs, ChunkSize: uint32(o.chunkSize), ImageSize: uint64(size), Chunks: chunks}
-	return idx, idx.setRegions(plan, starts, blobs), nil
+	return idx, idx.setRegions(plan, starts, blobs), plan, nil
 }
 
 // setRegions fills in the index's blobs and regions from what the chunker

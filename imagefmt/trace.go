@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -23,7 +24,7 @@ const (
 	// AnnotationCreated orders traces of one image, newest first.
 	AnnotationCreated = "org.opencontainers.image.created"
 
-	traceVersion = 1
+	traceVersion = 2
 	// MaxTraceSize bounds a trace blob: 12 bytes a chunk at most, so 16 MiB
 	// covers more than a million chunks.
 	MaxTraceSize = 16 << 20
@@ -33,18 +34,46 @@ const (
 var ErrTraceMismatch = errors.New("imagefmt: trace recorded for another chunk index")
 
 // Trace is a recorded access order. Index names the chunk index the
-// chunk numbers refer to: a trace never applies to another image.
+// chunk numbers refer to: its chunks never apply to another image. Its
+// files (version 2) do: they name what the start-up read by path, so a
+// trace recorded on one version of an image orders the layout of the next
+// (convert --startup-trace).
 type Trace struct {
 	Version   int     `json:"version"`
 	Index     v1.Hash `json:"index"`
 	ChunkSize int     `json:"chunkSize"`
 	Chunks    []int   `json:"chunks"` // first touches, in order, each once
+	// Files are the files the start-up read, in the order of their first
+	// read, each with the byte ranges of it that were read.
+	Files []TraceFile `json:"files,omitempty"`
+}
+
+// TraceFile is one file a start-up read.
+type TraceFile struct {
+	Path   string  `json:"path"`   // absolute, in the image
+	Ranges []Range `json:"ranges"` // sorted, not touching each other
+}
+
+// Range is Len bytes at Off.
+type Range struct {
+	Off int64 `json:"off"`
+	Len int64 `json:"len"`
 }
 
 // NewTrace returns a trace of chunks (first touches, in order) of the
-// chunk index x whose digest is index.
-func NewTrace(index v1.Hash, x *Index, chunks []int) *Trace {
-	return &Trace{Version: traceVersion, Index: index, ChunkSize: int(x.ChunkSize), Chunks: chunks}
+// chunk index x whose digest is index, and of the files read.
+func NewTrace(index v1.Hash, x *Index, chunks []int, files []TraceFile) *Trace {
+	return &Trace{Version: traceVersion, Index: index, ChunkSize: int(x.ChunkSize), Chunks: chunks, Files: files}
+}
+
+// StartupOrder ranks the trace's files by their first read: what
+// WithStartupOrder takes.
+func (t *Trace) StartupOrder() []string {
+	out := make([]string, len(t.Files))
+	for i, f := range t.Files {
+		out[i] = f.Path
+	}
+	return out
 }
 
 // DecodeTrace parses and validates a trace blob.
@@ -56,8 +85,18 @@ func DecodeTrace(b []byte) (*Trace, error) {
 	if err := json.Unmarshal(b, &t); err != nil {
 		return nil, fmt.Errorf("imagefmt: trace: %w", err)
 	}
-	if t.Version != traceVersion {
-		return nil, fmt.Errorf("imagefmt: trace version %d, want %d", t.Version, traceVersion)
+	if t.Version != 1 && t.Version != traceVersion {
+		return nil, fmt.Errorf("imagefmt: trace version %d, this build reads 1 and %d", t.Version, traceVersion)
+	}
+	for _, f := range t.Files {
+		if !strings.HasPrefix(f.Path, "/") || len(f.Ranges) == 0 {
+			return nil, fmt.Errorf("imagefmt: trace: file %q: want an absolute path and the ranges read", f.Path)
+		}
+		for _, r := range f.Ranges {
+			if r.Off < 0 || r.Len <= 0 {
+				return nil, fmt.Errorf("imagefmt: trace: file %q: range %+v", f.Path, r)
+			}
+		}
 	}
 	if t.Index.Algorithm != "sha256" || len(t.Index.Hex) != 64 {
 		return nil, fmt.Errorf("imagefmt: trace names no sha256 chunk index (%q)", t.Index)

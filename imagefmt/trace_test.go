@@ -10,14 +10,20 @@ import (
 func TestTraceDecode(t *testing.T) {
 	x := &Index{ChunkSize: MinChunkSize, Chunks: make([]Chunk, 10)}
 	h := sha256Hash([]byte("index"))
-	tr := NewTrace(h, x, []int{3, 1, 9})
+	files := []TraceFile{{Path: "/usr/lib/libx.so", Ranges: []Range{{0, 4096}, {1 << 20, 8192}}}, {Path: "/app/main.py", Ranges: []Range{{0, 300}}}}
+	tr := NewTrace(h, x, []int{3, 1, 9}, files)
 	b, err := tr.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := DecodeTrace(b)
-	if err != nil || got.Index != h || !slices.Equal(got.Chunks, []int{3, 1, 9}) || got.Check(h, x) != nil {
+	if err != nil || got.Index != h || !slices.Equal(got.Chunks, []int{3, 1, 9}) || got.Check(h, x) != nil ||
+		!slices.Equal(got.StartupOrder(), []string{"/usr/lib/libx.so", "/app/main.py"}) || got.Files[0].Ranges[1].Len != 8192 {
 		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	v1Trace := `{"version":1,"index":"` + h.String() + `","chunkSize":65536,"chunks":[2]}`
+	if got, err := DecodeTrace([]byte(v1Trace)); err != nil || len(got.Files) != 0 {
+		t.Errorf("a version 1 trace (chunks only): %+v, %v", got, err)
 	}
 	if err := got.Check(sha256Hash([]byte("other")), x); !errors.Is(err, ErrTraceMismatch) {
 		t.Errorf("another index: %v", err)
@@ -27,7 +33,9 @@ func TestTraceDecode(t *testing.T) {
 	}
 	idx := `"index":"` + h.String() + `"`
 	for _, c := range []struct{ blob, want string }{
-		{`{"version":2,` + idx + `,"chunkSize":65536,"chunks":[]}`, "version"},
+		{`{"version":3,` + idx + `,"chunkSize":65536,"chunks":[]}`, "version"},
+		{`{"version":2,` + idx + `,"chunkSize":65536,"chunks":[],"files":[{"path":"rel","ranges":[{"off":0,"len":1}]}]}`, "absolute"},
+		{`{"version":2,` + idx + `,"chunkSize":65536,"chunks":[],"files":[{"path":"/a","ranges":[{"off":-1,"len":1}]}]}`, "range"},
 		{`{"version":1,"index":"md5:abc","chunkSize":65536,"chunks":[]}`, "hash"},
 		{`{"version":1,` + idx + `,"chunkSize":1000,"chunks":[]}`, "chunk size"},
 		{`{"version":1,` + idx + `,"chunkSize":65536,"chunks":[1,2,1]}`, "twice"},

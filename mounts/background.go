@@ -185,9 +185,19 @@ func (p *prefetcher) Status() PrefetchStatus {
 	return p.status
 }
 
-// trace returns the chunks touched so far as a trace of the image.
-func (p *prefetcher) trace() *imagefmt.Trace {
-	return imagefmt.NewTrace(p.index, p.im.Index(), p.im.Touched())
+// trace returns the chunks touched so far as a trace of the image, and
+// the files read (erofs: mapped through its metadata, read without
+// counting as the workload's reads).
+func (p *prefetcher) trace(ctx context.Context) *imagefmt.Trace {
+	chunks, accessed := p.im.Touched(), p.im.Accessed()
+	var files []imagefmt.TraceFile
+	if p.im.Index().FS == imagefmt.FSErofs {
+		var err error
+		if files, err = imagefmt.MapFiles(p.im.Reader(ctx), accessed); err != nil {
+			slog.Warn("trace: files not named", "ref", p.loc.String(), "err", err)
+		}
+	}
+	return imagefmt.NewTrace(p.index, p.im.Index(), chunks, files)
 }
 
 // wait waits for a run ended by its context.

@@ -246,7 +246,7 @@ func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *bloc
 				return
 			}
 		}
-		json.NewEncoder(w).Encode(pf.trace())
+		json.NewEncoder(w).Encode(pf.trace(r.Context()))
 	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(l)

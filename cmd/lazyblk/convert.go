@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -49,6 +51,9 @@ Examples:
 			&cli.StringFlag{Name: "platform", Usage: "platform to convert from a multi-platform SRC, e.g. linux/arm64 (default linux/amd64)"},
 			&cli.BoolFlag{Name: "plain-http", Usage: "talk plain HTTP to the registries (loopback test registries)"},
 			&cli.StringFlag{Name: "tmp-dir", Usage: "directory for temporary files (needs room for the unpacked image)", EnvVars: []string{"TMPDIR"}},
+			&cli.StringFlag{Name: "startup-trace", Usage: "a prefetch trace (FILE, or REF: the trace published for that image, " +
+				"e.g. the previous version) whose files go first in their layers' regions, in the order the start-up read them; " +
+				"DST is published with a trace of its own for that start-up"},
 			&cli.StringSliceFlag{Name: "mount-from", Usage: "a repository of DST's registry that may hold some blobs already " +
 				"(an earlier version, the base image's block image): they are mounted, not uploaded; repeatable"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
@@ -88,6 +93,14 @@ func runConvert(c *cli.Context) error {
 		mountFrom = append(mountFrom, l)
 	}
 	progress := newStages(c.App.ErrWriter, !c.Bool("json"))
+	if s := c.String("startup-trace"); s != "" {
+		progress.start("reading the start-up trace " + s)
+		t, err := startupTrace(c, s)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, imagefmt.WithStartupOrder(t.Files))
+	}
 
 	progress.start("resolving " + src.String())
 	img, err := fetcher.ResolveImage(c.Context, src, platform)
@@ -121,9 +134,18 @@ func runConvert(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	progress.done()
 	sum := summarize(dst.String(), digest, res.IndexDigest, res.Index)
 	sum.Push = &rep
+	if t := res.StartupTrace(res.IndexDigest); t != nil && dst.Ref != nil {
+		progress.start("publishing the start-up trace of " + dst.String())
+		h, err := fetcher.PushTrace(c.Context, dst, t)
+		if err != nil {
+			return fmt.Errorf("convert: %s is pushed, its start-up trace is not: %w", dst, err)
+		}
+		sum.StartupTrace = &recordSummary{Ref: dst.String(), Index: t.Index.String(), Chunks: len(t.Chunks),
+			Bytes: int64(len(t.Chunks)) * int64(t.ChunkSize), Files: len(t.Files), Digest: h.String()}
+	}
+	progress.done()
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, sum)
 	}
@@ -187,4 +209,34 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// startupTrace reads --startup-trace: a trace file, or the trace published
+// for an image. It must name files (traces record them since index
+// version 2).
+func startupTrace(c *cli.Context, arg string) (*imagefmt.Trace, error) {
+	var t *imagefmt.Trace
+	if b, err := os.ReadFile(arg); err == nil {
+		if t, err = imagefmt.DecodeTrace(b); err != nil {
+			return nil, cli.Exit(fmt.Sprintf("--startup-trace %s: %v", arg, err), 2)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, cli.Exit(fmt.Sprintf("--startup-trace %s: %v", arg, err), 2)
+	} else {
+		loc, perr := fetcher.ParseLocation(arg, c.Bool("plain-http"))
+		if perr != nil {
+			return nil, cli.Exit(fmt.Sprintf("--startup-trace %s: neither a file (%v) nor a reference (%v)", arg, err, perr), 2)
+		}
+		d, err := fetcher.Describe(c.Context, loc)
+		if err != nil {
+			return nil, fmt.Errorf("--startup-trace %s: %w", arg, err)
+		}
+		if t, _, err = fetcher.FindTrace(c.Context, loc, d.IndexDigest, d.Index); err != nil {
+			return nil, fmt.Errorf("--startup-trace %s: %w", arg, err)
+		}
+	}
+	if len(t.Files) == 0 {
+		return nil, cli.Exit(fmt.Sprintf("--startup-trace %s names no files: record it again with this lazyblk (lazyblk prefetch record)", arg), 2)
+	}
+	return t, nil
 }

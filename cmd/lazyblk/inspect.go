@@ -64,6 +64,8 @@ type summary struct {
 	Regions  []regionSummary `json:"regions"`
 	// Push is what convert sent and what the registry had already.
 	Push *fetcher.PushReport `json:"push,omitempty"`
+	// StartupTrace is the trace convert --startup-trace published.
+	StartupTrace *recordSummary `json:"startupTrace,omitempty"`
 }
 
 // regionSummary is one region of the image and the blob it is stored in.
@@ -122,6 +124,9 @@ func (s summary) print(w io.Writer) {
 	if p := s.Push; p != nil {
 		fmt.Fprintf(tw, "Pushed:\t%s of %d blobs (%s) sent; %d (%s) already there; %d (%s) mounted\n", human(uint64(p.Sent())),
 			p.Blobs, human(uint64(p.Bytes)), p.Present, human(uint64(p.PresentBytes)), p.Mounted, human(uint64(p.MountedBytes)))
+	}
+	if t := s.StartupTrace; t != nil {
+		fmt.Fprintf(tw, "Start-up trace:\t%s: %d files, %d chunks (%s)\n", t.Digest, t.Files, t.Chunks, human(uint64(t.Bytes)))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "Regions:")

@@ -20,10 +20,13 @@ func prefetchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "prefetch",
 		Usage: "record, publish and replay the order in which a workload reads an image",
-		Description: `A mounted image records which chunks its readers touch first, in order. Saved as
-a prefetch trace and pushed next to the image, it makes the next start of that
-image fetch those chunks ahead of its reads, coalesced and in parallel, below
-demand reads; a mount with a cache looks the trace up by itself.
+		Description: `A mounted image records which chunks its readers touch first, in order, and
+which bytes of which files they read (erofs). Saved as a prefetch trace and
+pushed next to the image, it makes the next start of that image fetch those
+chunks ahead of its reads, coalesced and in parallel, below demand reads; a
+mount with a cache looks the trace up by itself. Its files apply to any later
+version of the image: 'lazyblk convert --startup-trace' puts them first in
+each layer's region and publishes the new version with a trace of its own.
 
   1. lazyblk mount REF /mnt/app           (or start the container)
   2. run the workload's start-up
@@ -40,7 +43,7 @@ The image itself is not pushed again.`,
 func prefetchRecordCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "record",
-		Usage:     "save the chunks a mounted image has read, in first-touch order",
+		Usage:     "save the chunks and files a mounted image has read, in first-touch order",
 		ArgsUsage: "DIR|REF",
 		Description: `Waits --duration (without it: until the image is unmounted, or Ctrl-C), then
 writes the trace of everything read since the mount to --output; --duration 0
@@ -67,6 +70,7 @@ type recordSummary struct {
 	Index  string `json:"index"`
 	Chunks int    `json:"chunks"`
 	Bytes  int64  `json:"bytes"`
+	Files  int    `json:"files"` // files read, named in the trace (erofs)
 	Output string `json:"output,omitempty"`
 	Digest string `json:"digest,omitempty"` // the pushed trace artifact
 }
@@ -105,14 +109,14 @@ func runPrefetchRecord(c *cli.Context) error {
 		return err
 	}
 	sum := recordSummary{Ref: st.Source.Ref, Dir: st.Dir, Index: t.Index.String(), Chunks: len(t.Chunks),
-		Bytes: int64(len(t.Chunks)) * int64(t.ChunkSize), Output: out}
+		Bytes: int64(len(t.Chunks)) * int64(t.ChunkSize), Files: len(t.Files), Output: out}
 	if out == "-" {
 		return nil
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, sum)
 	}
-	fmt.Fprintf(c.App.Writer, "recorded %d chunks (%s) of %s in %s\n", sum.Chunks, mib(sum.Bytes), sum.Ref, out)
+	fmt.Fprintf(c.App.Writer, "recorded %d chunks (%s) and %d files of %s in %s\n", sum.Chunks, mib(sum.Bytes), sum.Files, sum.Ref, out)
 	return nil
 }
 
