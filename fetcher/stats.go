@@ -12,6 +12,8 @@ import (
 // Stats is a snapshot of an image's counters.
 type Stats struct {
 	Hits, Misses, Requests, Retries, VerifyFailures, BytesFetched int64
+	// Readahead counts chunks fetched ahead of sequential readers.
+	Readahead int64
 	// Cached is how many bytes of the image the cache holds (holes count
 	// as held): Cached == Size() once the image is complete.
 	Cached int64
@@ -27,7 +29,7 @@ type Stats struct {
 }
 
 type counters struct {
-	hits, misses, requests, retries, verifyFailures, bytesFetched atomic.Int64
+	hits, misses, requests, retries, verifyFailures, bytesFetched, readahead atomic.Int64
 	fromCache, fromMirror, fromOrigin                             latency
 }
 
@@ -37,6 +39,7 @@ func (im *Image) Stats() Stats {
 	cached := im.Cached()
 	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
 		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
+		Readahead: s.readahead.Load(),
 		Cached: cached, Complete: im.complete(cached),
 		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceMirror: s.fromMirror.snapshot(),
 			SourceOrigin: s.fromOrigin.snapshot()}, Hosts: hostStats(im.hosts())}
