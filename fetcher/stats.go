@@ -30,7 +30,7 @@ type Stats struct {
 
 type counters struct {
 	hits, misses, requests, retries, verifyFailures, bytesFetched, readahead atomic.Int64
-	fromCache, fromMirror, fromOrigin                             latency
+	fromCache, fromMirror, fromOrigin                                        latency
 }
 
 // Stats returns the image's counters.
@@ -40,7 +40,7 @@ func (im *Image) Stats() Stats {
 	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
 		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
 		Readahead: s.readahead.Load(),
-		Cached: cached, Complete: im.complete(cached),
+		Cached:    cached, Complete: im.complete(cached),
 		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceMirror: s.fromMirror.snapshot(),
 			SourceOrigin: s.fromOrigin.snapshot()}, Hosts: hostStats(im.hosts())}
 }
