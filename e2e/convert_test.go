@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 }
 
 // run runs lazyblk and returns stdout, stderr and the exit code.
-func run(t *testing.T, args ...string) (string, string, int) {
+func run(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(lazyblk, args...)
@@ -77,14 +77,14 @@ func run(t *testing.T, args ...string) (string, string, int) {
 // on a slow machine, -v then shows where a test's minutes went.
 const slowCommand = 2 * time.Second
 
-func logSlow(t *testing.T, start time.Time, name string, args []string) {
+func logSlow(t testing.TB, start time.Time, name string, args []string) {
 	t.Helper()
 	if d := time.Since(start); d > slowCommand {
 		t.Logf("%s %s took %v", name, strings.Join(args, " "), d.Round(10*time.Millisecond))
 	}
 }
 
-func push(t *testing.T, ref string, img v1.Image) {
+func push(t testing.TB, ref string, img v1.Image) {
 	t.Helper()
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {

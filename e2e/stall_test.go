@@ -217,7 +217,7 @@ func TestUmountStuckReader(t *testing.T) {
 }
 
 // dropCaches empties the page cache, so a read reaches the block device.
-func dropCaches(t *testing.T) {
+func dropCaches(t testing.TB) {
 	t.Helper()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
 		t.Fatal(err)

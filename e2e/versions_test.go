@@ -8,9 +8,13 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -26,7 +30,7 @@ type uploadCounter struct {
 	uploaded atomic.Int64
 }
 
-func newUploadCounter(t *testing.T, registry string) *uploadCounter {
+func newUploadCounter(t testing.TB, registry string) *uploadCounter {
 	u := &uploadCounter{}
 	target, _ := url.Parse("http://" + registry)
 	rp := httputil.NewSingleHostReverseProxy(target)
@@ -136,7 +140,7 @@ func TestVersionsShareChunks(t *testing.T) {
 
 // fetchedAfter returns the bytes fetched to read image b whole, from a
 // cache holding image a (filled whole first), three ways.
-func fetchedAfter(t *testing.T, host, a, b string) map[string]int64 {
+func fetchedAfter(t testing.TB, host, a, b string) map[string]int64 {
 	t.Helper()
 	ctx := context.Background()
 	open := func(ref string, c *cache.Store) *fetcher.Image {
@@ -186,4 +190,116 @@ func fetchedAfter(t *testing.T, host, a, b string) map[string]int64 {
 		im.Close()
 	}
 	return out
+}
+
+// delayProxy forwards to a registry, adding d before every blob range
+// request: a registry some way off.
+func delayProxy(t testing.TB, registry string, d time.Duration) string {
+	target, _ := url.Parse("http://" + registry)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "" {
+			time.Sleep(d) // injected latency, not synchronisation
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// BenchmarkVersions measures what the layer-stable layout saves a node
+// and a registry between versions of an image, at the default chunk size:
+// the versions of TestVersionsShareChunks, larger (3,000 small files,
+// a 64 MiB library among 1,000 modules, 512 MiB of weights). It reports,
+// for B, C and D after A, the registry growth of the push (--no-fallback)
+// and the bytes a node holding A fetches to read the version whole, each
+// over A's stored bytes; and the start of B — mount, then a start-up that
+// reads the runtime, the library and the app — on a node whose cache holds
+// A, over the same start with B cached (2 ms per range request, page
+// cache dropped before each, three rounds, medians).
+//
+//	go test ./e2e -run '^$' -bench Versions -benchtime 1x
+func BenchmarkVersions(b *testing.B) {
+	testutil.Require(b, true, "nbdfuse", "docker-registry")
+	v := testutil.MakeVersions(b, testutil.VersionSizes{BaseFiles: 3000, Library: 64 << 20, Modules: 1000, Weights: 512 << 20})
+	host := testutil.DockerRegistry(b)
+	up := newUploadCounter(b, host)
+	imgs := map[string]v1.Image{"A": v.A, "B": v.B, "C": v.C, "D": v.D}
+	for b.Loop() {
+		stored := map[string]int64{}
+		grew := map[string]int64{}
+		for _, name := range []string{"A", "B", "C", "D"} {
+			push(b, host+"/bench:"+name, imgs[name])
+			before := up.uploaded.Load()
+			out, stderr, code := run(b, "convert", "--plain-http", "--no-fallback", "--json", up.host+"/bench:"+name, up.host+"/bench:"+name+"-lazyblk")
+			if code != 0 {
+				b.Fatalf("convert %s: %s", name, stderr)
+			}
+			var sum struct{ DataSize int64 }
+			json.Unmarshal([]byte(out), &sum)
+			stored[name], grew[name] = sum.DataSize, up.uploaded.Load()-before
+		}
+		for _, name := range []string{"B", "C", "D"} {
+			f := fetchedAfter(b, host, "bench:A-lazyblk", "bench:"+name+"-lazyblk")["fill"]
+			b.ReportMetric(float64(grew[name])/float64(stored["A"]), name+"-grew/A")
+			b.ReportMetric(float64(f)/float64(stored["A"]), name+"-fetched/A")
+			b.Logf("%s after A (A stores %d MiB): registry grew %.2f MiB, a node holding A fetched %.2f MiB", name,
+				stored["A"]>>20, float64(grew[name])/(1<<20), float64(f)/(1<<20))
+		}
+		cold, warm := startAfter(b, delayProxy(b, host, 2*time.Millisecond))
+		b.ReportMetric(cold.Seconds()/warm.Seconds(), "B-start-holdingA/B-warm")
+		b.Logf("start of B: %v on a node holding A, %v with B cached", cold, warm)
+	}
+}
+
+// startAfter times the start of B (mount, start-up reads) through host
+// from a cache that holds A, and from one that holds B: medians of three.
+func startAfter(b *testing.B, host string) (cold, warm time.Duration) {
+	e := &mountEnv{host: host, state: b.TempDir()}
+	fill := func(ref string, dir string) {
+		if _, stderr, code := run(b, "cat", "--plain-http", "--cache-dir", dir, "--cache-size", "100GiB", host+"/"+ref); code != 0 {
+			b.Fatalf("cat %s: %s", ref, stderr)
+		}
+	}
+	start := func(cacheDir string) time.Duration {
+		dir := b.TempDir()
+		dropCaches(b)
+		t0 := time.Now()
+		if _, stderr, code := run(b, "mount", "--state-dir", e.state, "--attach", "nbdfuse", "--plain-http", "--cache-dir", cacheDir,
+			"--cache-size", "100GiB", "--no-trace", "--fill-below", "0", host+"/bench:B-lazyblk", dir); code != 0 {
+			b.Fatalf("mount B: %s", stderr)
+		}
+		startupReads(b, dir)
+		d := time.Since(t0)
+		if _, stderr, code := run(b, "umount", "--state-dir", e.state, dir); code != 0 {
+			b.Fatalf("umount: %s", stderr)
+		}
+		return d
+	}
+	var colds, warms []time.Duration
+	for range 3 {
+		holdsA, holdsB := b.TempDir(), b.TempDir()
+		fill("bench:A-lazyblk", holdsA)
+		fill("bench:B-lazyblk", holdsB)
+		colds, warms = append(colds, start(holdsA)), append(warms, start(holdsB))
+	}
+	slices.Sort(colds)
+	slices.Sort(warms)
+	return colds[1], warms[1]
+}
+
+// startupReads is a start-up of the versions' image: the runtime's files,
+// the library, the app.
+func startupReads(b *testing.B, dir string) {
+	for _, pattern := range []string{"usr/lib/runtime/*.py", "opt/pkg/libbig.so", "app/*"} {
+		paths, _ := filepath.Glob(filepath.Join(dir, pattern))
+		if len(paths) == 0 {
+			b.Fatalf("no %s in the image", pattern)
+		}
+		for _, p := range paths {
+			if _, err := os.ReadFile(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 }
