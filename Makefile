@@ -29,10 +29,12 @@ test: deps lint build
 fuzz:
 	$(GO) test ./imagefmt -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s
 
-# The cold-start benchmark (issue: prefetch traces): pull vs lazy vs
-# lazy+trace vs warm, sparse and dense workloads; writes bench-out/.
+# The cold-start benchmarks: pull vs lazy vs lazy+trace vs warm, sparse
+# and dense workloads (coldstart.sh); then the AI start-up on one mount,
+# import torch and read the weights (ai.sh). Both write bench-out/.
 bench: deps build
 	./scripts/bench/coldstart.sh
+	./scripts/bench/ai.sh
 
 bench-convert: deps build
 	./scripts/bench/convert.sh

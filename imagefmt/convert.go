@@ -208,7 +208,7 @@ func buildImage(ctx context.Context, t *tree, diffIDs []v1.Hash, o options, dir 
 	)
 	switch o.fs {
 	case FSErofs:
-		plan = planLayout(t, diffIDs, int64(o.chunkSize), startupRanks(o.startup))
+		plan = planLayout(t, diffIDs, int64(o.chunkSize), o.startup)
 		err = writeErofs(t, k, plan)
 	case FSExt4:
 		err = writeExt4(ctx, t, k, dir)

@@ -40,8 +40,8 @@ func writeErofs(t *tree, k *chunker, p *layoutPlan) error {
 		case tar.TypeDir:
 			err = w.Mkdir(path, 0o755)
 		case tar.TypeReg:
-			if blk, ok := p.placed[ino]; ok {
-				err = w.AddPlacedFile(path, ino.size, uint64(blk))
+			if pl, ok := p.placed[ino]; ok {
+				err = w.AddPlacedFile(path, ino.size, extents(pl))
 			} else {
 				err = w.AddFile(path, ino.size, t.spool.reader(ino.dataOff, ino.size))
 			}
@@ -66,6 +66,15 @@ func writeErofs(t *tree, k *chunker, p *layoutPlan) error {
 	return nil
 }
 
+// extents turns a file's placements into erofs extents.
+func extents(pl []placement) []erofs.Extent {
+	out := make([]erofs.Extent, len(pl))
+	for i, x := range pl {
+		out[i] = erofs.Extent{FileOff: x.fileOff, Len: x.len, Block: uint64(x.block)}
+	}
+	return out
+}
+
 // writeRegion writes one layer's region: each visible file's data at its
 // slot, zeros around them and for files no longer visible.
 func writeRegion(sp *spool, k *chunker, r regionPlan) error {
@@ -77,16 +86,22 @@ func writeRegion(sp *spool, k *chunker, r regionPlan) error {
 		if err := k.writeZeros(s.off - at); err != nil {
 			return err
 		}
-		var err error
-		if s.live {
-			err = sp.copyTo(k, s.ino.dataOff, s.ino.size)
-		} else {
-			err = k.writeZeros(s.ino.size)
+		at = s.off
+		for _, pc := range s.pieces {
+			var err error
+			if s.live {
+				err = sp.copyTo(k, s.ino.dataOff+pc.Off, pc.Len)
+			} else {
+				err = k.writeZeros(pc.Len)
+			}
+			if err == nil { // each piece whole blocks
+				err = k.writeZeros(roundUp(pc.Len, erofsBlock) - pc.Len)
+			}
+			if err != nil {
+				return err
+			}
+			at += roundUp(pc.Len, erofsBlock)
 		}
-		if err != nil {
-			return err
-		}
-		at = s.off + s.ino.size
 	}
 	return k.writeZeros(r.size - at)
 }

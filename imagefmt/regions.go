@@ -43,6 +43,17 @@ const inlineMax = 1024
 // size of every kernel that mounts them.
 const erofsBlock = 4096
 
+// splitMin is the smallest file whose start-up reads are placed apart
+// from the rest of it: in a big shared library a start-up touches a few
+// ranges (libtorch_cpu.so: 38 of 114 MiB), and placing it whole at the
+// front of its region would make the start-up fetch it whole. splitGranule
+// rounds those ranges out: the erofs chunk of a split file, so its chunk
+// index stays small (8 bytes per 64 KiB).
+const (
+	splitMin     = 1 << 20
+	splitGranule = 64 << 10
+)
+
 // regionPlan is where one layer's files go.
 type regionPlan struct {
 	layer  int
@@ -52,11 +63,27 @@ type regionPlan struct {
 	slots  []slot
 }
 
-// slot is one file's place in its region.
+// slot is a place in a region for pieces of one file, back to back.
 type slot struct {
-	off  int64 // from the region's start, a block boundary
-	ino  *inode
-	live bool // visible in the flattened tree: written, else left zeros
+	off    int64 // from the region's start, a block boundary
+	ino    *inode
+	pieces []Range // of the file, in order: its whole or part of it
+	live   bool    // visible in the flattened tree: written, else left zeros
+}
+
+// size is the bytes a slot takes, each piece in whole blocks.
+func (s slot) size() int64 {
+	var n int64
+	for _, p := range s.pieces {
+		n += roundUp(p.Len, erofsBlock)
+	}
+	return n
+}
+
+// extent is where a piece of a placed file's data starts in the image.
+type placement struct {
+	fileOff, len int64
+	block        int64
 }
 
 // layoutPlan is the whole image: chunk 0, the regions, the metadata.
@@ -64,59 +91,80 @@ type layoutPlan struct {
 	chunkSize int64
 	regions   []regionPlan
 	metaStart int64 // image offset of the metadata region, a chunk boundary
-	placed    map[*inode]int64
+	// placed says where each placed file's data is, by file offset.
+	placed map[*inode][]placement
 }
 
-// planLayout places every file of t. startup ranks paths a start-up reads
-// (lower first); files it does not name follow.
-func planLayout(t *tree, diffIDs []v1.Hash, chunkSize int64, startup map[string]int) *layoutPlan {
+// planLayout places every file of t. startup names the files a start-up
+// read, in the order it read them, with the ranges it read; files it does
+// not name follow.
+func planLayout(t *tree, diffIDs []v1.Hash, chunkSize int64, startup []TraceFile) *layoutPlan {
 	live := map[*inode]bool{}
 	_ = t.walk(func(_ string, n *node) error {
 		live[n.ino] = true
 		return nil
 	})
-	p := &layoutPlan{chunkSize: chunkSize, placed: map[*inode]int64{}}
+	rank := map[string]int{}
+	read := map[string][]Range{}
+	for i, f := range startup {
+		if _, ok := rank[f.Path]; !ok {
+			rank[f.Path], read[f.Path] = i, f.Ranges
+		}
+	}
+	p := &layoutPlan{chunkSize: chunkSize, placed: map[*inode][]placement{}}
 	at := chunkSize // chunk 0 is the superblock's
 	for layer := range max(len(t.files), len(diffIDs)) {
 		var files []layerFile
 		if layer < len(t.files) {
 			files = t.files[layer]
 		}
-		r := planRegion(files, chunkSize, startup, live)
+		r := planRegion(files, chunkSize, rank, read, live)
 		r.layer, r.start = layer, at
 		if layer < len(diffIDs) {
 			r.diffID = diffIDs[layer]
 		}
 		for _, s := range r.slots {
-			if s.live {
-				p.placed[s.ino] = (at + s.off) / erofsBlock
+			if !s.live {
+				continue
+			}
+			off := at + s.off
+			for _, pc := range s.pieces {
+				p.placed[s.ino] = append(p.placed[s.ino], placement{fileOff: pc.Off, len: pc.Len, block: off / erofsBlock})
+				off += roundUp(pc.Len, erofsBlock)
 			}
 		}
 		p.regions = append(p.regions, r)
 		at += r.size
 	}
+	for _, pl := range p.placed {
+		sort.Slice(pl, func(i, j int) bool { return pl[i].fileOff < pl[j].fileOff })
+	}
 	p.metaStart = at
 	return p
 }
 
-// planRegion orders one layer's files and gives each its offset.
-func planRegion(files []layerFile, chunkSize int64, startup map[string]int, live map[*inode]bool) regionPlan {
+// planRegion orders one layer's files and gives each its place: first
+// what the start-up read, in its order (all of a file, or for a split
+// one the ranges read); then files of a chunk or more, each at a chunk
+// boundary (with what the start-up did not read of split files); then the
+// rest, by path.
+func planRegion(files []layerFile, chunkSize int64, rank map[string]int, read map[string][]Range, live map[*inode]bool) regionPlan {
 	var placed []layerFile
 	for _, f := range files {
 		if f.ino.size > inlineMax {
 			placed = append(placed, f)
 		}
 	}
-	rank := func(f layerFile) int {
-		if r, ok := startup[f.path]; ok {
+	rankOf := func(f layerFile) int {
+		if r, ok := rank[f.path]; ok {
 			return r
 		}
-		return len(startup)
+		return len(rank)
 	}
 	big := func(f layerFile) bool { return f.ino.size >= chunkSize }
 	sort.SliceStable(placed, func(i, j int) bool {
 		a, b := placed[i], placed[j]
-		if ra, rb := rank(a), rank(b); ra != rb {
+		if ra, rb := rankOf(a), rankOf(b); ra != rb {
 			return ra < rb
 		}
 		if ba, bb := big(a), big(b); ba != bb {
@@ -125,16 +173,76 @@ func planRegion(files []layerFile, chunkSize int64, startup map[string]int, live
 		return a.path < b.path
 	})
 	var r regionPlan
+	var rest []slot // the unread parts of split files, placed among the big files
 	off := int64(0)
+	add := func(s slot) {
+		r.slots = append(r.slots, s)
+		off = s.off + s.size()
+	}
 	for _, f := range placed {
-		if big(f) && rank(f) == len(startup) {
+		whole := []Range{{0, f.ino.size}}
+		s := slot{ino: f.ino, pieces: whole, live: live[f.ino]}
+		startup := rankOf(f) < len(rank)
+		if startup {
+			if hot, cold := splitRead(f.ino, read[f.path]); hot != nil {
+				s.pieces = hot
+				rest = append(rest, slot{ino: f.ino, pieces: cold, live: s.live})
+			}
+		} else if big(f) {
+			for _, c := range rest { // before the first big file that is not the start-up's
+				c.off = roundUp(off, chunkSize)
+				add(c)
+			}
+			rest = nil
 			off = roundUp(off, chunkSize)
 		}
-		r.slots = append(r.slots, slot{off: off, ino: f.ino, live: live[f.ino]})
-		off += roundUp(f.ino.size, erofsBlock)
+		s.off = off
+		add(s)
+	}
+	for _, c := range rest {
+		c.off = roundUp(off, chunkSize)
+		add(c)
 	}
 	r.size = roundUp(off, chunkSize)
 	return r
+}
+
+// splitRead splits a start-up file into the pieces the start-up read
+// (rounded out to splitGranule) and the rest, when it is big enough, has
+// no xattrs (erofs chunk-based inodes want their chunk indexes 8-byte
+// aligned after the xattrs, which go-erofs does not pad) and a good part
+// of it went unread. hot is nil when the file is placed whole.
+func splitRead(ino *inode, ranges []Range) (hot, cold []Range) {
+	if ino.size < splitMin || len(ino.xattrs) > 0 || len(ranges) == 0 {
+		return nil, nil
+	}
+	var n int64
+	for _, rg := range ranges {
+		lo := rg.Off / splitGranule * splitGranule
+		hi := min(roundUp(rg.Off+rg.Len, splitGranule), ino.size)
+		if lo >= hi {
+			continue
+		}
+		hot = append(hot, Range{lo, hi - lo})
+	}
+	hot = mergeRanges(hot)
+	for _, h := range hot {
+		n += h.Len
+	}
+	if len(hot) == 0 || n > ino.size*3/4 {
+		return nil, nil // read all but a little: whole
+	}
+	at := int64(0)
+	for _, h := range hot {
+		if h.Off > at {
+			cold = append(cold, Range{at, h.Off - at})
+		}
+		at = h.Off + h.Len
+	}
+	if at < ino.size {
+		cold = append(cold, Range{at, ino.size - at})
+	}
+	return hot, cold
 }
 
 func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }

@@ -3,9 +3,12 @@ package imagefmt_test
 import (
 	"bytes"
 	"io"
+	"io/fs"
+	"os"
 	"runtime"
 	"testing"
 
+	erofs "github.com/erofs/go-erofs"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/lazyblk/lazyblk/imagefmt"
@@ -108,4 +111,74 @@ func TestLayerRegionsShared(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStartupOrderSplitsBigFiles: with a start-up order, a big file the
+// start-up read a few ranges of is split — those ranges at the front of
+// its region, the rest among the big files — and still reads back exactly
+// through the kernel (a chunk-based erofs inode); a small start-up file
+// comes right after; the tree equals umoci's.
+func TestStartupOrderSplitsBigFiles(t *testing.T) {
+	v := testutil.MakeVersions(t, versionSizes)
+	startup := []imagefmt.TraceFile{
+		{Path: "/opt/pkg/libbig.so", Ranges: []imagefmt.Range{{Off: 0, Len: 8192}, {Off: 1 << 20, Len: 100 << 10}}},
+		{Path: "/opt/pkg/modules/mod0007.py", Ranges: []imagefmt.Range{{Off: 0, Len: 4096}}},
+	}
+	res, p := convertImage(t, v.A, imagefmt.WithChunkSize(testChunk), imagefmt.WithStartupOrder(startup))
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fsys, err := erofs.Open(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ranges := func(path string) []erofs.DataRange {
+		info, err := fs.Stat(fsys, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.(interface{ DataRange() []erofs.DataRange }).DataRange()
+	}
+	var packages imagefmt.Region
+	for _, g := range res.Index.Regions {
+		if g.Kind == imagefmt.RegionLayer && g.Layer == diffID(t, v.A, 1) {
+			packages = g
+		}
+	}
+	start := int64(packages.First) * testChunk
+	lib := ranges("opt/pkg/libbig.so")
+	// Read: [0, 64 KiB) and [1 MiB, 1 MiB + 128 KiB) after rounding out to
+	// 64 KiB, back to back at the region's start.
+	if lib[0].Offset != start || len(lib) < 3 {
+		t.Fatalf("libbig.so's data ranges %+v: want the pieces the start-up read first in the region (at %d), the rest apart", lib, start)
+	}
+	var at, hot int64
+	for _, d := range lib {
+		if d.Offset == start+hot && (at == 0 || at == 1<<20 || at == 1<<20+64<<10) {
+			hot += d.Size
+		}
+		at += d.Size
+	}
+	if hot != 3*64<<10 {
+		t.Errorf("%d bytes of libbig.so at the region's front, want the 192 KiB read (rounded to 64 KiB)", hot)
+	}
+	if mod := ranges("opt/pkg/modules/mod0007.py"); mod[0].Offset != start+hot {
+		t.Errorf("the next start-up file is at %d, want right after libbig.so's pieces (%d)", mod[0].Offset, start+hot)
+	}
+	testutil.Require(t, true, "umoci")
+	want := testutil.Umoci(t, testutil.WriteLayout(t, v.A, "a"), "a")
+	for _, d := range testutil.Diff(want, testutil.SnapshotDir(t, testutil.Mount(t, p, "erofs"))) {
+		t.Error(d)
+	}
+}
+
+func diffID(t *testing.T, img v1.Image, layer int) v1.Hash {
+	t.Helper()
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg.RootFS.DiffIDs[layer]
 }

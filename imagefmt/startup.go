@@ -26,20 +26,6 @@ func WithStartupOrder(files []TraceFile) Option {
 	}
 }
 
-// startupRanks ranks the start-up's paths: lower first.
-func startupRanks(files []TraceFile) map[string]int {
-	if len(files) == 0 {
-		return nil
-	}
-	rank := make(map[string]int, len(files))
-	for i, f := range files {
-		if _, ok := rank[f.Path]; !ok {
-			rank[f.Path] = i
-		}
-	}
-	return rank
-}
-
 // StartupTrace is the trace a start-up of the converted image will follow,
 // for its index digest index: the superblock, the metadata region, then
 // the chunks holding what the start-up read of each file, in order — a few
@@ -69,14 +55,21 @@ func (r *Result) StartupTrace(index v1.Hash) *Trace {
 	}
 	var files []TraceFile
 	for _, f := range r.startup.files {
-		at, ok := r.startup.placed[f.Path]
+		pl, ok := r.startup.placed[f.Path]
 		if !ok {
 			continue // inline in the metadata, or not in this image
 		}
 		files = append(files, f)
 		for _, rg := range f.Ranges {
-			for i := (at + rg.Off) / cs; i <= (at+rg.Off+rg.Len-1)/cs; i++ {
-				add(int(i))
+			for _, pc := range pl { // the placements the range overlaps
+				lo, hi := max(rg.Off, pc.fileOff), min(rg.Off+rg.Len, pc.fileOff+pc.len)
+				if lo >= hi {
+					continue
+				}
+				img := pc.block*erofsBlock + lo - pc.fileOff
+				for i := img / cs; i <= (img+hi-lo-1)/cs; i++ {
+					add(int(i))
+				}
 			}
 		}
 	}
@@ -87,7 +80,7 @@ func (r *Result) StartupTrace(index v1.Hash) *Trace {
 // files, and where the data of each placed one starts in the image.
 type startupResult struct {
 	files  []TraceFile
-	placed map[string]int64
+	placed map[string][]placement
 }
 
 // newStartupResult finds where the start-up's files landed.
@@ -95,14 +88,14 @@ func newStartupResult(t *tree, p *layoutPlan, files []TraceFile) *startupResult 
 	if len(files) == 0 || p == nil {
 		return nil
 	}
-	sr := &startupResult{files: files, placed: map[string]int64{}}
+	sr := &startupResult{files: files, placed: map[string][]placement{}}
 	for _, f := range files {
 		n, err := t.lookup(f.Path)
 		if err != nil || n.ino.typ != tar.TypeReg {
 			continue
 		}
-		if blk, ok := p.placed[n.ino]; ok {
-			sr.placed[f.Path] = blk * erofsBlock
+		if pl, ok := p.placed[n.ino]; ok {
+			sr.placed[f.Path] = pl
 		}
 	}
 	return sr

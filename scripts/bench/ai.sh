@@ -118,6 +118,7 @@ lazy_case cold ai/torch:v1-lazyblk "$work/cache" --no-trace
 "$lb" convert --plain-http --tmp-dir "$work" --startup-trace "$work/cold.trace.json" \
   "$reg/ai/torch:v1" "$reg/ai/torch:v1-ordered" >/dev/null
 lazy_case ordered ai/torch:v1-ordered "$work/cache"
+cp "$work/cold.trace.json" "$work/ordered.trace.json" "$out_dir/" # what the import read, by file
 "$lb" cat --plain-http --cache-dir "$work/warm" --cache-size 100GiB "$reg/ai/torch:v1-lazyblk" >/dev/null
 lazy_case warm ai/torch:v1-lazyblk "$work/warm" --no-trace
 

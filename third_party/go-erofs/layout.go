@@ -66,6 +66,8 @@ func (w *erofsWriter) planLayout(root *erofsEntry) {
 				e.dataBlkAddr = uint32(e.placedBlk)
 			case e.size == 0 && len(e.chunks) == 0 && e.data == nil && !e.metadataOnly:
 				e.layout = disk.LayoutFlatPlain
+			case e.placedChunks: // lazyblk patch: chunkBits chosen by AddPlacedFile
+				e.layout = disk.LayoutChunkBased
 			case len(e.chunks) > 0 || e.metadataOnly:
 				e.layout = disk.LayoutChunkBased
 				if e.contiguous {

@@ -792,9 +792,12 @@ type fsEntry struct {
 	metadataOnly bool // from a metadata-only CopyFrom; use chunk-based layout
 
 	// lazyblk patch: placed data (AddPlacedFile): the caller wrote the
-	// file's data at this block of the image.
-	placed    bool
-	placedBlk uint64
+	// file's data at this block of the image (one extent), or where
+	// chunks say with chunkBits (several).
+	placed       bool
+	placedBlk    uint64
+	chunkBits    uint8
+	chunkBitsSet bool
 }
 
 // createOptions holds the parsed option values for Create.
@@ -896,8 +899,9 @@ type erofsEntry struct {
 	linkOf *erofsEntry
 
 	// lazyblk patch: placed data (AddPlacedFile).
-	placed    bool
-	placedBlk uint64
+	placed       bool
+	placedBlk    uint64
+	placedChunks bool // chunk-based with the caller's chunkBits
 }
 
 // --- Internal helpers ---
@@ -1357,6 +1361,8 @@ func (fsys *Writer) newErofsEntry(e *fsEntry) *erofsEntry {
 		erofsFileType: modeToFileType(e.mode),
 		placed:        e.placed,
 		placedBlk:     e.placedBlk,
+		chunkBits:     e.chunkBits,
+		placedChunks:  e.chunkBitsSet,
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"math"
 	"path"
 
+	"github.com/erofs/go-erofs/internal/builder"
 	"github.com/erofs/go-erofs/internal/disk"
 )
 
@@ -94,10 +95,22 @@ func WithPlacedData(metaBlock uint64) CreateOpt {
 	}
 }
 
+// Extent places Len bytes of a file, from file offset FileOff, at block
+// Block of the image, contiguously (AddPlacedFile).
+type Extent struct {
+	FileOff, Len int64
+	Block        uint64
+}
+
 // AddPlacedFile creates a regular file of size bytes whose data the
-// caller has written at block blk of the image, contiguously (with
-// WithPlacedData).
-func (fsys *Writer) AddPlacedFile(name string, size int64, blk uint64) error {
+// caller has written into the image (with WithPlacedData): one extent,
+// the whole file at a block, makes a flat-plain inode; several make a
+// chunk-based one, whose chunk size is the largest power of two from the
+// block size to 1 MiB that every extent's offset and length (but the
+// last's, which ends the file) is a multiple of. A chunk-based inode must
+// have no xattrs: the kernel wants its chunk indexes 8-byte aligned after
+// the xattrs, which this writer does not pad.
+func (fsys *Writer) AddPlacedFile(name string, size int64, extents []Extent) error {
 	if fsys.wErr != nil {
 		return fsys.wErr
 	}
@@ -111,12 +124,62 @@ func (fsys *Writer) AddPlacedFile(name string, size int64, blk uint64) error {
 	if err := fsys.checkPath(name); err != nil {
 		return err
 	}
-	if size < 0 || blk > math.MaxUint32 || blk >= fsys.metaBlock {
-		return fmt.Errorf("mkfs: placed file %q: size %d at block %d (metadata at %d)", name, size, blk, fsys.metaBlock)
+	e := &fsEntry{path: name, mode: disk.StatTypeReg | 0o644, size: uint64(size), fileClosed: true}
+	if size > 0 {
+		if err := fsys.placeExtents(e, size, extents); err != nil {
+			return fmt.Errorf("mkfs: placed file %q: %w", name, err)
+		}
 	}
 	fsys.ensureParent(name)
-	fsys.addChild(&fsEntry{path: name, mode: disk.StatTypeReg | 0o644, size: uint64(size), fileClosed: true,
-		placed: size > 0, placedBlk: blk})
+	fsys.addChild(e)
+	return nil
+}
+
+// placeExtents checks extents and records them on e.
+func (fsys *Writer) placeExtents(e *fsEntry, size int64, extents []Extent) error {
+	bs := int64(fsys.resolveBlockSize())
+	at := int64(0)
+	for _, x := range extents {
+		last := x.FileOff+x.Len == size
+		if x.FileOff != at || x.Len <= 0 || x.FileOff%bs != 0 || (!last && x.Len%bs != 0) {
+			return fmt.Errorf("extent [%d,+%d) does not continue at %d on a block boundary", x.FileOff, x.Len, at)
+		}
+		if blocks := uint64((x.Len + bs - 1) / bs); x.Block+blocks > fsys.metaBlock {
+			return fmt.Errorf("extent at block %d runs into the metadata (block %d)", x.Block, fsys.metaBlock)
+		}
+		at += x.Len
+	}
+	if at != size {
+		return fmt.Errorf("extents cover %d of %d bytes", at, size)
+	}
+	if len(extents) == 1 {
+		if extents[0].Block > math.MaxUint32 {
+			return fmt.Errorf("block %d beyond 32-bit block addresses", extents[0].Block)
+		}
+		e.placed, e.placedBlk = true, extents[0].Block
+		return nil
+	}
+	// The chunk: the largest power of two (to 1 MiB) dividing every
+	// extent's offset and, but for the last, length.
+	cs := int64(1 << 20)
+	for _, x := range extents {
+		for cs > bs && (x.FileOff%cs != 0 || (x.FileOff+x.Len != size && x.Len%cs != 0)) {
+			cs /= 2
+		}
+	}
+	bpc := uint64(cs / bs)
+	maxCount := (math.MaxUint16 / bpc) * bpc // builder chunks count in uint16 blocks
+	for _, x := range extents {
+		blk, left := x.Block, uint64((x.Len+bs-1)/bs)
+		for left > 0 {
+			n := min(left, maxCount)
+			e.chunks = append(e.chunks, builder.Chunk{PhysicalBlock: blk, Count: uint16(n)})
+			blk, left = blk+n, left-n
+		}
+	}
+	for e.chunkBits = 0; int64(1)<<e.chunkBits*bs < cs; e.chunkBits++ {
+	}
+	e.chunkBitsSet = true
 	return nil
 }
 
