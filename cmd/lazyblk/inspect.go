@@ -133,8 +133,11 @@ func (s summary) print(w io.Writer) {
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  KIND\tCHUNKS\tHOLES\tSTORED\tLAYER\tBLOB")
 	for _, r := range s.Regions {
-		fmt.Fprintf(tw, "  %s\t%d-%d\t%d\t%s\t%s\t%s\n", r.Kind, r.FirstChunk, r.FirstChunk+r.Chunks-1, r.Holes,
-			human(r.StoredBytes), short(r.Layer), short(r.Blob))
+		chunks := "none" // a layer whose files are all inline with their inodes
+		if r.Chunks > 0 {
+			chunks = fmt.Sprintf("%d-%d", r.FirstChunk, r.FirstChunk+r.Chunks-1)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s\n", r.Kind, chunks, r.Holes, human(r.StoredBytes), short(r.Layer), short(r.Blob))
 	}
 	tw.Flush()
 }
