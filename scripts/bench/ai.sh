@@ -27,7 +27,6 @@ NO_LAYOUT=1 source "$(dirname "$0")/lib.sh"
 lb=$work/lazyblk
 out_dir=$(realpath -m "${OUT:-bench-out}")
 mkdir -p "$out_dir"
-cache_dir=${BENCH_CACHE:-/var/tmp/lazyblk-bench-cache}
 port=${BENCH_PORT:-5841} proxy_port=$((port + 1))
 delay=${DELAY:-2ms} rate=${RATE:-200MiB}
 go build -o "$work/delayproxy" ./internal/tools/delayproxy
@@ -46,17 +45,7 @@ cleanup() {
 trap cleanup EXIT
 
 pkgs=python3,python3-numpy,python3-torch
-rootfs=$cache_dir/rootfs-${pkgs//,/-}.tar
-if [ ! -f "$rootfs" ]; then
-  echo "debootstrap: Debian bookworm minbase + ${pkgs//,/ } (once; kept in $rootfs)"
-  mkdir -p "$cache_dir"
-  rm -rf "$cache_dir/rootfs.tmp"
-  debootstrap --variant=minbase --include="$pkgs" bookworm "$cache_dir/rootfs.tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache_dir/debootstrap.log" 2>&1 ||
-    { tail -20 "$cache_dir/debootstrap.log" >&2; exit 1; }
-  rm -rf "$cache_dir"/rootfs.tmp/var/cache/apt/archives/*.deb
-  tar -C "$cache_dir/rootfs.tmp" --numeric-owner -cf "$rootfs.tmp" . && mv "$rootfs.tmp" "$rootfs"
-  rm -rf "$cache_dir/rootfs.tmp"
-fi
+rootfs=$(debian_root "$pkgs")
 
 reg_pid=$(scripts/registry.sh "$work/registry" "$port")
 "$work/delayproxy" -listen "127.0.0.1:$proxy_port" -target "127.0.0.1:$port" -delay "$delay" -rate "$rate" >"$work/proxy.log" 2>&1 &

@@ -17,3 +17,22 @@ if [ -z "${NO_LAYOUT:-}" ]; then
   "$work/genimage" -dir "$work" -weights "$weights" -text "$text" -layout "$work/src"
   rm -f "$work"/genimage-*.tar
 fi
+
+# debian_root PKGS: prints the path of a tar of a Debian bookworm minbase
+# root with PKGS (comma-separated), built once with debootstrap and kept
+# in BENCH_CACHE.
+debian_root() {
+  local pkgs=$1 cache_dir=${BENCH_CACHE:-/var/tmp/lazyblk-bench-cache}
+  local rootfs=$cache_dir/rootfs-${pkgs//,/-}.tar
+  if [ ! -f "$rootfs" ]; then
+    echo "debootstrap: Debian bookworm minbase + ${pkgs//,/ } (once; kept in $rootfs)" >&2
+    mkdir -p "$cache_dir"
+    rm -rf "$cache_dir/rootfs.tmp"
+    debootstrap --variant=minbase --include="$pkgs" bookworm "$cache_dir/rootfs.tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache_dir/debootstrap.log" 2>&1 ||
+      { tail -20 "$cache_dir/debootstrap.log" >&2; return 1; }
+    rm -rf "$cache_dir"/rootfs.tmp/var/cache/apt/archives/*.deb
+    tar -C "$cache_dir/rootfs.tmp" --numeric-owner -cf "$rootfs.tmp" . && mv "$rootfs.tmp" "$rootfs"
+    rm -rf "$cache_dir/rootfs.tmp"
+  fi
+  echo "$rootfs"
+}
