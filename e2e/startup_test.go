@@ -109,7 +109,10 @@ func TestStartupTraceAcrossVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	if after.Image.Misses != s.Image.Misses {
-		t.Errorf("the start-up missed %d times after the replay of C's trace; want all cache hits", after.Image.Misses-s.Image.Misses)
+		got, _, _ := run(t, "prefetch", "record", "--state-dir", e.state, "--duration", "0", dir)
+		pub, _, _ := run(t, "prefetch", "show", "--plain-http", "--json", refC)
+		t.Errorf("the start-up missed %d times after the replay of C's trace; want all cache hits\nread: %s\npublished: %s",
+			after.Image.Misses-s.Image.Misses, got, pub)
 	}
 	e.umount(t, dir)
 }

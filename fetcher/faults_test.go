@@ -213,11 +213,17 @@ func TestMirrors(t *testing.T) {
 			})
 			im := openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithMirrors("http://"+mirror))
 			readRandom(t, im, want, 13, 30)
-			if c.fault == testutil.Hang { // reads after its breaker opened, by a new image (nothing held)
-				for hostState(t, im, mirror).State == fetcher.BreakerClosed {
-					readRandom(t, im, want, 14, 1)
+			if c.fault == testutil.Hang {
+				// Reads until the mirror's breaker opens (each by a new
+				// image, which holds nothing: every read asks the mirror),
+				// then reads by another: they pass the mirror over.
+				for seed := uint64(14); hostState(t, im, mirror).State == fetcher.BreakerClosed; seed++ {
+					if seed > 64 {
+						t.Fatalf("the stalled mirror's breaker did not open: %+v", hostState(t, im, mirror))
+					}
+					readRandom(t, openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithMirrors("http://"+mirror)), want, seed, 1)
 				}
-				readRandom(t, openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithMirrors("http://"+mirror)), want, 15, 10)
+				readRandom(t, openImage(t, viaProxy(t, loc, origin), fast, fetcher.WithMirrors("http://"+mirror)), want, 100, 10)
 			}
 			if mirrorHits.Load() == 0 {
 				t.Error("mirror never asked")

@@ -48,7 +48,11 @@ const erofsBlock = 4096
 // ranges (libtorch_cpu.so: 38 of 114 MiB), and placing it whole at the
 // front of its region would make the start-up fetch it whole. splitGranule
 // rounds those ranges out: the erofs chunk of a split file, so its chunk
-// index stays small (8 bytes per 64 KiB).
+// index stays small (8 bytes per 64 KiB). Each range also gets one more
+// granule after it: the kernel's readahead past what a start-up read
+// varies from run to run (a range recorded as 64 KiB was read as 128 the
+// next time), and what it reads beyond should be at hand, not in the cold
+// part of the file elsewhere in the image.
 const (
 	splitMin     = 1 << 20
 	splitGranule = 64 << 10
@@ -219,7 +223,7 @@ func splitRead(ino *inode, ranges []Range) (hot, cold []Range) {
 	var n int64
 	for _, rg := range ranges {
 		lo := rg.Off / splitGranule * splitGranule
-		hi := min(roundUp(rg.Off+rg.Len, splitGranule), ino.size)
+		hi := min(roundUp(rg.Off+rg.Len, splitGranule)+splitGranule, ino.size)
 		if lo >= hi {
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"fmt"
 	"path"
+	"sort"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -54,6 +55,7 @@ func (r *Result) StartupTrace(index v1.Hash) *Trace {
 		}
 	}
 	var files []TraceFile
+	last := map[int]int{} // region -> its last chunk of start-up data
 	for _, f := range r.startup.files {
 		pl, ok := r.startup.placed[f.Path]
 		if !ok {
@@ -61,6 +63,7 @@ func (r *Result) StartupTrace(index v1.Hash) *Trace {
 		}
 		files = append(files, f)
 		for _, rg := range f.Ranges {
+			rg.Len += splitGranule // what readahead may read beyond (splitGranule's comment)
 			for _, pc := range pl { // the placements the range overlaps
 				lo, hi := max(rg.Off, pc.fileOff), min(rg.Off+rg.Len, pc.fileOff+pc.len)
 				if lo >= hi {
@@ -69,8 +72,18 @@ func (r *Result) StartupTrace(index v1.Hash) *Trace {
 				img := pc.block*erofsBlock + lo - pc.fileOff
 				for i := img / cs; i <= (img+hi-lo-1)/cs; i++ {
 					add(int(i))
+					last[regionOf(x, int(i))] = max(last[regionOf(x, int(i))], int(i))
 				}
 			}
+		}
+	}
+	// The chunk after each region's start-up data: the kernel reads the
+	// device ahead of what a reader asked for (nbdfuse's file, a block
+	// device), past the last start-up file into the next, by a varying
+	// amount.
+	for r, g := range x.Regions { // in region order: the trace is deterministic
+		if i, ok := last[r]; ok && i+1 < g.First+g.Count {
+			add(i + 1)
 		}
 	}
 	return NewTrace(index, x, chunks, files)
@@ -99,4 +112,9 @@ func newStartupResult(t *tree, p *layoutPlan, files []TraceFile) *startupResult 
 		}
 	}
 	return sr
+}
+
+// regionOf is the region holding chunk i.
+func regionOf(x *Index, i int) int {
+	return sort.Search(len(x.Regions), func(r int) bool { return x.Regions[r].First+x.Regions[r].Count > i })
 }
