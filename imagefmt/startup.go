@@ -63,7 +63,7 @@ func (r *Result) StartupTrace(index v1.Hash) *Trace {
 		}
 		files = append(files, f)
 		for _, rg := range f.Ranges {
-			rg.Len += splitGranule // what readahead may read beyond (splitGranule's comment)
+			rg.Len += splitGranule  // what readahead may read beyond (splitGranule's comment)
 			for _, pc := range pl { // the placements the range overlaps
 				lo, hi := max(rg.Off, pc.fileOff), min(rg.Off+rg.Len, pc.fileOff+pc.len)
 				if lo >= hi {
