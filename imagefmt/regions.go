@@ -84,7 +84,7 @@ func (s slot) size() int64 {
 	return n
 }
 
-// extent is where a piece of a placed file's data starts in the image.
+// placement is where a piece of a placed file's data starts in the image.
 type placement struct {
 	fileOff, len int64
 	block        int64
