@@ -303,3 +303,38 @@ func startupReads(b *testing.B, dir string) {
 		}
 	}
 }
+
+// TestConvertMountsFromAnotherRepository: a version pushed to another
+// repository of the same registry (docker-registry 2.8, which offers
+// cross-repository mounts) with --mount-from the first version's
+// repository uploads only what is new: the layer blobs they share are
+// mounted, and convert says so.
+func TestConvertMountsFromAnotherRepository(t *testing.T) {
+	v := testutil.MakeVersions(t, testutil.VersionSizes{BaseFiles: 100, Library: 2 << 20, Modules: 20, Weights: 2 << 20})
+	host := testutil.DockerRegistry(t)
+	up := newUploadCounter(t, host)
+	push(t, host+"/src:A", v.A)
+	push(t, host+"/src:B", v.B)
+	if _, stderr, code := run(t, "convert", "--plain-http", "--no-fallback", "--chunk-size", "256KiB", up.host+"/src:A", up.host+"/team-a/app:v1"); code != 0 {
+		t.Fatalf("convert A: %s", stderr)
+	}
+	before := up.uploaded.Load()
+	out, stderr, code := run(t, "convert", "--plain-http", "--no-fallback", "--chunk-size", "256KiB", "--json",
+		"--mount-from", up.host+"/team-a/app", up.host+"/src:B", up.host+"/team-b/app:v2")
+	if code != 0 {
+		t.Fatalf("convert B --mount-from: %s", stderr)
+	}
+	var sum struct{ Push fetcher.PushReport }
+	if err := json.Unmarshal([]byte(out), &sum); err != nil {
+		t.Fatal(err)
+	}
+	grew := up.uploaded.Load() - before
+	t.Logf("B into another repository: %+v, %d bytes uploaded", sum.Push, grew)
+	if sum.Push.Mounted < 3 || sum.Push.MountedBytes < 4<<20 || grew > sum.Push.Bytes-sum.Push.MountedBytes+64<<10 {
+		t.Errorf("push report %+v, %d bytes uploaded: want A's layer blobs mounted, not sent", sum.Push, grew)
+	}
+	// What was mounted is there: B reads whole from its own repository.
+	if _, stderr, code := run(t, "cat", "--plain-http", host+"/team-b/app:v2"); code != 0 {
+		t.Errorf("cat B from its repository: %s", stderr)
+	}
+}
