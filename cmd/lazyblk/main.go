@@ -25,7 +25,8 @@ func main() {
 		go func() { fmt.Fprintln(os.Stderr, "lazyblk: pprof:", http.ListenAndServe(addr, nil)) }()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newApp().RunContext(ctx, os.Args)
+	app := newApp()
+	err := app.RunContext(ctx, flagsFirst(app, os.Args))
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lazyblk:", err)
