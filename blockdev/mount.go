@@ -32,6 +32,9 @@ type MountConfig struct {
 	Timeout         time.Duration
 	DeadConnTimeout time.Duration
 	Backend         string // identifier a Reattach must repeat
+	// Options are mount(8) options over DefaultMountOptions
+	// (ParseMountOptions).
+	Options string
 }
 
 // Mount records what MountImage set up, in enough detail for Unmount to
@@ -60,6 +63,10 @@ func (m *Mount) fuseDir() string { return filepath.Join(m.Work, "fuse") }
 func MountImage(srv *Server, export string, size int64, cfg MountConfig) (m *Mount, err error) {
 	if cfg.FS != "erofs" && cfg.FS != "ext4" {
 		return nil, fmt.Errorf("blockdev: cannot mount filesystem %q", cfg.FS)
+	}
+	flags, data, err := ParseMountOptions(cfg.Options)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Connections <= 0 {
 		cfg.Connections = 4
@@ -103,8 +110,8 @@ func MountImage(srv *Server, export string, size int64, cfg MountConfig) (m *Mou
 		defer loop.Close()
 		source = loop.Name()
 	}
-	if err := unix.Mount(source, cfg.Dir, cfg.FS, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
-		return m, fmt.Errorf("blockdev: mount %s (%s) on %s: %w", source, cfg.FS, cfg.Dir, err)
+	if err := unix.Mount(source, cfg.Dir, cfg.FS, flags, data); err != nil {
+		return m, fmt.Errorf("blockdev: mount %s (%s, options %q) on %s: %w", source, cfg.FS, cfg.Options, cfg.Dir, err)
 	}
 	return m, nil
 }

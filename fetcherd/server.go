@@ -56,7 +56,7 @@ func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcher
 		Source: mounts.Source{Ref: r.Ref, PlainHTTP: r.PlainHttp, CacheDirs: d.CacheDirs, CacheSize: d.CacheSize, CacheLow: d.CacheLow, HostsDir: d.HostsDir,
 			IndexDigest: r.IndexDigest, IndexSize: r.IndexSize, AttemptTimeout: d.AttemptTimeout, ReadTimeout: d.ReadTimeout},
 		Dir: filepath.Clean(r.Dir), Attach: r.Attach, Connections: int(r.Connections),
-		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond, Exclusive: r.Exclusive, Background: d.Background,
+		IOTimeout: time.Duration(r.IoTimeoutMs) * time.Millisecond, Options: r.Options, Exclusive: r.Exclusive, Background: d.Background,
 	}
 	if req.Attach == "" {
 		req.Attach = d.Attach

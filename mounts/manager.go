@@ -53,6 +53,7 @@ type Request struct {
 	Attach      string        // auto, netlink or nbdfuse
 	Connections int           // NBD connections, 1 to 64
 	IOTimeout   time.Duration // kernel NBD request timeout, at least 1s
+	Options     string        // mount(8) options over blockdev.DefaultMountOptions
 	// Background is fetched below demand reads: trace replay, fill.
 	Background Background
 	// Exclusive refuses a directory that already has a mount even of the
@@ -85,6 +86,9 @@ func (r Request) Check() error {
 	}
 	if r.IOTimeout < time.Second {
 		return &FieldError{"io-timeout", r.IOTimeout, "at least 1s"}
+	}
+	if _, _, err := blockdev.ParseMountOptions(r.Options); err != nil {
+		return &FieldError{"options", r.Options, "mount(8) options (" + err.Error() + ")"}
 	}
 	if r.Background.FillBelow < 0 {
 		return &FieldError{"fill-below", r.Background.FillBelow, "a size, or 0 for never"}
@@ -179,7 +183,7 @@ func (m *Manager) Mount(ctx context.Context, req Request) (*State, string, error
 		return nil, "", err
 	}
 	st := &State{Source: req.Source, Dir: req.Dir, Attach: req.Attach, Connections: req.Connections,
-		IOTimeout: req.IOTimeout, Started: time.Now(), Background: req.Background}
+		IOTimeout: req.IOTimeout, Options: req.Options, Started: time.Now(), Background: req.Background}
 	if err := st.write(work); err != nil {
 		os.RemoveAll(work)
 		return nil, "", err

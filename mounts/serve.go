@@ -143,7 +143,7 @@ func attach(ctx context.Context, srv *blockdev.Server, im *fetcher.Image, st *St
 		}
 		m, err := blockdev.MountImage(srv, st.Source.Ref, im.Size(), blockdev.MountConfig{
 			Dir: st.Dir, FS: im.Index().FS.String(), Attach: attach, Work: work, Connections: st.Connections,
-			Timeout: st.IOTimeout, DeadConnTimeout: deviceDeadConnTimeout, Backend: st.Source.Ref,
+			Timeout: st.IOTimeout, DeadConnTimeout: deviceDeadConnTimeout, Backend: st.Source.Ref, Options: st.Options,
 		})
 		if err != nil {
 			return fmt.Errorf("mount %s on %s: %w", st.Source.Ref, st.Dir, err)

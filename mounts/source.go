@@ -11,7 +11,6 @@ import (
 
 	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/fetcher"
-	"github.com/lazyblk/lazyblk/imagefmt"
 )
 
 // Source is where an image's chunks come from and where they are kept:
@@ -92,22 +91,18 @@ func (s Source) open(ctx context.Context, copts []cache.Option, opts ...fetcher.
 		opts = append(opts, fetcher.WithCache(store))
 	}
 	var (
-		h v1.Hash
-		x *imagefmt.Index
+		d   *fetcher.Description
+		err error
 	)
 	if s.IndexDigest == "" {
-		d, err := fetcher.Describe(ctx, loc)
-		if err != nil {
-			return nil, v1.Hash{}, err
-		}
-		h, x = d.IndexDigest, d.Index
+		d, err = fetcher.Describe(ctx, loc, opts...)
 	} else {
-		h, _ = v1.NewHash(s.IndexDigest)
-		var err error
-		if x, err = fetcher.FetchIndex(ctx, loc, h, s.IndexSize); err != nil {
-			return nil, v1.Hash{}, err
-		}
+		h, _ := v1.NewHash(s.IndexDigest)
+		d, err = fetcher.DescribePinned(ctx, loc, h, s.IndexSize, opts...)
 	}
-	im, err := fetcher.OpenIndex(ctx, loc, x, opts...)
-	return im, h, err
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	im, err := fetcher.OpenDescribed(ctx, loc, d, opts...)
+	return im, d.IndexDigest, err
 }

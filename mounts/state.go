@@ -36,6 +36,7 @@ type State struct {
 	Attach      string          `json:"attach"` // as asked: auto, netlink or nbdfuse
 	Connections int             `json:"connections"`
 	IOTimeout   time.Duration   `json:"ioTimeout,omitempty"` // kernel NBD only
+	Options     string          `json:"options,omitempty"`   // mount(8) options over the defaults
 	PID         int             `json:"pid,omitempty"`       // the serving process
 	Mount       *blockdev.Mount `json:"mount,omitempty"`
 	Started     time.Time       `json:"started"`

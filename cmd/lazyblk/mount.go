@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
+	"github.com/lazyblk/lazyblk/blockdev"
 	"github.com/lazyblk/lazyblk/fetcherd"
 	"github.com/lazyblk/lazyblk/mounts"
 )
@@ -34,6 +35,9 @@ holds one (lazyblk prefetch), in recorded order; then, for images up to
 --fill-below, every other chunk, so a start-up that reads everything is never
 slower than a plain pull.
 
+The filesystem is mounted ro,nosuid,nodev: set-uid bits and device files of
+the image have no effect unless -o suid or -o dev says otherwise.
+
 Attach modes:
   netlink  the kernel's NBD driver over generic netlink (the production path;
            a restarted server takes over the device: 'lazyblk reattach DIR')
@@ -45,12 +49,16 @@ Attach modes:
 Examples:
   lazyblk mount registry.local/app:v1-lazyblk /mnt/app
   lazyblk mount --cache-dir /vol1/lazyblk --cache-dir /vol2/lazyblk REF /mnt/app
-  lazyblk mount --attach nbdfuse --plain-http 127.0.0.1:5000/app:v1 /mnt/app`,
+  lazyblk mount --attach nbdfuse --plain-http 127.0.0.1:5000/app:v1 /mnt/app
+  lazyblk mount -o dev,suid REF /mnt/root && chroot /mnt/root /bin/sh`,
 		Flags: append(sourceFlags(),
 			&cli.StringFlag{Name: "attach", Value: "auto", Usage: "auto, netlink or nbdfuse"},
 			&cli.IntFlag{Name: "connections", Value: 4, Usage: "NBD connections serving the device"},
 			&cli.DurationFlag{Name: "io-timeout", Value: 30 * time.Second, Usage: "kernel NBD: a request unanswered this long is " +
 				"sent again on another connection; also how soon reads in flight resume after 'lazyblk reattach'"},
+			&cli.StringFlag{Name: "options", Aliases: []string{"o"}, Usage: "mount(8) options over the defaults " +
+				blockdev.DefaultMountOptions + ", like -o dev,suid for a chroot that needs /dev/null; " +
+				"others go to the filesystem (erofs: user_xattr, acl); rw is refused"},
 			&cli.BoolFlag{Name: "no-trace", Usage: "do not replay the image's prefetch trace (see lazyblk prefetch)"},
 			&cli.StringFlag{Name: "fill-below", Value: "8GiB", Usage: "fetch the whole image in the background when it is at most this big (0: never)"},
 			&cli.StringFlag{Name: "fill-rate", Value: "0", Usage: "bytes per second for trace replay and fill, like 200MiB (0: unlimited)"},
@@ -92,7 +100,7 @@ func runMount(c *cli.Context) error {
 		return err
 	}
 	req := mounts.Request{Source: src, Dir: dir, Attach: c.String("attach"), Connections: c.Int("connections"),
-		IOTimeout: c.Duration("io-timeout"), Exclusive: true, Background: bg}
+		IOTimeout: c.Duration("io-timeout"), Options: c.String("options"), Exclusive: true, Background: bg}
 	if err := req.Check(); err != nil {
 		var fe *mounts.FieldError
 		if errors.As(err, &fe) {
@@ -132,7 +140,7 @@ func mountThroughDaemon(c *cli.Context, addr string, req mounts.Request) (mountR
 	}
 	defer cc.Close()
 	mi, err := client.Mount(c.Context, &fetcherv1.MountRequest{Ref: req.Source.Ref, Dir: req.Dir, PlainHttp: req.Source.PlainHTTP,
-		Attach: req.Attach, Connections: int32(req.Connections), IoTimeoutMs: req.IOTimeout.Milliseconds(), Exclusive: true})
+		Attach: req.Attach, Connections: int32(req.Connections), IoTimeoutMs: req.IOTimeout.Milliseconds(), Options: req.Options, Exclusive: true})
 	if err != nil {
 		return mountReport{}, daemonError(addr, err)
 	}

@@ -49,7 +49,10 @@ type MountRequest struct {
 	// Fail with AlreadyExists when dir already has a mount, even of the
 	// same image (by default that mount is returned: a retried Mount is
 	// harmless).
-	Exclusive     bool `protobuf:"varint,9,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
+	Exclusive bool `protobuf:"varint,9,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
+	// mount(8) options over the defaults ro,nosuid,nodev ("dev,suid");
+	// rw is refused.
+	Options       string `protobuf:"bytes,10,opt,name=options,proto3" json:"options,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -145,6 +148,13 @@ func (x *MountRequest) GetExclusive() bool {
 		return x.Exclusive
 	}
 	return false
+}
+
+func (x *MountRequest) GetOptions() string {
+	if x != nil {
+		return x.Options
+	}
+	return ""
 }
 
 type MountInfo struct {
@@ -858,7 +868,7 @@ var File_api_fetcher_v1_fetcher_proto protoreflect.FileDescriptor
 
 const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\n" +
-	"\x1capi/fetcher/v1/fetcher.proto\x12\x12lazyblk.fetcher.v1\"\x8f\x02\n" +
+	"\x1capi/fetcher/v1/fetcher.proto\x12\x12lazyblk.fetcher.v1\"\xa9\x02\n" +
 	"\fMountRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12!\n" +
@@ -870,7 +880,9 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x06attach\x18\x06 \x01(\tR\x06attach\x12 \n" +
 	"\vconnections\x18\a \x01(\x05R\vconnections\x12\"\n" +
 	"\rio_timeout_ms\x18\b \x01(\x03R\vioTimeoutMs\x12\x1c\n" +
-	"\texclusive\x18\t \x01(\bR\texclusive\"\xe6\x01\n" +
+	"\texclusive\x18\t \x01(\bR\texclusive\x12\x18\n" +
+	"\aoptions\x18\n" +
+	" \x01(\tR\aoptions\"\xe6\x01\n" +
 	"\tMountInfo\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12\x0e\n" +
