@@ -54,7 +54,8 @@ Examples:
   lazyblk prefetch record --duration 30s -o app.trace.json /mnt/app
   lazyblk prefetch record --duration 0 --json -o app.trace.json registry.local/app:v1-lazyblk`,
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "duration", Usage: "how long to go on recording (default: until unmounted or interrupted)"},
+			&cli.DurationFlag{Name: "duration", DefaultText: "until unmounted or interrupted",
+				Usage: "how long to go on recording; 0 saves what was read until now"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "file to write the trace to (-: stdout)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON"},
 			stateDirFlag(),

@@ -21,18 +21,27 @@ func configCommand() *cli.Command {
 		Subcommands: []*cli.Command{{
 			Name:      "default",
 			Usage:     "print a commented configuration with every key at its default",
-			ArgsUsage: "fetcher|snapshotter",
-			Description: `Examples:
+			ArgsUsage: "[fetcher|snapshotter]",
+			Description: `Prints the file of the daemon named, or without an argument both, each
+under a comment naming where it goes.
+
+Examples:
   lazyblk config default fetcher > /etc/lazyblk/fetcher.toml
-  lazyblk config default snapshotter > /etc/lazyblk/snapshotter.toml`,
+  lazyblk config default snapshotter > /etc/lazyblk/snapshotter.toml
+  lazyblk config default`,
 			Action: func(c *cli.Context) error {
-				switch c.Args().First() {
-				case "fetcher":
-					fmt.Fprint(c.App.Writer, config.FetcherExample)
-				case "snapshotter":
-					fmt.Fprint(c.App.Writer, config.SnapshotterExample)
+				files := map[string]string{"fetcher": config.FetcherExample, "snapshotter": config.SnapshotterExample}
+				switch name := c.Args().First(); {
+				case c.NArg() > 1:
+					return cli.Exit("config default takes one of fetcher or snapshotter", 2)
+				case name == "":
+					for _, n := range []string{"fetcher", "snapshotter"} {
+						fmt.Fprintf(c.App.Writer, "# ---- /etc/lazyblk/%s.toml (lazyblk config default %s) ----\n%s\n", n, n, files[n])
+					}
+				case files[name] != "":
+					fmt.Fprint(c.App.Writer, files[name])
 				default:
-					return cli.Exit("config default needs fetcher or snapshotter", 2)
+					return cli.Exit(fmt.Sprintf("config default: no daemon %q: want fetcher or snapshotter", name), 2)
 				}
 				return nil
 			},
