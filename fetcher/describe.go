@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -31,55 +32,103 @@ type Description struct {
 	Artifact    v1.Hash // the manifest holding index and data blobs
 	IndexDigest v1.Hash
 	Index       *imagefmt.Index
+	// What describing it took beyond one clean answer: failed attempts
+	// retried, and of those, answers that failed verification.
+	Retries, VerifyFailures int64
 }
 
 // Describe resolves l, finds its lazyblk artifact and fetches and decodes
 // the chunk index, verifying it against the digest the manifest names.
-func Describe(ctx context.Context, l Location) (*Description, error) {
-	idx, err := Index(ctx, l)
+// It follows the time model of chunk reads (WithTimeouts): each attempt
+// bounded, failed ones retried with backoff, an index that fails its
+// digest fetched again, all within the read timeout.
+func Describe(ctx context.Context, l Location, opts ...Option) (*Description, error) {
+	return describeRetrying(ctx, opts, func(ctx context.Context, d *Description) error { return describe(ctx, l, d) })
+}
+
+// DescribePinned is Describe for an index the caller names by digest and
+// size: ref only names the repository; no manifest is read.
+func DescribePinned(ctx context.Context, l Location, digest v1.Hash, size int64, opts ...Option) (*Description, error) {
+	return describeRetrying(ctx, opts, func(ctx context.Context, d *Description) (err error) {
+		d.IndexDigest = digest
+		d.Index, err = fetchIndex(ctx, l, digest, size)
+		return err
+	})
+}
+
+func describeRetrying(ctx context.Context, opts []Option, fn func(context.Context, *Description) error) (*Description, error) {
+	o, err := newOptions(opts)
 	if err != nil {
 		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.readTimeout)
+	defer cancel()
+	d := &Description{}
+	err = retry(ctx, &o, func(err error) {
+		d.Retries++
+		if errors.Is(err, ErrDigestMismatch) {
+			d.VerifyFailures++
+		}
+		o.log.Warn("describing the image failed, retrying", "err", err)
+	}, func(ctx context.Context) error {
+		retries, verify := d.Retries, d.VerifyFailures
+		*d = Description{Retries: retries, VerifyFailures: verify}
+		return fn(ctx, d)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// describe is one attempt of Describe.
+func describe(ctx context.Context, l Location, d *Description) error {
+	idx, err := index(ctx, l, oneTry)
+	if err != nil {
+		return err
 	}
 	m, err := idx.IndexManifest()
 	if err != nil {
-		return nil, fmt.Errorf("fetcher: %s: %w", l, err)
+		return fmt.Errorf("fetcher: %s: %w", l, err)
 	}
-	d := &Description{}
 	if d.ImageIndex, err = idx.Digest(); err != nil {
-		return nil, err
+		return err
 	}
 	var idxSize int64
 	for _, desc := range m.Manifests {
 		if v, ok := desc.Annotations[imagefmt.AnnotationIndex]; ok && desc.ArtifactType == string(imagefmt.MediaTypeArtifact) {
 			d.Artifact = desc.Digest
 			if d.IndexDigest, err = v1.NewHash(v); err != nil {
-				return nil, fmt.Errorf("fetcher: %s: annotation %s: %w", l, imagefmt.AnnotationIndex, err)
+				return fmt.Errorf("fetcher: %s: annotation %s: %w", l, imagefmt.AnnotationIndex, err)
 			}
 			if idxSize, err = strconv.ParseInt(desc.Annotations[imagefmt.AnnotationIndexSize], 10, 64); err != nil || idxSize <= 0 || idxSize > maxIndexSize {
-				return nil, fmt.Errorf("fetcher: %s: annotation %s: bad size %q", l, imagefmt.AnnotationIndexSize, desc.Annotations[imagefmt.AnnotationIndexSize])
+				return fmt.Errorf("fetcher: %s: annotation %s: bad size %q", l, imagefmt.AnnotationIndexSize, desc.Annotations[imagefmt.AnnotationIndexSize])
 			}
 		} else if d.Runnable == (v1.Hash{}) {
 			d.Runnable = desc.Digest
 		}
 	}
 	if d.Artifact == (v1.Hash{}) {
-		return nil, fmt.Errorf("%w: %s has no %s manifest", ErrNotBlockImage, l, imagefmt.MediaTypeArtifact)
+		return fmt.Errorf("%w: %s has no %s manifest", ErrNotBlockImage, l, imagefmt.MediaTypeArtifact)
 	}
-	if d.Index, err = FetchIndex(ctx, l, d.IndexDigest, idxSize); err != nil {
-		return nil, err
-	}
-	return d, nil
+	d.Index, err = fetchIndex(ctx, l, d.IndexDigest, idxSize)
+	return err
 }
 
-// FetchIndex fetches a chunk index blob and decodes it; the blob reader
-// fails on a digest mismatch, so a tampered index never decodes.
-func FetchIndex(ctx context.Context, l Location, digest v1.Hash, size int64) (*imagefmt.Index, error) {
-	rc, err := OpenBlob(ctx, l, digest)
+// fetchIndex fetches a chunk index blob once and decodes it; bytes that
+// are not what the digest names never decode.
+func fetchIndex(ctx context.Context, l Location, digest v1.Hash, size int64) (*imagefmt.Index, error) {
+	rc, err := openBlob(ctx, l, digest, oneTry)
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: index %s: %w", digest, err)
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, size+1))
+	if err != nil && strings.HasPrefix(err.Error(), "error verifying") {
+		// go-containerregistry verifies blobs as they are read; its error
+		// type is internal, its message is what says so.
+		err = fmt.Errorf("%w: %v", ErrDigestMismatch, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: index %s: %w", digest, err)
 	}

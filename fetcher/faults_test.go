@@ -97,8 +97,9 @@ func TestTransientFaults(t *testing.T) {
 }
 
 // TestCorruptNeverServed: a registry that always corrupts one chunk's
-// bytes gets a typed error for reads of that chunk — after one refetch —
-// and the chunk is never cached; the other chunks read fine.
+// bytes gets a typed error for reads of that chunk — after 3 refetches —
+// and the chunk is never cached; the other chunks read fine. Each
+// verification failure is one of the read's 4 attempts.
 func TestCorruptNeverServed(t *testing.T) {
 	host := testutil.GGCRRegistry(t)
 	loc, want := testutil.BlockImage(t, host+"/img:v1", 2<<20)
@@ -126,8 +127,8 @@ func TestCorruptNeverServed(t *testing.T) {
 	if c.Has(cache.Digest(x.Chunks[bad].Digest)) {
 		t.Error("corrupted chunk was cached")
 	}
-	if st := im.Stats(); st.VerifyFailures != 2 {
-		t.Errorf("verify failures %d, want 2 (fetch and one refetch)", st.VerifyFailures)
+	if st := im.Stats(); st.VerifyFailures != 4 {
+		t.Errorf("verify failures %d, want 4 (the fetch and 3 refetches)", st.VerifyFailures)
 	}
 	next := int64(bad+1) * cs
 	if _, err := im.ReadAt(context.Background(), p, next); err != nil || string(p) != string(want[next:next+100]) {

@@ -183,24 +183,27 @@ func (im *Image) get(ctx context.Context, blob v1.Hash, p []byte, off int64, ori
 }
 
 // decode verifies chunk j from its stored bytes into out (stored itself
-// for a raw chunk: verified in place, without a copy); a failure is
-// refetched once on its own before it is reported.
+// for a raw chunk: verified in place, without a copy). A chunk that fails
+// verification is one failed attempt: it is refetched on its own, from
+// the origin, while attempts remain (WithTimeouts), each failure counted.
 func (im *Image) decode(ctx context.Context, j int, stored, out []byte) (_ []byte, refetched bool, _ error) {
 	x := im.index
 	err := x.DecodeChunk(j, stored, out)
-	if errors.Is(err, imagefmt.ErrChunkCorrupt) {
+	for try := 1; errors.Is(err, imagefmt.ErrChunkCorrupt); try++ {
 		im.stats.verifyFailures.Add(1)
-		im.o.log.Warn("chunk failed verification, refetching", "chunk", j, "ref", im.loc.String())
+		if try == im.o.attempts || ctx.Err() != nil {
+			break
+		}
+		im.o.log.Warn("chunk failed verification, refetching", "chunk", j, "ref", im.loc.String(), "attempt", try+1)
 		again := make([]byte, len(stored))
 		refetched = true
-		if _, err = im.get(ctx, im.blob(j), again, int64(x.Chunks[j].Offset), true); err == nil {
-			if x.Chunks[j].Encoding == imagefmt.EncodingRaw {
-				out = again
-			}
-			if err = x.DecodeChunk(j, again, out); errors.Is(err, imagefmt.ErrChunkCorrupt) {
-				im.stats.verifyFailures.Add(1)
-			}
+		if _, err = im.get(ctx, im.blob(j), again, int64(x.Chunks[j].Offset), true); err != nil {
+			break
 		}
+		if x.Chunks[j].Encoding == imagefmt.EncodingRaw {
+			out = again
+		}
+		err = x.DecodeChunk(j, again, out)
 	}
 	if err != nil {
 		return nil, refetched, err

@@ -91,11 +91,23 @@ func Open(ctx context.Context, l Location, opts ...Option) (*Image, error) {
 	if _, err := newOptions(opts); err != nil { // fail before any network
 		return nil, err
 	}
-	d, err := Describe(ctx, l)
+	d, err := Describe(ctx, l, opts...)
 	if err != nil {
 		return nil, err
 	}
-	return OpenIndex(ctx, l, d.Index, opts...)
+	return OpenDescribed(ctx, l, d, opts...)
+}
+
+// OpenDescribed opens the image d describes; its counters start with
+// what describing it took (retries, verification failures).
+func OpenDescribed(ctx context.Context, l Location, d *Description, opts ...Option) (*Image, error) {
+	im, err := OpenIndex(ctx, l, d.Index, opts...)
+	if err != nil {
+		return nil, err
+	}
+	im.stats.retries.Add(d.Retries)
+	im.stats.verifyFailures.Add(d.VerifyFailures)
+	return im, nil
 }
 
 // OpenIndex opens an image whose index the caller already verified.

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/lazyblk/lazyblk/cache"
 )
@@ -210,8 +213,15 @@ func retryable(err error) bool {
 		return he.retryable()
 	}
 	// Connection resets and refusals arrive as net.Error from the client,
-	// or as ErrShortBody when the body breaks off. Corrupt chunks are not
-	// retried here: decode refetches them exactly once.
+	// or as ErrShortBody when the body breaks off. Registry API answers
+	// (manifests, whole blobs) arrive as transport errors; an index that
+	// fails its digest is fetched again. Corrupt chunks are not retried
+	// here: decode refetches them within the same attempt budget.
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return te.Temporary() || te.StatusCode >= 500
+	}
 	var ne net.Error
-	return errors.Is(err, ErrShortBody) || errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded)
+	return errors.Is(err, ErrShortBody) || errors.Is(err, ErrDigestMismatch) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded)
 }

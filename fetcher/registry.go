@@ -149,10 +149,16 @@ func pickPlatform(idx v1.ImageIndex, platform *v1.Platform, l Location) (v1.Imag
 	return nil, fmt.Errorf("%w: %s has no image for platform %s", ErrNotFound, l, want)
 }
 
+// oneTry turns go-containerregistry's own retries off where the caller
+// retries under its own time model (retry).
+var oneTry = remote.WithRetryBackoff(remote.Backoff{Steps: 1})
+
 // Index returns what l names as an image index (converted images are one).
-func Index(ctx context.Context, l Location) (v1.ImageIndex, error) {
+func Index(ctx context.Context, l Location) (v1.ImageIndex, error) { return index(ctx, l) }
+
+func index(ctx context.Context, l Location, extra ...remote.Option) (v1.ImageIndex, error) {
 	if l.Ref != nil {
-		desc, err := remote.Get(l.Ref, remoteOptions(ctx)...)
+		desc, err := remote.Get(l.Ref, remoteOptions(ctx, extra...)...)
 		if err != nil {
 			return nil, fmt.Errorf("fetcher: %s: %w", l, err)
 		}
@@ -174,8 +180,12 @@ func Index(ctx context.Context, l Location) (v1.ImageIndex, error) {
 // OpenBlob opens a blob of the repository l names. Callers verify what
 // they read against the digest.
 func OpenBlob(ctx context.Context, l Location, digest v1.Hash) (io.ReadCloser, error) {
+	return openBlob(ctx, l, digest)
+}
+
+func openBlob(ctx context.Context, l Location, digest v1.Hash, extra ...remote.Option) (io.ReadCloser, error) {
 	if l.Ref != nil {
-		blob, err := remote.Layer(l.Ref.Context().Digest(digest.String()), remoteOptions(ctx)...)
+		blob, err := remote.Layer(l.Ref.Context().Digest(digest.String()), remoteOptions(ctx, extra...)...)
 		if err != nil {
 			return nil, err
 		}

@@ -40,7 +40,16 @@ const (
 // whole-blob reads pass untouched. It returns the proxy's host:port.
 func FaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) string {
 	t.Helper()
-	srv := httptest.NewServer(faultHandler(t, host, decide))
+	srv := httptest.NewServer(faultHandler(t, host, decide, false))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// FaultProxyAll is FaultProxy that lets decide pick a fault for every
+// request: manifests, whole blobs (the chunk index) and ranges alike.
+func FaultProxyAll(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) string {
+	t.Helper()
+	srv := httptest.NewServer(faultHandler(t, host, decide, true))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
 }
@@ -62,7 +71,7 @@ func MTLSFaultProxy(t testing.TB, host string, decide func(n int64, r *http.Requ
 
 func tlsFaultProxy(t testing.TB, host string, decide func(n int64, r *http.Request) Fault, clientAuth bool) (proxy, caPEM, certPEM, keyPEM string) {
 	t.Helper()
-	srv := httptest.NewUnstartedServer(faultHandler(t, host, decide))
+	srv := httptest.NewUnstartedServer(faultHandler(t, host, decide, false))
 	dir := t.TempDir()
 	if clientAuth {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -102,12 +111,12 @@ func writePEM(t testing.TB, path, typ string, der []byte) {
 	}
 }
 
-func faultHandler(t testing.TB, host string, decide func(n int64, r *http.Request) Fault) http.Handler {
+func faultHandler(t testing.TB, host string, decide func(n int64, r *http.Request) Fault, all bool) http.Handler {
 	target, _ := url.Parse("http://" + host)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	var n atomic.Int64
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.Contains(r.URL.Path, "/blobs/") || r.Header.Get("Range") == "" {
+		if !all && (!strings.Contains(r.URL.Path, "/blobs/") || r.Header.Get("Range") == "") {
 			rp.ServeHTTP(w, r)
 			return
 		}
