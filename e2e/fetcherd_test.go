@@ -124,16 +124,20 @@ func TestFetcherDaemon(t *testing.T) {
 	}
 	// status shows the same for humans and machines.
 	out, stderr, code = run(t, "status", "--address", sock, "--json")
-	var sts []struct {
-		Dir     string
-		Serving bool
-		Stats   struct {
-			ImageSize   int64 `json:"image_size"`
-			CachedBytes int64 `json:"cached_bytes"`
-			Complete    bool
+	var status struct {
+		Mounts []struct {
+			Dir     string
+			Serving bool
+			Stats   struct {
+				ImageSize   int64 `json:"image_size"`
+				CachedBytes int64 `json:"cached_bytes"`
+				Complete    bool
+			}
 		}
 	}
-	if err := json.Unmarshal([]byte(out), &sts); code != 0 || err != nil || len(sts) != 1 || sts[0].Dir != mnt ||
+	err = json.Unmarshal([]byte(out), &status)
+	sts := status.Mounts
+	if code != 0 || err != nil || len(sts) != 1 || sts[0].Dir != mnt ||
 		!sts[0].Serving || !sts[0].Stats.Complete || sts[0].Stats.ImageSize != int64(len(want)) ||
 		sts[0].Stats.CachedBytes != sts[0].Stats.ImageSize {
 		t.Fatalf("status --json: exit %d %v: %s %s", code, err, out, stderr)

@@ -333,15 +333,19 @@ func TestStalledRegistryStatus(t *testing.T) {
 		t.Errorf("lazyblk status: exit %d, %s%s; want the registry host shown OPEN with its reads failed fast", code, out, stderr)
 	}
 	out, stderr, code = run(t, "status", "--address", sock, "--json")
-	var st []struct {
-		Stats struct {
-			Hosts []struct {
-				Host, State string
-				FailedFast  int64 `json:"failed_fast"`
+	var status struct {
+		Mounts []struct {
+			Stats struct {
+				Hosts []struct {
+					Host, State string
+					FailedFast  int64 `json:"failed_fast"`
+				}
 			}
 		}
 	}
-	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st) != 1 || len(st[0].Stats.Hosts) != 1 {
+	err := json.Unmarshal([]byte(out), &status)
+	st := status.Mounts
+	if code != 0 || err != nil || len(st) != 1 || len(st[0].Stats.Hosts) != 1 {
 		t.Fatalf("lazyblk status --json: exit %d, %v: %s%s", code, err, out, stderr)
 	}
 	if h := st[0].Stats.Hosts[0]; h.Host != p.host || h.State != fetcher.BreakerOpen || h.FailedFast == 0 {

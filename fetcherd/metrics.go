@@ -175,10 +175,11 @@ var readyBuckets = []float64{0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30}
 // metrics is the daemon's registry: the mounts' counters plus what the
 // daemon measures itself. Made on first use (Mount or a scrape).
 type metrics struct {
-	once     sync.Once
-	reg      *prometheus.Registry
-	ready    *prometheus.HistogramVec
-	failures prometheus.Counter
+	once      sync.Once
+	reg       *prometheus.Registry
+	ready     *prometheus.HistogramVec
+	failures  prometheus.Counter
+	fallbacks *prometheus.CounterVec
 }
 
 func (s *Server) registry() *metrics {
@@ -190,7 +191,10 @@ func (s *Server) registry() *metrics {
 			[]string{"attach"})
 		m.failures = prometheus.NewCounter(prometheus.CounterOpts{Name: "lazyblk_mount_failures_total",
 			Help: "Mount requests that failed (bad requests excluded)."})
-		m.reg.MustRegister(m.ready, m.failures, collector{s.Mounts},
+		m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lazyblk_layer_fallbacks_total",
+			Help: "lazyblk layers the snapshotter reported downloaded whole instead of mounted lazily, by reason: " +
+				"labels (a misconfiguration: CRI passed no image reference) or mount (the lazy mount failed)."}, []string{"reason"})
+		m.reg.MustRegister(m.ready, m.failures, m.fallbacks, collector{s.Mounts},
 			collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	})
 	return &s.prom

@@ -46,7 +46,8 @@ type Server struct {
 	Mounts   *mounts.Manager
 	Defaults Defaults
 
-	prom metrics // see MetricsHandler
+	prom      metrics   // see MetricsHandler
+	fallbacks fallbacks // see ReportFallback
 }
 
 // Mount mounts an image read-only on a directory.
@@ -99,7 +100,7 @@ func (s *Server) List(context.Context, *fetcherv1.ListRequest) (*fetcherv1.ListR
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	out := &fetcherv1.ListResponse{}
+	out := &fetcherv1.ListResponse{Fallbacks: s.latestFallbacks()}
 	for _, st := range sts {
 		out.Mounts = append(out.Mounts, info(st))
 	}

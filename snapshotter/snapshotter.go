@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -50,7 +51,24 @@ func WithPlainHTTP(hosts ...string) Option {
 type Stats struct {
 	Remote    int64 // layers mounted lazily
 	Fallbacks int64 // lazyblk layers left to containerd's download and unpack
+	// Of Fallbacks, layers whose labels lacked the image reference: a
+	// containerd configuration that passes no snapshot annotations.
+	Misconfigured int64
 }
+
+// Why a lazyblk layer fell back to containerd's download and unpack
+// (fetcherv1.Fallback.Reason).
+const (
+	FallbackLabels = "labels" // its labels lack what the lazy path needs
+	FallbackMount  = "mount"  // the lazy mount failed
+)
+
+// errNoImageRef is a lazyblk layer whose labels name no image reference;
+// the message names the setting that passes one.
+var errNoImageRef = errors.New("the layer's labels have no image reference (" + LabelImageRef + "): " +
+	"containerd's CRI passes it only with disable_snapshot_annotations = false (containerd 2.x: in " +
+	"[plugins.'io.containerd.cri.v1.images']; 1.6: in [plugins.\"io.containerd.grpc.v1.cri\".containerd]); " +
+	"for ctr or nerdctl, pull with lazyblk pull")
 
 // overlay is what containerd's overlayfs snapshotter implements.
 type overlay interface {
@@ -67,7 +85,7 @@ type Snapshotter struct {
 	fetcher   fetcherv1.FetcherClient // nil: every lazyblk layer falls back
 	plainHTTP map[string]bool
 
-	remote, fallbacks atomic.Int64
+	remote, fallbacks, misconfigured atomic.Int64
 }
 
 // New opens (or creates) a snapshotter rooted at root that mounts block
@@ -98,7 +116,7 @@ func New(ctx context.Context, root string, fetcher fetcherv1.FetcherClient, opts
 
 // Stats returns the snapshotter's counters.
 func (s *Snapshotter) Stats() Stats {
-	return Stats{Remote: s.remote.Load(), Fallbacks: s.fallbacks.Load()}
+	return Stats{Remote: s.remote.Load(), Fallbacks: s.fallbacks.Load(), Misconfigured: s.misconfigured.Load()}
 }
 
 // target is a lazyblk layer as Prepare's labels describe it.
@@ -118,7 +136,7 @@ func remoteTarget(chainID string, labels map[string]string) (t target, ok bool, 
 		return t, false, nil
 	}
 	if t.ref = labels[LabelImageRef]; t.ref == "" {
-		return t, true, fmt.Errorf("layer names lazyblk index %s but no image reference (%s): pull with lazyblk pull or CRI", t.indexDigest, LabelImageRef)
+		return t, true, fmt.Errorf("lazyblk index %s: %w", t.indexDigest, errNoImageRef)
 	}
 	t.indexSize, err = strconv.ParseInt(labels[imagefmt.AnnotationIndexSize], 10, 64)
 	if err != nil || t.indexSize <= 0 {
@@ -145,8 +163,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			s.remote.Add(1)
 			return nil, fmt.Errorf("lazyblk layer %s mounted: %w", t.chainID, errdefs.ErrAlreadyExists)
 		}
-		s.fallbacks.Add(1)
-		slog.Warn("lazy mount failed; falling back to download and unpack", "key", key, "ref", t.ref, "err", err)
+		s.fallback(t, err)
 	}
 	return s.overlay.Prepare(ctx, key, parent, opts...)
 }
@@ -288,5 +305,31 @@ func (s *Snapshotter) restore(ctx context.Context) {
 		} else {
 			slog.Info("restore: mounted block image again", "snapshot", l.t.chainID, "dir", l.dir)
 		}
+	}
+}
+
+// fallback counts and logs a lazyblk layer left to containerd's download
+// and unpack, and reports it to the fetcher daemon, whose `lazyblk status`
+// shows it: a misconfiguration would otherwise go unnoticed, the node
+// quietly pulling whole images.
+func (s *Snapshotter) fallback(t target, err error) {
+	s.fallbacks.Add(1)
+	reason := FallbackMount
+	if errors.Is(err, errNoImageRef) {
+		reason = FallbackLabels
+		s.misconfigured.Add(1)
+		slog.Warn("lazyblk layer downloaded whole: containerd is misconfigured", "layer", t.chainID, "err", err)
+	} else {
+		slog.Warn("lazy mount failed; falling back to download and unpack", "layer", t.chainID, "ref", t.ref, "err", err)
+	}
+	if s.fetcher == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, rerr := s.fetcher.ReportFallback(ctx, &fetcherv1.Fallback{Layer: t.chainID, Ref: t.ref, Reason: reason,
+		Message: err.Error(), UnixMs: time.Now().UnixMilli()})
+	if rerr != nil {
+		slog.Debug("reporting a fallback to the fetcher daemon", "err", rerr)
 	}
 }

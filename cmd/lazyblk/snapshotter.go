@@ -159,6 +159,9 @@ func runPull(c *cli.Context) error {
 	return err
 }
 
+const fallbacksHelp = "lazyblk layers containerd downloaded and unpacked instead of mounted lazily, by reason: " +
+	"labels (a misconfiguration: CRI passed no image reference; see lazyblk status) or mount (the lazy mount failed)."
+
 // snapshotterMetrics exposes the snapshotter's counters.
 func snapshotterMetrics(sn *snapshotter.Snapshotter) http.Handler {
 	reg := prometheus.NewRegistry()
@@ -167,8 +170,11 @@ func snapshotterMetrics(sn *snapshotter.Snapshotter) http.Handler {
 			Help: "lazyblk layers mounted lazily (containerd skipped their download)."},
 			func() float64 { return float64(sn.Stats().Remote) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lazyblk_snapshotter_fallbacks_total",
-			Help: "lazyblk layers whose lazy mount failed and that containerd downloaded and unpacked instead."},
-			func() float64 { return float64(sn.Stats().Fallbacks) }),
+			Help: fallbacksHelp, ConstLabels: prometheus.Labels{"reason": snapshotter.FallbackMount}},
+			func() float64 { st := sn.Stats(); return float64(st.Fallbacks - st.Misconfigured) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lazyblk_snapshotter_fallbacks_total",
+			Help: fallbacksHelp, ConstLabels: prometheus.Labels{"reason": snapshotter.FallbackLabels}},
+			func() float64 { return float64(sn.Stats().Misconfigured) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -100,8 +102,12 @@ func runStatus(c *cli.Context) error {
 		out = append(out, mountStatus{m, byDir[m.Dir]})
 	}
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, out)
+		return printJSON(c.App.Writer, struct {
+			Mounts    []mountStatus         `json:"mounts"`
+			Fallbacks []*fetcherv1.Fallback `json:"fallbacks"`
+		}{out, append([]*fetcherv1.Fallback{}, l.Fallbacks...)})
 	}
+	defer printFallbacks(c.App.Writer, l.Fallbacks)
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tCACHED\tHITS\tMISSES\tREADS\tREGISTRY\tPREFETCH")
 	for _, m := range out {
@@ -145,4 +151,17 @@ func registryStatus(hosts []*fetcherv1.RegistryHost) string {
 		return "up"
 	}
 	return strings.Join(down, ", ")
+}
+
+// printFallbacks warns of lazyblk layers the snapshotter left to
+// containerd's full download, the latest last, each with why.
+func printFallbacks(w io.Writer, fbs []*fetcherv1.Fallback) {
+	if len(fbs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nWARNING: %d recent lazyblk layers were downloaded whole instead of mounted lazily:\n", len(fbs))
+	for _, f := range fbs {
+		fmt.Fprintf(w, "  %s  %s  %s (reason %s, %d so far): %s\n", time.UnixMilli(f.UnixMs).Format(time.RFC3339),
+			cmp.Or(f.Ref, "(no reference)"), f.Layer, f.Reason, f.Count, f.Message)
+	}
 }

@@ -382,8 +382,10 @@ func (*ListRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mounts        []*MountInfo           `protobuf:"bytes,1,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Mounts []*MountInfo           `protobuf:"bytes,1,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	// The latest layers that fell back to a full download, newest last.
+	Fallbacks     []*Fallback `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,6 +427,137 @@ func (x *ListResponse) GetMounts() []*MountInfo {
 	return nil
 }
 
+func (x *ListResponse) GetFallbacks() []*Fallback {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return nil
+}
+
+type Fallback struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Layer string                 `protobuf:"bytes,1,opt,name=layer,proto3" json:"layer,omitempty"` // the layer's chain ID
+	Ref   string                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`     // the image reference, when its labels had one
+	// labels: the layer's labels lack what the lazy path needs (a
+	// misconfiguration: message names the setting); mount: the lazy mount
+	// failed (registry, fetcher daemon, a corrupt index).
+	Reason  string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	UnixMs  int64  `protobuf:"varint,5,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	// Fallbacks of this reason since the daemon started.
+	Count         int64 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Fallback) Reset() {
+	*x = Fallback{}
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fallback) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fallback) ProtoMessage() {}
+
+func (x *Fallback) ProtoReflect() protoreflect.Message {
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fallback.ProtoReflect.Descriptor instead.
+func (*Fallback) Descriptor() ([]byte, []int) {
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Fallback) GetLayer() string {
+	if x != nil {
+		return x.Layer
+	}
+	return ""
+}
+
+func (x *Fallback) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *Fallback) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Fallback) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Fallback) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
+func (x *Fallback) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type ReportFallbackResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportFallbackResponse) Reset() {
+	*x = ReportFallbackResponse{}
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportFallbackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportFallbackResponse) ProtoMessage() {}
+
+func (x *ReportFallbackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportFallbackResponse.ProtoReflect.Descriptor instead.
+func (*ReportFallbackResponse) Descriptor() ([]byte, []int) {
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{7}
+}
+
 type PrefetchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`
@@ -434,7 +567,7 @@ type PrefetchRequest struct {
 
 func (x *PrefetchRequest) Reset() {
 	*x = PrefetchRequest{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +579,7 @@ func (x *PrefetchRequest) String() string {
 func (*PrefetchRequest) ProtoMessage() {}
 
 func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +592,7 @@ func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchRequest.ProtoReflect.Descriptor instead.
 func (*PrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{6}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PrefetchRequest) GetDir() string {
@@ -477,7 +610,7 @@ type PrefetchResponse struct {
 
 func (x *PrefetchResponse) Reset() {
 	*x = PrefetchResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +622,7 @@ func (x *PrefetchResponse) String() string {
 func (*PrefetchResponse) ProtoMessage() {}
 
 func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +635,7 @@ func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchResponse.ProtoReflect.Descriptor instead.
 func (*PrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{7}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{9}
 }
 
 type StatsRequest struct {
@@ -514,7 +647,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +659,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +672,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{8}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StatsRequest) GetDir() string {
@@ -580,7 +713,7 @@ type ImageStats struct {
 
 func (x *ImageStats) Reset() {
 	*x = ImageStats{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +725,7 @@ func (x *ImageStats) String() string {
 func (*ImageStats) ProtoMessage() {}
 
 func (x *ImageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +738,7 @@ func (x *ImageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageStats.ProtoReflect.Descriptor instead.
 func (*ImageStats) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{9}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ImageStats) GetDir() string {
@@ -757,7 +890,7 @@ type RegistryHost struct {
 
 func (x *RegistryHost) Reset() {
 	*x = RegistryHost{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +902,7 @@ func (x *RegistryHost) String() string {
 func (*RegistryHost) ProtoMessage() {}
 
 func (x *RegistryHost) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +915,7 @@ func (x *RegistryHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryHost.ProtoReflect.Descriptor instead.
 func (*RegistryHost) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{10}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegistryHost) GetHost() string {
@@ -829,7 +962,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +974,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +987,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{11}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatsResponse) GetImages() []*ImageStats {
@@ -896,9 +1029,18 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x0eUnmountRequest\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x11\n" +
 	"\x0fUnmountResponse\"\r\n" +
-	"\vListRequest\"E\n" +
+	"\vListRequest\"\x81\x01\n" +
 	"\fListResponse\x125\n" +
-	"\x06mounts\x18\x01 \x03(\v2\x1d.lazyblk.fetcher.v1.MountInfoR\x06mounts\"#\n" +
+	"\x06mounts\x18\x01 \x03(\v2\x1d.lazyblk.fetcher.v1.MountInfoR\x06mounts\x12:\n" +
+	"\tfallbacks\x18\x02 \x03(\v2\x1c.lazyblk.fetcher.v1.FallbackR\tfallbacks\"\x93\x01\n" +
+	"\bFallback\x12\x14\n" +
+	"\x05layer\x18\x01 \x01(\tR\x05layer\x12\x10\n" +
+	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x12\x17\n" +
+	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\x12\x14\n" +
+	"\x05count\x18\x06 \x01(\x03R\x05count\"\x18\n" +
+	"\x16ReportFallbackResponse\"#\n" +
 	"\x0fPrefetchRequest\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x12\n" +
 	"\x10PrefetchResponse\" \n" +
@@ -938,13 +1080,14 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x05 \x01(\tR\tlastError\"G\n" +
 	"\rStatsResponse\x126\n" +
-	"\x06images\x18\x01 \x03(\v2\x1e.lazyblk.fetcher.v1.ImageStatsR\x06images2\x97\x03\n" +
+	"\x06images\x18\x01 \x03(\v2\x1e.lazyblk.fetcher.v1.ImageStatsR\x06images2\xf3\x03\n" +
 	"\aFetcher\x12H\n" +
 	"\x05Mount\x12 .lazyblk.fetcher.v1.MountRequest\x1a\x1d.lazyblk.fetcher.v1.MountInfo\x12R\n" +
 	"\aUnmount\x12\".lazyblk.fetcher.v1.UnmountRequest\x1a#.lazyblk.fetcher.v1.UnmountResponse\x12I\n" +
 	"\x04List\x12\x1f.lazyblk.fetcher.v1.ListRequest\x1a .lazyblk.fetcher.v1.ListResponse\x12U\n" +
 	"\bPrefetch\x12#.lazyblk.fetcher.v1.PrefetchRequest\x1a$.lazyblk.fetcher.v1.PrefetchResponse\x12L\n" +
-	"\x05Stats\x12 .lazyblk.fetcher.v1.StatsRequest\x1a!.lazyblk.fetcher.v1.StatsResponseB5Z3github.com/lazyblk/lazyblk/api/fetcher/v1;fetcherv1b\x06proto3"
+	"\x05Stats\x12 .lazyblk.fetcher.v1.StatsRequest\x1a!.lazyblk.fetcher.v1.StatsResponse\x12Z\n" +
+	"\x0eReportFallback\x12\x1c.lazyblk.fetcher.v1.Fallback\x1a*.lazyblk.fetcher.v1.ReportFallbackResponseB5Z3github.com/lazyblk/lazyblk/api/fetcher/v1;fetcherv1b\x06proto3"
 
 var (
 	file_api_fetcher_v1_fetcher_proto_rawDescOnce sync.Once
@@ -958,40 +1101,45 @@ func file_api_fetcher_v1_fetcher_proto_rawDescGZIP() []byte {
 	return file_api_fetcher_v1_fetcher_proto_rawDescData
 }
 
-var file_api_fetcher_v1_fetcher_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_api_fetcher_v1_fetcher_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_api_fetcher_v1_fetcher_proto_goTypes = []any{
-	(*MountRequest)(nil),     // 0: lazyblk.fetcher.v1.MountRequest
-	(*MountInfo)(nil),        // 1: lazyblk.fetcher.v1.MountInfo
-	(*UnmountRequest)(nil),   // 2: lazyblk.fetcher.v1.UnmountRequest
-	(*UnmountResponse)(nil),  // 3: lazyblk.fetcher.v1.UnmountResponse
-	(*ListRequest)(nil),      // 4: lazyblk.fetcher.v1.ListRequest
-	(*ListResponse)(nil),     // 5: lazyblk.fetcher.v1.ListResponse
-	(*PrefetchRequest)(nil),  // 6: lazyblk.fetcher.v1.PrefetchRequest
-	(*PrefetchResponse)(nil), // 7: lazyblk.fetcher.v1.PrefetchResponse
-	(*StatsRequest)(nil),     // 8: lazyblk.fetcher.v1.StatsRequest
-	(*ImageStats)(nil),       // 9: lazyblk.fetcher.v1.ImageStats
-	(*RegistryHost)(nil),     // 10: lazyblk.fetcher.v1.RegistryHost
-	(*StatsResponse)(nil),    // 11: lazyblk.fetcher.v1.StatsResponse
+	(*MountRequest)(nil),           // 0: lazyblk.fetcher.v1.MountRequest
+	(*MountInfo)(nil),              // 1: lazyblk.fetcher.v1.MountInfo
+	(*UnmountRequest)(nil),         // 2: lazyblk.fetcher.v1.UnmountRequest
+	(*UnmountResponse)(nil),        // 3: lazyblk.fetcher.v1.UnmountResponse
+	(*ListRequest)(nil),            // 4: lazyblk.fetcher.v1.ListRequest
+	(*ListResponse)(nil),           // 5: lazyblk.fetcher.v1.ListResponse
+	(*Fallback)(nil),               // 6: lazyblk.fetcher.v1.Fallback
+	(*ReportFallbackResponse)(nil), // 7: lazyblk.fetcher.v1.ReportFallbackResponse
+	(*PrefetchRequest)(nil),        // 8: lazyblk.fetcher.v1.PrefetchRequest
+	(*PrefetchResponse)(nil),       // 9: lazyblk.fetcher.v1.PrefetchResponse
+	(*StatsRequest)(nil),           // 10: lazyblk.fetcher.v1.StatsRequest
+	(*ImageStats)(nil),             // 11: lazyblk.fetcher.v1.ImageStats
+	(*RegistryHost)(nil),           // 12: lazyblk.fetcher.v1.RegistryHost
+	(*StatsResponse)(nil),          // 13: lazyblk.fetcher.v1.StatsResponse
 }
 var file_api_fetcher_v1_fetcher_proto_depIdxs = []int32{
 	1,  // 0: lazyblk.fetcher.v1.ListResponse.mounts:type_name -> lazyblk.fetcher.v1.MountInfo
-	10, // 1: lazyblk.fetcher.v1.ImageStats.hosts:type_name -> lazyblk.fetcher.v1.RegistryHost
-	9,  // 2: lazyblk.fetcher.v1.StatsResponse.images:type_name -> lazyblk.fetcher.v1.ImageStats
-	0,  // 3: lazyblk.fetcher.v1.Fetcher.Mount:input_type -> lazyblk.fetcher.v1.MountRequest
-	2,  // 4: lazyblk.fetcher.v1.Fetcher.Unmount:input_type -> lazyblk.fetcher.v1.UnmountRequest
-	4,  // 5: lazyblk.fetcher.v1.Fetcher.List:input_type -> lazyblk.fetcher.v1.ListRequest
-	6,  // 6: lazyblk.fetcher.v1.Fetcher.Prefetch:input_type -> lazyblk.fetcher.v1.PrefetchRequest
-	8,  // 7: lazyblk.fetcher.v1.Fetcher.Stats:input_type -> lazyblk.fetcher.v1.StatsRequest
-	1,  // 8: lazyblk.fetcher.v1.Fetcher.Mount:output_type -> lazyblk.fetcher.v1.MountInfo
-	3,  // 9: lazyblk.fetcher.v1.Fetcher.Unmount:output_type -> lazyblk.fetcher.v1.UnmountResponse
-	5,  // 10: lazyblk.fetcher.v1.Fetcher.List:output_type -> lazyblk.fetcher.v1.ListResponse
-	7,  // 11: lazyblk.fetcher.v1.Fetcher.Prefetch:output_type -> lazyblk.fetcher.v1.PrefetchResponse
-	11, // 12: lazyblk.fetcher.v1.Fetcher.Stats:output_type -> lazyblk.fetcher.v1.StatsResponse
-	8,  // [8:13] is the sub-list for method output_type
-	3,  // [3:8] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	6,  // 1: lazyblk.fetcher.v1.ListResponse.fallbacks:type_name -> lazyblk.fetcher.v1.Fallback
+	12, // 2: lazyblk.fetcher.v1.ImageStats.hosts:type_name -> lazyblk.fetcher.v1.RegistryHost
+	11, // 3: lazyblk.fetcher.v1.StatsResponse.images:type_name -> lazyblk.fetcher.v1.ImageStats
+	0,  // 4: lazyblk.fetcher.v1.Fetcher.Mount:input_type -> lazyblk.fetcher.v1.MountRequest
+	2,  // 5: lazyblk.fetcher.v1.Fetcher.Unmount:input_type -> lazyblk.fetcher.v1.UnmountRequest
+	4,  // 6: lazyblk.fetcher.v1.Fetcher.List:input_type -> lazyblk.fetcher.v1.ListRequest
+	8,  // 7: lazyblk.fetcher.v1.Fetcher.Prefetch:input_type -> lazyblk.fetcher.v1.PrefetchRequest
+	10, // 8: lazyblk.fetcher.v1.Fetcher.Stats:input_type -> lazyblk.fetcher.v1.StatsRequest
+	6,  // 9: lazyblk.fetcher.v1.Fetcher.ReportFallback:input_type -> lazyblk.fetcher.v1.Fallback
+	1,  // 10: lazyblk.fetcher.v1.Fetcher.Mount:output_type -> lazyblk.fetcher.v1.MountInfo
+	3,  // 11: lazyblk.fetcher.v1.Fetcher.Unmount:output_type -> lazyblk.fetcher.v1.UnmountResponse
+	5,  // 12: lazyblk.fetcher.v1.Fetcher.List:output_type -> lazyblk.fetcher.v1.ListResponse
+	9,  // 13: lazyblk.fetcher.v1.Fetcher.Prefetch:output_type -> lazyblk.fetcher.v1.PrefetchResponse
+	13, // 14: lazyblk.fetcher.v1.Fetcher.Stats:output_type -> lazyblk.fetcher.v1.StatsResponse
+	7,  // 15: lazyblk.fetcher.v1.Fetcher.ReportFallback:output_type -> lazyblk.fetcher.v1.ReportFallbackResponse
+	10, // [10:16] is the sub-list for method output_type
+	4,  // [4:10] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_api_fetcher_v1_fetcher_proto_init() }
@@ -1005,7 +1153,7 @@ func file_api_fetcher_v1_fetcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_fetcher_v1_fetcher_proto_rawDesc), len(file_api_fetcher_v1_fetcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,11 +25,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Fetcher_Mount_FullMethodName    = "/lazyblk.fetcher.v1.Fetcher/Mount"
-	Fetcher_Unmount_FullMethodName  = "/lazyblk.fetcher.v1.Fetcher/Unmount"
-	Fetcher_List_FullMethodName     = "/lazyblk.fetcher.v1.Fetcher/List"
-	Fetcher_Prefetch_FullMethodName = "/lazyblk.fetcher.v1.Fetcher/Prefetch"
-	Fetcher_Stats_FullMethodName    = "/lazyblk.fetcher.v1.Fetcher/Stats"
+	Fetcher_Mount_FullMethodName          = "/lazyblk.fetcher.v1.Fetcher/Mount"
+	Fetcher_Unmount_FullMethodName        = "/lazyblk.fetcher.v1.Fetcher/Unmount"
+	Fetcher_List_FullMethodName           = "/lazyblk.fetcher.v1.Fetcher/List"
+	Fetcher_Prefetch_FullMethodName       = "/lazyblk.fetcher.v1.Fetcher/Prefetch"
+	Fetcher_Stats_FullMethodName          = "/lazyblk.fetcher.v1.Fetcher/Stats"
+	Fetcher_ReportFallback_FullMethodName = "/lazyblk.fetcher.v1.Fetcher/ReportFallback"
 )
 
 // FetcherClient is the client API for Fetcher service.
@@ -52,6 +53,10 @@ type FetcherClient interface {
 	// Stats returns the counters of one mount, or of every mount when dir
 	// is empty.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
+	// ReportFallback records a lazyblk layer the snapshotter could not mount
+	// lazily, so containerd downloaded and unpacked it whole; List returns
+	// the latest, and `lazyblk status` shows them.
+	ReportFallback(ctx context.Context, in *Fallback, opts ...grpc.CallOption) (*ReportFallbackResponse, error)
 }
 
 type fetcherClient struct {
@@ -112,6 +117,16 @@ func (c *fetcherClient) Stats(ctx context.Context, in *StatsRequest, opts ...grp
 	return out, nil
 }
 
+func (c *fetcherClient) ReportFallback(ctx context.Context, in *Fallback, opts ...grpc.CallOption) (*ReportFallbackResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportFallbackResponse)
+	err := c.cc.Invoke(ctx, Fetcher_ReportFallback_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FetcherServer is the server API for Fetcher service.
 // All implementations must embed UnimplementedFetcherServer
 // for forward compatibility.
@@ -132,6 +147,10 @@ type FetcherServer interface {
 	// Stats returns the counters of one mount, or of every mount when dir
 	// is empty.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
+	// ReportFallback records a lazyblk layer the snapshotter could not mount
+	// lazily, so containerd downloaded and unpacked it whole; List returns
+	// the latest, and `lazyblk status` shows them.
+	ReportFallback(context.Context, *Fallback) (*ReportFallbackResponse, error)
 	mustEmbedUnimplementedFetcherServer()
 }
 
@@ -156,6 +175,9 @@ func (UnimplementedFetcherServer) Prefetch(context.Context, *PrefetchRequest) (*
 }
 func (UnimplementedFetcherServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedFetcherServer) ReportFallback(context.Context, *Fallback) (*ReportFallbackResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportFallback not implemented")
 }
 func (UnimplementedFetcherServer) mustEmbedUnimplementedFetcherServer() {}
 func (UnimplementedFetcherServer) testEmbeddedByValue()                 {}
@@ -268,6 +290,24 @@ func _Fetcher_Stats_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Fetcher_ReportFallback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Fallback)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FetcherServer).ReportFallback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Fetcher_ReportFallback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FetcherServer).ReportFallback(ctx, req.(*Fallback))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Fetcher_ServiceDesc is the grpc.ServiceDesc for Fetcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -294,6 +334,10 @@ var Fetcher_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _Fetcher_Stats_Handler,
+		},
+		{
+			MethodName: "ReportFallback",
+			Handler:    _Fetcher_ReportFallback_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
