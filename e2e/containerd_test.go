@@ -31,7 +31,26 @@ type containerdEnv struct {
 
 func newContainerdEnv(t *testing.T) *containerdEnv {
 	t.Helper()
-	testutil.Require(t, true, "containerd", "ctr", "runc", "containerd-shim-runc-v2", "nbdfuse", "docker-registry", "busybox")
+	testutil.Require(t, true, "containerd", "ctr", "runc", "containerd-shim-runc-v2")
+	e := newLazyblkDaemons(t)
+	e.startContainerd(t, nil, "containerd", fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[proxy_plugins.lazyblk]
+  type = "snapshot"
+  address = %q
+`, filepath.Join(e.dir, "containerd/root"), filepath.Join(e.dir, "containerd/state"), e.ctrSock, e.snapSock))
+	return e
+}
+
+// newLazyblkDaemons starts a registry, the fetcher daemon and the
+// snapshotter, for a containerd the caller starts.
+func newLazyblkDaemons(t *testing.T) *containerdEnv {
+	t.Helper()
+	testutil.Require(t, true, "nbdfuse", "docker-registry", "busybox")
 	// Short paths: unix socket names are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "lzb-ctr-")
 	if err != nil {
@@ -43,22 +62,18 @@ func newContainerdEnv(t *testing.T) *containerdEnv {
 	t.Cleanup(func() { e.close(t) })
 	e.startFetcher(t)
 	e.startSnapshotter(t)
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-[proxy_plugins.lazyblk]
-  type = "snapshot"
-  address = %q
-`, filepath.Join(dir, "containerd/root"), filepath.Join(dir, "containerd/state"), e.ctrSock, e.snapSock)
-	cfgPath := filepath.Join(dir, "containerd.toml")
+	return e
+}
+
+// startContainerd starts bin with the configuration cfg and the
+// environment env added to the test's.
+func (e *containerdEnv) startContainerd(t *testing.T, env []string, bin, cfg string) {
+	t.Helper()
+	cfgPath := filepath.Join(e.dir, "containerd.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e.containerd = startDaemon(t, "containerd successfully booted", "containerd", "--config", cfgPath)
-	return e
+	e.containerd = startDaemonEnv(t, env, "containerd successfully booted", bin, "--config", cfgPath)
 }
 
 func (e *containerdEnv) startFetcher(t *testing.T) {

@@ -25,7 +25,16 @@ type daemon struct {
 // a minute. The daemon is killed at cleanup unless stopped before.
 func startDaemon(t *testing.T, ready, name string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, nil, ready, name, args...)
+}
+
+// startDaemonEnv is startDaemon with env added to the test's environment.
+func startDaemonEnv(t *testing.T, env []string, ready, name string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{cmd: exec.Command(name, args...), done: make(chan struct{})}
+	if env != nil {
+		d.cmd.Env = append(os.Environ(), env...)
+	}
 	d.log = filepath.Join(t.TempDir(), filepath.Base(name)+".log")
 	logf, err := os.Create(d.log)
 	if err != nil {

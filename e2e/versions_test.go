@@ -71,12 +71,9 @@ const versionChunk = 256 << 10
 // by the fill, each from a cache holding A alone.
 func TestVersionsShareChunks(t *testing.T) {
 	v := testutil.MakeVersions(t, testutil.VersionSizes{BaseFiles: 400, Library: 6 << 20, Modules: 150, Weights: 8 << 20})
-	for _, reg := range []struct {
-		name  string
-		start func(testing.TB) string
-	}{{"docker-registry", testutil.DockerRegistry}, {"ggcr", testutil.GGCRRegistry}} {
-		t.Run(reg.name, func(t *testing.T) {
-			host := reg.start(t)
+	for _, reg := range testutil.Registries {
+		t.Run(reg.Name, func(t *testing.T) {
+			host := reg.Start(t)
 			up := newUploadCounter(t, host)
 			convert := func(name string) (stored, grew int64, rep fetcher.PushReport) {
 				t.Helper()

@@ -62,15 +62,12 @@ func readRandom(t *testing.T, im *fetcher.Image, want []byte, seed uint64, n int
 	}
 }
 
-// TestReadsMatchImage: random reads through both real registries return
+// TestReadsMatchImage: random reads through each real registry return
 // exactly the image's bytes, with and without a cache.
 func TestReadsMatchImage(t *testing.T) {
-	for _, reg := range []struct {
-		name  string
-		start func(testing.TB) string
-	}{{"ggcr", testutil.GGCRRegistry}, {"docker-registry", testutil.DockerRegistry}} {
-		t.Run(reg.name, func(t *testing.T) {
-			loc, want := testutil.BlockImage(t, reg.start(t)+"/img:v1", 3<<20)
+	for _, reg := range testutil.Registries {
+		t.Run(reg.Name, func(t *testing.T) {
+			loc, want := testutil.BlockImage(t, reg.Start(t)+"/img:v1", 3<<20)
 			readRandom(t, openImage(t, loc), want, 1, 200)
 			c := newCache(t, 64<<20, 2)
 			im := openImage(t, loc, fetcher.WithCache(c))

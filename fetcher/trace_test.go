@@ -88,7 +88,11 @@ func TestTraceRoundTrip(t *testing.T) {
 		name     string
 		host     func(testing.TB) string
 		referrer bool // the registry answers the referrers API
-	}{{"referrers-api", testutil.ReferrersRegistry, true}, {"docker-registry", testutil.DockerRegistry, false}} {
+	}{{"referrers-api", testutil.ReferrersRegistry, true}, {"docker-registry", testutil.DockerRegistry, false},
+		// distribution v3.0.0 answers 404 to the referrers API (its
+		// implementation, distribution PR 4828, is not released): the tag
+		// schema it is.
+		{"distribution-v3", testutil.DistributionRegistry, false}} {
 		t.Run(reg.name, func(t *testing.T) {
 			ctx := context.Background()
 			host := reg.host(t)

@@ -16,6 +16,7 @@ packages=(
   containerd runc                 # containerd 1.6 for the snapshotter tests
   debootstrap gnuplot-nox         # the cold-start benchmark: a real Debian root, its chart
   mdadm                           # scripts/setup-raid0.sh (run in the QEMU guest by its test)
+  libseccomp-dev pkg-config       # runc 1.4 built by scripts/build-tools.sh (cgo, seccomp)
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -53,4 +54,7 @@ if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
   exit 1
 fi
 "$(dirname "$0")/vm-kernel.sh" >/dev/null
+# containerd 2.x, runc 1.4, crictl and distribution v3, built once from
+# the Go module proxy (a few minutes on a fresh machine, then cached).
+"$(dirname "$0")/build-tools.sh" >/dev/null
 echo "install-deps: all dependencies present"

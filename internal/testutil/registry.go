@@ -41,6 +41,27 @@ func ReferrersRegistry(t testing.TB) string {
 func DockerRegistry(t testing.TB) string {
 	t.Helper()
 	Require(t, false, "docker-registry")
+	return startDistribution(t, "docker-registry")
+}
+
+// DistributionRegistry starts distribution v3's registry (built by
+// scripts/build-tools.sh) like DockerRegistry. v3.0.0 has no OCI
+// referrers API either: traces go to the referrers tag there too.
+func DistributionRegistry(t testing.TB) string {
+	t.Helper()
+	return startDistribution(t, Tool(t, DistributionV3, "registry"))
+}
+
+// Registries are the real registries tests run against, by name.
+var Registries = []struct {
+	Name  string
+	Start func(testing.TB) string
+}{{"ggcr", GGCRRegistry}, {"docker-registry", DockerRegistry}, {"distribution-v3", DistributionRegistry}}
+
+// startDistribution runs a distribution registry binary (2.8 and v3 read
+// the same configuration) and waits until it answers.
+func startDistribution(t testing.TB, bin string) string {
+	t.Helper()
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -53,7 +74,7 @@ func DockerRegistry(t testing.TB) string {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("docker-registry", "serve", cfgPath)
+	cmd := exec.Command(bin, "serve", cfgPath)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +86,7 @@ func DockerRegistry(t testing.TB) string {
 			return addr
 		}
 	}
-	t.Fatalf("docker-registry on %s did not answer", addr)
+	t.Fatalf("%s on %s did not answer", bin, addr)
 	return ""
 }
 
