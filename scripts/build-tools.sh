@@ -25,7 +25,8 @@ build() {
   echo "build-tools: building $name $version (once; cached in $dir)" >&2
   local start=$SECONDS pkg
   for pkg in "$@"; do
-    if ! GOBIN=$tmp GOFLAGS=-mod=mod CGO_ENABLED=${CGO:-0} "$GO" install ${TAGS:+-tags "$TAGS"} "$module/$pkg@$version" >&2; then
+    local path=$module/$pkg; [ "$pkg" = . ] && path=$module
+    if ! GOBIN=$tmp GOFLAGS=-mod=mod CGO_ENABLED=${CGO:-0} "$GO" install ${TAGS:+-tags "$TAGS"} "$path@$version" >&2; then
       rm -rf "$tmp"
       echo "build-tools: building $name $version failed" >&2
       return 1
