@@ -32,18 +32,25 @@ func snapshotterCommand() *cli.Command {
 		Description: `Serves containerd's snapshots API on a unix socket. Ordinary layers are
 containerd's overlayfs snapshotter; a lazyblk image's layer is mounted lazily
 by the fetcher daemon (lazyblk fetcher) instead of being downloaded.
-If the lazy mount fails, the layer is downloaded and unpacked as usual.
+If the lazy mount fails, the layer is downloaded and unpacked as usual, and the
+fallback is logged, counted and shown by 'lazyblk status' (a layer whose labels
+lack the image reference is a misconfiguration, and the warning says which).
 
-containerd 1.6/1.7 (/etc/containerd/config.toml, version 2):
+containerd 2.x (/etc/containerd/config.toml, version 3):
   [proxy_plugins.lazyblk]
     type = "snapshot"
     address = "/run/lazyblk/snapshotter.sock"
-  # for Kubernetes:
+  # for Kubernetes (CRI):
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "lazyblk"
+    disable_snapshot_annotations = false
+  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+    platform = "linux/amd64"
+    snapshotter = "lazyblk"
+containerd 1.6/1.7 (version 2): the same proxy_plugins table, and for CRI
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "lazyblk"
     disable_snapshot_annotations = false
-containerd 2.x (version 3): the same proxy_plugins table; CRI's is
-  [plugins."io.containerd.cri.v1.images"] snapshotter = "lazyblk"
 
 Runs on defaults without a config file: root /var/lib/lazyblk/snapshotter,
 socket /run/lazyblk/snapshotter.sock, fetcher at /run/lazyblk/fetcher.sock.
@@ -105,7 +112,8 @@ func pullCommand() *cli.Command {
 		ArgsUsage: "REF",
 		Description: `Pulls REF through containerd like 'ctr images pull', passing the snapshotter the
 labels it needs to mount lazyblk images lazily (the image reference; CRI
-passes them itself, plain ctr does not). Layers of lazyblk images are not
+passes them itself when disable_snapshot_annotations = false, plain ctr and
+nerdctl do not). Layers of lazyblk images are not
 downloaded; ordinary images are pulled and unpacked as usual. Afterwards
 'ctr run --snapshotter lazyblk' and nerdctl use the image as usual.
 
