@@ -94,7 +94,9 @@ func (im *Image) cacheRun(ctx context.Context, run []int, cl *call) {
 		wg.Go(func() {
 			defer func() { <-im.cacheWrites }()
 			if err := im.o.cache.PutVerified(wctx, cache.Digest(im.index.Chunks[j].Digest), cl.chunks[j], when); err != nil {
-				im.o.log.Warn("cache put failed", "chunk", j, "err", err)
+				im.cacheFailed(true, j, err)
+			} else {
+				im.cacheWorked()
 			}
 		})
 	}
@@ -143,6 +145,7 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	refetched := make([]bool, len(run))
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
+	decodeStart := time.Now()
 	for k, j := range run {
 		c := x.Chunks[j]
 		part := stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
@@ -151,11 +154,16 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 			out = im.buffer(cl, x.ChunkLen(j))
 		}
 		g.Go(func() error {
+			t0 := time.Now()
 			outs[k], refetched[k], errs[k] = im.decode(ctx, j, part, out)
+			im.stats.decodeNanos.Add(int64(time.Since(t0)))
 			return nil
 		})
 	}
 	_ = g.Wait()
+	if !cl.background {
+		im.stats.decodeWaitNanos.Add(int64(time.Since(decodeStart)))
+	}
 	for k, j := range run {
 		cl.chunks[j], cl.errs[j] = outs[k], errs[k]
 	}

@@ -61,9 +61,10 @@ type Image struct {
 
 	prefetching atomic.Int32 // Prefetch calls running (a trace replay)
 
-	recent *recent      // without a cache: the chunks fetched last (recent.go)
-	bufs   bufpool.Pool // run buffers (buffers.go)
-	access accessLog    // the bytes readers asked for (access.go)
+	recent      *recent      // without a cache: the chunks fetched last (recent.go)
+	cacheHealth cacheHealth  // cachehealth.go
+	bufs        bufpool.Pool // run buffers (buffers.go)
+	access      accessLog    // the bytes readers asked for (access.go)
 
 	// life bounds the fetches readers start and outlives any one reader;
 	// Close cancels it and waits for them.
@@ -221,10 +222,10 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	start := time.Now()
 	if im.o.cache != nil {
 		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
-		if err != nil {
-			return err
+		if err != nil && ctx.Err() == nil {
+			im.cacheFailed(false, i, err) // fetched instead
 		}
-		if hit {
+		if hit && err == nil {
 			im.stats.hits.Add(1)
 			im.stats.fromCache.observe(time.Since(start))
 			return nil

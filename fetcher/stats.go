@@ -14,6 +14,14 @@ type Stats struct {
 	Hits, Misses, Requests, Retries, VerifyFailures, BytesFetched int64
 	// Readahead counts chunks fetched ahead of sequential readers.
 	Readahead int64
+	// DecodeSeconds is the CPU time spent decoding and verifying fetched
+	// chunks (zstd, sha256); DecodeWaitSeconds the part of demand reads'
+	// time spent waiting for it, after their bytes arrived: what decoding
+	// and verifying only the part of a chunk asked for could save.
+	DecodeSeconds, DecodeWaitSeconds float64
+	// Cache writes and reads that failed (a full or broken volume); the
+	// reads they belonged to were served all the same.
+	CacheWriteFailures, CacheReadFailures int64
 	// Cached is how many bytes of the image the cache holds (holes count
 	// as held): Cached == Size() once the image is complete.
 	Cached int64
@@ -30,6 +38,7 @@ type Stats struct {
 
 type counters struct {
 	hits, misses, requests, retries, verifyFailures, bytesFetched, readahead atomic.Int64
+	decodeNanos, decodeWaitNanos                                             atomic.Int64
 	fromCache, fromMirror, fromOrigin                                        latency
 }
 
@@ -39,8 +48,9 @@ func (im *Image) Stats() Stats {
 	cached := im.Cached()
 	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
 		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
-		Readahead: s.readahead.Load(),
-		Cached:    cached, Complete: im.complete(cached),
+		Readahead: s.readahead.Load(), DecodeSeconds: seconds(&s.decodeNanos), DecodeWaitSeconds: seconds(&s.decodeWaitNanos),
+		CacheWriteFailures: im.cacheHealth.writeFailures.Load(), CacheReadFailures: im.cacheHealth.readFailures.Load(),
+		Cached: cached, Complete: im.complete(cached),
 		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceMirror: s.fromMirror.snapshot(),
 			SourceOrigin: s.fromOrigin.snapshot()}, Hosts: hostStats(im.hosts())}
 }
@@ -148,3 +158,5 @@ func (im *Image) WaitHosts(ctx context.Context) error {
 	}
 	return rs.origin.breaker.wait(ctx)
 }
+
+func seconds(ns *atomic.Int64) float64 { return time.Duration(ns.Load()).Seconds() }
