@@ -26,8 +26,10 @@ lint:
 test: deps lint build
 	GO=$(GO) ./scripts/test.sh
 
+# Every parser that faces a peer, FUZZTIME each (default 30s); what the
+# fuzzer finds goes to the committed corpora (scripts/fuzz.sh).
 fuzz:
-	$(GO) test ./imagefmt -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s
+	GO=$(GO) ./scripts/fuzz.sh
 
 # The cold-start benchmarks: pull vs lazy vs lazy+trace vs warm, sparse
 # and dense workloads (coldstart.sh); then the AI start-up on one mount,

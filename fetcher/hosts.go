@@ -74,6 +74,9 @@ func configuredHosts(ctx context.Context, dir string, reg name.Registry, base ht
 		if h.Capabilities&docker.HostCapabilityPull == 0 {
 			continue
 		}
+		if h.Host == "" { // [host."#x"]: containerd reads no host name from it (found by FuzzHostsTOML)
+			return nil, nil, fmt.Errorf("fetcher: hosts for %s in %s: a [host] entry names no host (scheme %q, path %q)", regName, dir, h.Scheme, h.Path)
+		}
 		tr := transport(h)
 		mirrors = append(mirrors, host{scheme: h.Scheme, host: h.Host, path: strings.TrimSuffix(h.Path, "/"), base: tr})
 	}

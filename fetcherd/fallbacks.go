@@ -39,6 +39,8 @@ func (s *Server) ReportFallback(_ context.Context, f *fetcherv1.Fallback) (*fetc
 	fb.counts[f.Reason]++
 	f = proto.Clone(f).(*fetcherv1.Fallback)
 	f.Count = fb.counts[f.Reason]
+	// What a peer sent is kept: bounded.
+	f.Layer, f.Ref, f.Reason, f.Message = clip(f.Layer, 256), clip(f.Ref, 512), clip(f.Reason, 32), clip(f.Message, 2048)
 	fb.latest = append(fb.latest, f)
 	if len(fb.latest) > keptFallbacks {
 		fb.latest = fb.latest[len(fb.latest)-keptFallbacks:]
@@ -56,4 +58,11 @@ func (s *Server) latestFallbacks() []*fetcherv1.Fallback {
 		out[i] = proto.Clone(f).(*fetcherv1.Fallback)
 	}
 	return out
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }

@@ -52,6 +52,27 @@ type Server struct {
 
 // Mount mounts an image read-only on a directory.
 func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcherv1.MountInfo, error) {
+	req, err := s.mountRequest(r)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	st, note, err := s.Mounts.Mount(ctx, req)
+	if err != nil {
+		s.registry().failures.Inc()
+		return nil, toStatus(err)
+	}
+	took := time.Since(start)
+	if st.Mount != nil {
+		s.registry().ready.WithLabelValues(st.Mount.Attach).Observe(took.Seconds())
+	}
+	slog.Info("mounted", "ref", r.Ref, "dir", st.Dir, "ms", took.Milliseconds(), "note", note)
+	return info(st), nil
+}
+
+// mountRequest validates a Mount request from a client (a peer: the
+// snapshotter, a platform) and fills in the daemon's defaults.
+func (s *Server) mountRequest(r *fetcherv1.MountRequest) (mounts.Request, error) {
 	d := s.Defaults
 	req := mounts.Request{
 		Source: mounts.Source{Ref: r.Ref, PlainHTTP: r.PlainHttp, CacheDirs: d.CacheDirs, CacheSize: d.CacheSize, CacheLow: d.CacheLow, HostsDir: d.HostsDir,
@@ -69,20 +90,9 @@ func (s *Server) Mount(ctx context.Context, r *fetcherv1.MountRequest) (*fetcher
 		req.IOTimeout = d.IOTimeout
 	}
 	if err := req.Check(); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "mount %s: %v", r.Ref, err)
+		return req, status.Errorf(codes.InvalidArgument, "mount %s: %v", r.Ref, err)
 	}
-	start := time.Now()
-	st, note, err := s.Mounts.Mount(ctx, req)
-	if err != nil {
-		s.registry().failures.Inc()
-		return nil, toStatus(err)
-	}
-	took := time.Since(start)
-	if st.Mount != nil {
-		s.registry().ready.WithLabelValues(st.Mount.Attach).Observe(took.Seconds())
-	}
-	slog.Info("mounted", "ref", r.Ref, "dir", st.Dir, "ms", took.Milliseconds(), "note", note)
-	return info(st), nil
+	return req, nil
 }
 
 // Unmount takes a mount down.
