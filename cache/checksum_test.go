@@ -109,3 +109,43 @@ func TestFirstReadChecksByCRC(t *testing.T) {
 		}
 	}
 }
+
+// TestChangedUnderLiveStore: a chunk file written to while the store
+// runs (a stray write after the chunk was checked and read) is checked
+// again before its next read, through ReadAt and through File: removed,
+// never served. The chunk's bytes otherwise keep being served.
+func TestChangedUnderLiveStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open([]string{dir}, 16<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 256 << 10
+	for _, viaFile := range []bool{false, true} {
+		data, d := chunk(map[bool]int{false: 1, true: 2}[viaFile], size)
+		if err := s.Put(context.Background(), d, data); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := mustGet(t, s, d, size); !ok || !bytes.Equal(got, data) {
+			t.Fatalf("fresh chunk: served %v", ok)
+		}
+		f, err := os.OpenFile(s.path(s.stripeOf(d), d), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt([]byte{data[1000] ^ 0xff}, 1000)
+		f.Close()
+		corrupt := s.Stats().Corrupt
+		if viaFile {
+			if _, release, ok := s.File(d, size, false); ok {
+				release()
+				t.Error("File handed out a chunk file written to after its check")
+			}
+		} else if _, ok := mustGet(t, s, d, size); ok {
+			t.Error("ReadAt served a chunk file written to after its check")
+		}
+		if s.Stats().Corrupt != corrupt+1 || s.Has(d) {
+			t.Errorf("via File %v: corrupt %d (was %d), still cached %v", viaFile, s.Stats().Corrupt, corrupt, s.Has(d))
+		}
+	}
+}

@@ -74,6 +74,8 @@ func (s *Store) PutVerified(ctx context.Context, d Digest, data []byte, when Whe
 		return fmt.Errorf("cache: put %s: %w", d, err)
 	}
 	s.stripes[st].written.Add(size)
+	var fi unix.Stat_t
+	statErr := unix.Stat(final, &fi) // the file as written: later writes to it change its ctime
 
 	s.mu.Lock()
 	if _, ok := s.entries[d]; ok { // a concurrent Put won
@@ -83,7 +85,9 @@ func (s *Store) PutVerified(ctx context.Context, d Digest, data []byte, when Whe
 	s.linkLocked(&entry{d: d, size: size, stripe: st, put: s.puts.Add(1)}, true)
 	victims := s.evictLocked()
 	s.mu.Unlock()
-	s.verified.Store(d, struct{}{})
+	if statErr == nil {
+		s.verified.Store(d, fi.Ctim.Nano())
+	}
 	s.remove(victims)
 	return nil
 }

@@ -44,7 +44,7 @@ type Store struct {
 	lru      *list.List // front: most recently used *entry
 	files    *list.List // entries with an open file, front: most recently read (files.go)
 	used     int64
-	verified sync.Map           // Digest -> struct{}: checked since Open
+	verified sync.Map           // Digest -> int64: checked since Open, when its file had this ctime (changed: check again)
 	verify   singleflight.Group // one check per chunk, however many readers arrive at once
 	bufs     bufpool.Pool       // the checks' buffers
 	ahead    chan struct{}      // WillNeed's checks under way (files.go)
@@ -308,11 +308,11 @@ func (s *Store) open(d Digest, size int64) (e *entry, f *os.File) {
 // clients send many requests per chunk at once, and WillNeed checks ahead
 // of them) share one check.
 func (s *Store) check(e *entry, f *os.File) bool {
-	if _, ok := s.verified.Load(e.d); ok {
+	if s.unchanged(e.d, f) {
 		return true
 	}
 	v, _, _ := s.verify.Do(string(e.d[:]), func() (any, error) {
-		if _, ok := s.verified.Load(e.d); ok {
+		if s.unchanged(e.d, f) {
 			return true, nil // checked by a reader that just finished
 		}
 		if !s.current(e) {
@@ -326,10 +326,39 @@ func (s *Store) check(e *entry, f *os.File) bool {
 			s.drop(e)
 			return false, nil
 		}
-		s.verified.Store(e.d, struct{}{})
+		s.markChecked(e.d, f)
 		return true, nil
 	})
 	return v.(bool)
+}
+
+// unchanged reports whether chunk d was checked since Open and its file,
+// open as f, has not changed since: a write to a chunk file under a live
+// store (a stray process, a corrupting tool) changes its ctime, and the
+// chunk is then checked again before a byte of it is served. One fstat
+// per read.
+func (s *Store) unchanged(d Digest, f *os.File) bool {
+	c, ok := s.verified.Load(d)
+	if !ok {
+		return false
+	}
+	now, err := ctime(f)
+	return err == nil && now == c.(int64)
+}
+
+// markChecked records chunk d, open as f, as checked as its file is now.
+func (s *Store) markChecked(d Digest, f *os.File) {
+	if c, err := ctime(f); err == nil {
+		s.verified.Store(d, c)
+	}
+}
+
+func ctime(f *os.File) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return st.Ctim.Nano(), nil
 }
 
 // Has reports whether chunk d is cached, without counting a hit or miss.

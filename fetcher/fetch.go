@@ -179,9 +179,11 @@ func (im *Image) blob(i int) v1.Hash { return im.index.Blobs[im.index.Chunks[i].
 // originOnly bypasses mirrors. mirror reports that a mirror served them.
 func (im *Image) get(ctx context.Context, blob v1.Hash, p []byte, off int64, originOnly bool) (mirror bool, err error) {
 	err = retry(ctx, &im.o, func(error) { im.stats.retries.Add(1) }, func(ctx context.Context) error {
-		im.stats.requests.Add(1)
 		var err error
 		mirror, err = im.src.readRange(ctx, blob, p, off, originOnly)
+		if !errors.Is(err, ErrHostDown) { // failed at once by the breaker: never sent
+			im.stats.requests.Add(1)
+		}
 		return err
 	})
 	if err == nil {

@@ -1,0 +1,513 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
+	"github.com/lazyblk/lazyblk/fetcherd"
+	"github.com/lazyblk/lazyblk/internal/testutil"
+	"github.com/lazyblk/lazyblk/mounts"
+)
+
+// The soak's time model: short, so faults cost seconds, not minutes.
+const (
+	soakAttempt  = 400 * time.Millisecond
+	soakDeadline = 5 * time.Second
+	// A read slower than this hangs: the read deadline, the kernel's
+	// retries of a failed read, the breaker's probe, and scheduling on a
+	// loaded 2-core machine.
+	soakHang = 4 * soakDeadline
+	// soakRSS bounds a serving process's peak RSS (README: 212 MiB reading
+	// 10 GiB).
+	soakRSS = 256 << 20
+)
+
+// soakMount is one mount the soak reads: its files, how it is made, and a
+// lock the readers hold while they read and the soak takes to replace a
+// killed server.
+type soakMount struct {
+	name, ref, dir, state string
+	files                 map[string][]byte
+	names                 []string
+	args                  []string // lazyblk mount flags
+	daemon                bool     // made by the fetcher daemon
+	mu                    sync.RWMutex
+	// killed: the soak killed the serving process and has not made the
+	// mount again; nbdfuse then fails reads with ENOTCONN, not EIO.
+	killed atomic.Bool
+}
+
+// soak counts what happened.
+type soak struct {
+	verified, verifiedBytes, failed, hangs, wrong atomic.Int64
+	failedKilled                                  atomic.Int64 // of failed: ENOTCONN while the server was killed
+	notEIO                                        atomic.Int64
+	otherErrs                                     sync.Map // failed reads that were not EIO, by error
+	faults                                        sync.Map // kind -> *atomic.Int64
+	events                                        sync.Map // kind -> *atomic.Int64
+	faulting, stalling                            atomic.Bool
+	proxied                                       atomic.Int64 // range requests through the fault proxy
+	requests, retries, verifyFailures             atomic.Int64 // summed over serving processes, each before it ended
+	peakRSS                                       atomic.Int64
+}
+
+func (s *soak) count(m *sync.Map, kind string) {
+	v, _ := m.LoadOrStore(kind, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+func (s *soak) total(m *sync.Map) (n int64, detail string) {
+	var parts []string
+	m.Range(func(k, v any) bool {
+		c := v.(*atomic.Int64).Load()
+		n += c
+		parts = append(parts, fmt.Sprintf("%s %d", k, c))
+		return true
+	})
+	return n, strings.Join(parts, ", ")
+}
+
+// TestSoak runs several lazy mounts at once under concurrent readers that
+// check every byte, while faults arrive at seeded random times: registry
+// 503s, resets, stalls past the attempt timeout, truncated and corrupted
+// bodies, slow answers; SIGKILL of a serving process (the mount is then
+// made again); restarts of the fetcher daemon and of the snapshotter; a
+// cache volume filling up; chunk files corrupted and deleted under a live
+// mount. It ends with a clean read of everything, a teardown, and the
+// invariants: no wrong byte, no hang, every failed read an EIO within the
+// deadline, nothing left behind, serving processes within their memory
+// bound, counters consistent with the fault proxy's. SOAK (a duration)
+// sets how long: `make soak SOAK=10m`; scripts/test.sh runs 2m in CI.
+// SOAK_SEED picks the fault schedule (default 1).
+func TestSoak(t *testing.T) {
+	dur, err := time.ParseDuration(os.Getenv("SOAK"))
+	if err != nil || dur <= 0 {
+		t.Fatalf("SOAK=%q: want a duration, like SOAK=2m (make soak)", os.Getenv("SOAK"))
+	}
+	testutil.Require(t, true, "nbdfuse", "docker-registry")
+	seed, _ := strconv.ParseUint(os.Getenv("SOAK_SEED"), 10, 64)
+	seed = max(seed, 1)
+	s := &soak{}
+	rng := rand.New(rand.NewPCG(seed, 2))
+	var rngMu sync.Mutex
+	roll := func(n int) int { rngMu.Lock(); defer rngMu.Unlock(); return rng.IntN(n) }
+
+	registry := testutil.DockerRegistry(t)
+	kinds := []testutil.Fault{testutil.Status503, testutil.Reset, testutil.Truncate, testutil.Flip, testutil.Slow}
+	kindName := map[testutil.Fault]string{testutil.Status503: "503", testutil.Reset: "reset", testutil.Truncate: "truncated",
+		testutil.Flip: "corrupted", testutil.Slow: "slow", testutil.Hang: "stalled"}
+	proxy := testutil.FaultProxy(t, registry, func(_ int64, r *http.Request) testutil.Fault {
+		s.proxied.Add(1)
+		f := testutil.Pass
+		switch {
+		case s.stalling.Load():
+			f = testutil.Hang
+		case s.faulting.Load() && roll(100) < 20:
+			f = kinds[roll(len(kinds))]
+		}
+		if f != testutil.Pass {
+			s.count(&s.faults, kindName[f])
+		}
+		return f
+	})
+
+	state := t.TempDir()
+	work, err := os.MkdirTemp("", "lzb-soak-") // short: unix socket paths
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	e := &mountEnv{host: registry, state: state}
+	daemonState := filepath.Join(work, "run")
+	fetcherSock, snapSock := filepath.Join(work, "fetcher.sock"), filepath.Join(work, "snap.sock")
+	cfg := filepath.Join(work, "fetcher.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[prefetch]\nfill_below = \"0\"\n[registry]\nattempt_timeout = %q\nread_timeout = %q\n",
+		soakAttempt, soakDeadline)), 0o600)
+	var fetcher, snapshotter *daemon
+	startFetcher := func() {
+		fetcher = startDaemon(t, "listening on", lazyblk, "fetcher", "--config", cfg, "--root", filepath.Join(work, "lib"),
+			"--state", daemonState, "--address", fetcherSock)
+	}
+	startSnapshotter := func() {
+		snapshotter = startDaemon(t, "listening on", lazyblk, "snapshotter", "--root", filepath.Join(work, "snap"),
+			"--address", snapSock, "--fetcher-address", fetcherSock)
+	}
+	startFetcher()
+	startSnapshotter()
+
+	// A cache volume that fills up: an 8 MiB tmpfs, the only stripe of m1.
+	small := filepath.Join(work, "small")
+	os.MkdirAll(small, 0o755)
+	testutil.Run(t, "mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", small)
+	smallMounted := true
+	t.Cleanup(func() {
+		if smallMounted {
+			testutil.Run(t, "umount", "-l", small)
+		}
+	})
+
+	timeouts := []string{"--attempt-timeout", soakAttempt.String(), "--read-timeout", soakDeadline.String(), "--fill-below", "0"}
+	ms := []*soakMount{
+		{name: "m0", args: append([]string{"--state-dir", state, "--cache-dir", filepath.Join(work, "cache0")}, timeouts...)},
+		{name: "m1", args: append([]string{"--state-dir", state, "--cache-dir", small}, timeouts...)},
+		{name: "m2", daemon: true, state: daemonState, args: []string{"--fetcher-address", fetcherSock}},
+	}
+	for i, m := range ms {
+		m.files = soakFiles(uint64(i) + 10*seed)
+		for n := range m.files {
+			m.names = append(m.names, n)
+		}
+		m.ref = soakImage(t, registry, proxy, m.name, m.files)
+		m.dir = t.TempDir()
+		if m.state == "" {
+			m.state = state
+		}
+		soakMountIt(t, m)
+	}
+
+	// Goroutines of this process: the registry's, the proxy's, the
+	// daemons' log readers; the pushes' idle connections closed.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	goroutines := runtime.NumGoroutine()
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		for r := range 2 {
+			wg.Go(func() { soakReader(s, m, uint64(r)+seed*100, stop) })
+		}
+	}
+	// Reads must reach the block devices, not only the page cache.
+	wg.Go(func() {
+		for {
+			sleepOrStop(2*time.Second, stop)
+			select {
+			case <-stop:
+				return
+			default:
+				os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
+			}
+		}
+	})
+
+	// The schedule: one event every 0.5-3 s, seeded.
+	events := []struct {
+		name string
+		do   func()
+	}{
+		{"fault burst", func() { s.faulting.Store(true); sleepOrStop(3*time.Second, stop); s.faulting.Store(false) }},
+		{"stall", func() { s.stalling.Store(true); sleepOrStop(3*soakAttempt, stop); s.stalling.Store(false) }},
+		{"kill server", func() { soakKill(t, s, ms[roll(2)]) }}, // the host's own mounts: remade after
+		{"restart fetcher daemon", func() { fetcher.kill(); startFetcher() }},
+		{"restart snapshotter", func() { snapshotter.kill(); startSnapshotter() }},
+		{"fill cache volume", func() {
+			filler := filepath.Join(small, "filler")
+			os.WriteFile(filler, make([]byte, 8<<20), 0o600) // ENOSPC part-way: full
+			sleepOrStop(3*time.Second, stop)
+			os.Remove(filler)
+		}},
+		{"corrupt chunk file", func() { soakChunkFile(filepath.Join(work, "cache0"), roll, true) }},
+		{"delete chunk file", func() { soakChunkFile(filepath.Join(work, "cache0"), roll, false) }},
+	}
+	deadline := time.Now().Add(dur)
+	for time.Now().Before(deadline) && !t.Failed() {
+		ev := events[roll(len(events))]
+		s.count(&s.events, ev.name)
+		ev.do()
+		sleepOrStop(time.Duration(500+roll(2500))*time.Millisecond, stop)
+	}
+	close(stop)
+	wg.Wait()
+	s.faulting.Store(false)
+	s.stalling.Store(false)
+
+	// Faults over: every byte of every mount reads exactly.
+	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
+	for _, m := range ms {
+		for _, n := range m.names {
+			b, err := os.ReadFile(filepath.Join(m.dir, n))
+			if err != nil || !bytes.Equal(b, m.files[n]) {
+				t.Errorf("%s: final read of %s: %v (exact: %v)", m.name, n, err, bytes.Equal(b, m.files[n]))
+				s.wrong.Add(1)
+				continue
+			}
+			s.verified.Add(1)
+			s.verifiedBytes.Add(int64(len(b)))
+		}
+	}
+	for _, m := range ms {
+		soakCollect(t, s, m)
+		if m.daemon {
+			soakDaemonUnmount(t, fetcherSock, m.dir)
+		} else {
+			e.umount(t, m.dir)
+		}
+	}
+	fetcher.stop()
+	snapshotter.stop()
+	testutil.Run(t, "umount", small)
+	smallMounted = false
+
+	// Leaks: the host mounts' state, processes, mounts, loop devices and
+	// open files (assertClean), the daemon's mounts, and goroutines.
+	leaks := int64(0)
+	if !t.Failed() {
+		e.assertClean(t)
+		(&mountEnv{state: daemonState}).assertClean(t)
+		(&mountEnv{state: work}).assertClean(t) // nbdfuse, the small volume's users
+	}
+	if t.Failed() {
+		leaks++
+	}
+	// The daemons' log readers end with them: two fewer than at the start.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	for end := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > goroutines && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+	}
+	if n := runtime.NumGoroutine(); n > goroutines {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines after teardown, %d before:\n%s", n, goroutines, buf[:runtime.Stack(buf, true)])
+		leaks++
+	}
+
+	faults, faultDetail := s.total(&s.faults)
+	nEvents, eventDetail := s.total(&s.events)
+	t.Logf("seed %d, %v: events %d (%s); registry faults %d (%s); %d range requests through the proxy, %d counted by lazyblk "+
+		"(%d retried, %d failed verification); %.1f MiB verified; reads failed %d (EIO %d, ENOTCONN of a killed server %d); "+
+		"peak RSS of a serving process %.0f MiB",
+		seed, dur, nEvents, eventDetail, faults, faultDetail, s.proxied.Load(), s.requests.Load(), s.retries.Load(),
+		s.verifyFailures.Load(), float64(s.verifiedBytes.Load())/(1<<20), s.failed.Load(), s.failed.Load()-s.failedKilled.Load()-s.notEIO.Load(),
+		s.failedKilled.Load(), float64(s.peakRSS.Load())/(1<<20))
+	if s.requests.Load() > s.proxied.Load() {
+		t.Errorf("lazyblk counted %d range requests, the proxy saw %d", s.requests.Load(), s.proxied.Load())
+	}
+	if faults > 20 && s.retries.Load()+s.verifyFailures.Load() == 0 {
+		t.Errorf("%d faults injected, but no serving process counted a retry or a verification failure", faults)
+	}
+	if s.peakRSS.Load() > soakRSS {
+		t.Errorf("a serving process peaked at %d MiB RSS, bound %d MiB", s.peakRSS.Load()>>20, soakRSS>>20)
+	}
+	if s.hangs.Load() > 0 || s.wrong.Load() > 0 || s.notEIO.Load() > 0 {
+		_, other := s.total(&s.otherErrs)
+		t.Errorf("hangs %d, wrong bytes %d, failed reads that were neither EIO nor ENOTCONN of a killed server %d (%s)",
+			s.hangs.Load(), s.wrong.Load(), s.notEIO.Load(), other)
+	}
+	fmt.Printf("soak: reads verified %d, faults injected %d, reads failed %d, hangs %d, wrong bytes %d, leaks %d\n",
+		s.verified.Load(), faults+nEvents, s.failed.Load(), s.hangs.Load(), s.wrong.Load(), leaks)
+}
+
+// soakFiles is an image's content: random and compressible files of a
+// few MiB and a directory of small ones.
+func soakFiles(seed uint64) map[string][]byte {
+	files := map[string][]byte{
+		"big.bin":  testutil.Random(24<<20, byte(seed)),
+		"text.txt": bytes.Repeat([]byte(fmt.Sprintf("line of text %d, compressible\n", seed)), 200000),
+	}
+	for i := range 64 {
+		files[fmt.Sprintf("small/%02d", i)] = testutil.Random(4<<10+i*1000, byte(seed*64+uint64(i)))
+	}
+	return files
+}
+
+// soakImage pushes files as an image and converts it; the mount reads it
+// through the fault proxy.
+func soakImage(t *testing.T, registry, proxy, name string, files map[string][]byte) string {
+	t.Helper()
+	entries := []testutil.Entry{testutil.Dir("small", 0o755)}
+	for n, b := range files {
+		entries = append(entries, testutil.File(n, 0o644, string(b)))
+	}
+	src, dst := registry+"/soak/"+name+":src", registry+"/soak/"+name+":v1"
+	push(t, src, testutil.Image(t, false, testutil.Layer(t, entries, testutil.Uncompressed, false)))
+	if _, stderr, code := run(t, "convert", "--plain-http", src, dst); code != 0 {
+		t.Fatalf("convert: exit %d: %s", code, stderr)
+	}
+	return proxy + "/soak/" + name + ":v1"
+}
+
+func soakMountIt(t *testing.T, m *soakMount) {
+	t.Helper()
+	args := append(append([]string{"mount", "--plain-http", "--attach", "nbdfuse"}, m.args...), m.ref, m.dir)
+	if _, stderr, code := run(t, args...); code != 0 {
+		t.Fatalf("%s: mount: exit %d: %s", m.name, code, stderr)
+	}
+}
+
+// soakReader reads random ranges of m's files until stop, checking each
+// against the reference.
+func soakReader(s *soak, m *soakMount, seed uint64, stop chan struct{}) {
+	r := rand.New(rand.NewPCG(seed, 3))
+	buf := make([]byte, 512<<10)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		name := m.names[r.IntN(len(m.names))]
+		want := m.files[name]
+		off := r.IntN(len(want))
+		n := min(len(want)-off, 1+r.IntN(len(buf)))
+		m.mu.RLock()
+		start := time.Now()
+		got, err := preadFile(filepath.Join(m.dir, name), buf[:n], int64(off))
+		took := time.Since(start)
+		m.mu.RUnlock()
+		switch {
+		case took > soakHang:
+			s.hangs.Add(1)
+		case err != nil:
+			s.failed.Add(1)
+			switch {
+			case errors.Is(err, syscall.EIO):
+			case m.killed.Load() && errors.Is(err, syscall.ENOTCONN):
+				s.failedKilled.Add(1)
+			default:
+				s.notEIO.Add(1)
+				s.count(&s.otherErrs, fmt.Sprintf("%s: %v", m.name, err))
+			}
+			sleepOrStop(10*time.Millisecond, stop) // no spinning on a dead mount
+		case !bytes.Equal(got, want[off:off+n]):
+			s.wrong.Add(1)
+		default:
+			s.verified.Add(1)
+			s.verifiedBytes.Add(int64(n))
+		}
+	}
+}
+
+func preadFile(path string, p []byte, off int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	n, err := f.ReadAt(p, off)
+	if n == len(p) {
+		err = nil
+	}
+	return p[:n], err
+}
+
+// soakKill SIGKILLs m's serving process while readers read; they get EIO
+// until the soak takes the mount down and makes it again (nbdfuse has no
+// reattach: the kernel NBD device has, see TestKernelNBD).
+func soakKill(t *testing.T, s *soak, m *soakMount) {
+	mgr := &mounts.Manager{Root: m.state}
+	st, err := mgr.Get(m.dir)
+	if err != nil || st.PID == 0 {
+		t.Errorf("%s: no serving process to kill: %v", m.name, err)
+		return
+	}
+	soakCollect(t, s, m)
+	m.killed.Store(true)
+	defer m.killed.Store(false)
+	syscall.Kill(st.PID, syscall.SIGKILL)
+	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
+	time.Sleep(time.Second) // readers meet the dead server: the point of the event
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, stderr, code := run(t, "umount", "--state-dir", m.state, m.dir); code != 0 {
+		t.Errorf("%s: umount after SIGKILL: exit %d: %s", m.name, code, stderr)
+		return
+	}
+	soakMountIt(t, m)
+}
+
+// soakCollect adds a serving process's counters and peak RSS to s.
+func soakCollect(t *testing.T, s *soak, m *soakMount) {
+	mgr := &mounts.Manager{Root: m.state}
+	st, err := mgr.Get(m.dir)
+	if err != nil {
+		t.Errorf("%s: %v", m.name, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stats, err := mgr.Stats(ctx, st)
+	if err != nil {
+		t.Errorf("%s: stats: %v", m.name, err)
+		return
+	}
+	s.requests.Add(stats.Image.Requests)
+	s.retries.Add(stats.Image.Retries)
+	s.verifyFailures.Add(stats.Image.VerifyFailures)
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.PID)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if kb<<10 > s.peakRSS.Load() {
+					s.peakRSS.Store(kb << 10)
+				}
+			}
+		}
+	}
+}
+
+// soakChunkFile flips a byte of, or deletes, a random chunk file of the
+// cache under dir.
+func soakChunkFile(dir string, roll func(int) int, corrupt bool) {
+	var files []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if len(files) == 0 {
+		return
+	}
+	p := files[roll(len(files))]
+	if !corrupt {
+		os.Remove(p)
+		return
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	if fi.Size() == 0 {
+		return
+	}
+	off := int64(roll(int(min(fi.Size(), 1<<30))))
+	b := make([]byte, 1)
+	f.ReadAt(b, off)
+	b[0] ^= 0xff
+	f.WriteAt(b, off)
+}
+
+func soakDaemonUnmount(t *testing.T, sock, dir string) {
+	c, cc, err := fetcherd.Dial(sock)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer cc.Close()
+	if _, err := c.Unmount(context.Background(), &fetcherv1.UnmountRequest{Dir: dir}); err != nil {
+		t.Errorf("unmount %s through the daemon: %v", dir, err)
+	}
+}
+
+// sleepOrStop waits d, or less when stop closes.
+func sleepOrStop(d time.Duration, stop chan struct{}) {
+	select {
+	case <-time.After(d):
+	case <-stop:
+	}
+}
