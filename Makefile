@@ -3,7 +3,7 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin/lazyblk
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps demo test lint bench bench-convert fuzz proto clean
+.PHONY: all build deps demo test lint bench bench-convert fuzz soak proto clean
 
 all: build
 
@@ -51,3 +51,10 @@ proto:
 
 clean:
 	rm -rf bin
+
+# The soak: several mounts, concurrent verifying readers, faults at seeded
+# random times (e2e/soak_test.go). make soak SOAK=10m SOAK_SEED=7
+SOAK ?= 10m
+soak: deps build
+	SOAK=$(SOAK) $(GO) test -count=1 -timeout 2h -v -run '^TestSoak$$' ./e2e >soak.log 2>&1; s=$$?; \
+		grep -v 'proxy error' soak.log | tail -n 12; echo "(full log: soak.log)"; exit $$s

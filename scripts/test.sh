@@ -12,6 +12,9 @@
 #   e2e-race a subset of e2e with race-built binaries (TestMain builds
 #            lazyblk with -race when the test binary has it): mounts served
 #            under concurrent readers, prefetch and the fetcher daemon.
+#   soak     TestSoak for SOAK (default 2m): faults together, for long
+#            (make soak runs it alone, for longer). Its summary line is
+#            repeated at the end.
 #
 # Timeouts: about three times the slowest package measured on the slowest
 # machine seen (README, "Tests"), so a slow machine passes and a hang
@@ -24,6 +27,8 @@ RACE_TIMEOUT=${RACE_TIMEOUT:-9m}
 E2E_TIMEOUT=${E2E_TIMEOUT:-12m}
 E2E_RACE_TIMEOUT=${E2E_RACE_TIMEOUT:-6m}
 E2E_RACE_RUN='^(TestMountTree|TestPrefetchTrace|TestFetcherDaemon|TestCacheBoundAcrossMounts|TestStalledRegistryFailsFast)$'
+export SOAK=${SOAK:-2m}
+SOAK_TIMEOUT=${SOAK_TIMEOUT:-6m}
 
 log=$(mktemp)
 summary=$(mktemp)
@@ -49,12 +54,15 @@ group() {
 
 mapfile -t pkgs < <("$GO" list ./... | grep -v '/e2e$')
 group race "$RACE_TIMEOUT" -race "${pkgs[@]}"
-group e2e "$E2E_TIMEOUT" ./e2e
+group e2e "$E2E_TIMEOUT" -skip '^TestSoak$' ./e2e
 group e2e-race "$E2E_RACE_TIMEOUT" -race -run "$E2E_RACE_RUN" ./e2e
+group soak "$SOAK_TIMEOUT" -run '^TestSoak$' ./e2e
+soakline=$(grep '^soak: ' "$log" | tail -1)
 
 echo
 echo "== per-package times (slowest first), total $(($(date +%s) - start)) s"
 sort -k4 -rn "$summary" | awk '{
     to = $5; secs = to; sub(/m$/, "", secs); secs *= 60
     printf "%-4s %-9s %-48s %7.1f s  %3d%% of %s\n", $1, $2, $3, $4, 100 * $4 / secs, to }'
+echo "${soakline:-soak: no summary (see the soak group above)}"
 exit $failed
