@@ -284,6 +284,9 @@ func TestSoak(t *testing.T) {
 		leaks++
 	}
 
+	// The kernel's NBD device, in a QEMU guest: SIGKILL and reattach.
+	leaks += soakKernel(t, s, seed, min(max(dur/2, 30*time.Second), 5*time.Minute))
+
 	faults, faultDetail := s.total(&s.faults)
 	nEvents, eventDetail := s.total(&s.events)
 	t.Logf("seed %d, %v: events %d (%s); registry faults %d (%s); %d range requests through the proxy, %d counted by lazyblk "+
