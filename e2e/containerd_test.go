@@ -366,7 +366,7 @@ func TestContainerd(t *testing.T) {
 	// The snapshotter counted the fallback; it reports its counters when it
 	// stops.
 	e.snapshotter.stop()
-	if b, _ := os.ReadFile(e.snapshotter.log); !bytes.Contains(b, []byte("Fallbacks:1}")) {
+	if b, _ := os.ReadFile(e.snapshotter.log); !bytes.Contains(b, []byte("Fallbacks:1 ")) {
 		t.Errorf("the snapshotter's counters at exit do not show one fallback:\n%s", b)
 	}
 }
