@@ -285,7 +285,7 @@ func TestSoak(t *testing.T) {
 	}
 
 	// The kernel's NBD device, in a QEMU guest: SIGKILL and reattach.
-	leaks += soakKernel(t, s, seed, min(max(dur/2, 30*time.Second), 5*time.Minute))
+	leaks += soakKernel(t, s, seed, min(max(dur/4, 30*time.Second), 5*time.Minute))
 
 	faults, faultDetail := s.total(&s.faults)
 	nEvents, eventDetail := s.total(&s.events)

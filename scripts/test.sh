@@ -56,7 +56,7 @@ mapfile -t pkgs < <("$GO" list ./... | grep -v '/e2e$')
 group race "$RACE_TIMEOUT" -race "${pkgs[@]}"
 group e2e "$E2E_TIMEOUT" -skip '^TestSoak$' ./e2e
 group e2e-race "$E2E_RACE_TIMEOUT" -race -run "$E2E_RACE_RUN" ./e2e
-group soak "$SOAK_TIMEOUT" -run '^TestSoak$' ./e2e
+group soak "$SOAK_TIMEOUT" -v -run '^TestSoak$' ./e2e
 soakline=$(grep '^soak: ' "$log" | tail -1)
 
 echo

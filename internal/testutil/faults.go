@@ -8,6 +8,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
+	"log"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -114,6 +116,7 @@ func writePEM(t testing.TB, path, typ string, der []byte) {
 func faultHandler(t testing.TB, host string, decide func(n int64, r *http.Request) Fault, all bool) http.Handler {
 	target, _ := url.Parse("http://" + host)
 	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0) // "context canceled" for every request a client gave up on
 	var n atomic.Int64
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !all && (!strings.Contains(r.URL.Path, "/blobs/") || r.Header.Get("Range") == "") {
