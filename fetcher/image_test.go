@@ -73,8 +73,8 @@ func TestReadsMatchImage(t *testing.T) {
 			im := openImage(t, loc, fetcher.WithCache(c))
 			readRandom(t, im, want, 2, 200)
 			readRandom(t, im, want, 2, 200) // same reads again: now from the cache
-			if st := im.Stats(); st.Hits == 0 || st.BytesFetched == 0 {
-				t.Errorf("stats %+v: want cache hits and fetched bytes", st)
+			if st := im.Stats(); st.Hits == 0 || st.BytesFetched == 0 || st.DecodeSeconds <= 0 || st.DecodeWaitSeconds <= 0 {
+				t.Errorf("stats %+v: want cache hits, fetched bytes and time spent decoding", st)
 			}
 		})
 	}
