@@ -51,7 +51,7 @@ func (im *Image) await(ctx context.Context, cl *call, i int, p []byte, within in
 	defer cl.release(&im.bufs)
 	select {
 	case <-cl.done:
-	case <-cl.earlyFor(i): // the pieces this reader asked for, verified
+	case <-cl.earlyFor(i, within, len(p)): // the pieces this reader asked for, verified
 		e := cl.early
 		copy(p, e.bytes[within-e.off:])
 		im.stats.fromOrigin.observe(time.Since(start))

@@ -9,7 +9,8 @@ package fetcher
 // its reader then waits for the whole chunk, whose decode refetches it.
 type early struct {
 	chunk       int
-	first, last int   // the pieces
+	first, last int // the pieces
+	pieceSize   int
 	off         int64 // content offset of bytes within the chunk
 	bytes       []byte
 	ready       chan struct{}
@@ -23,7 +24,8 @@ func (im *Image) wantEarly(i int, within int64, n int) *early {
 	if !ok || last-first+1 == x.NumPieces(i) { // the whole chunk: nothing to gain
 		return nil
 	}
-	return &early{chunk: i, first: first, last: last, off: int64(first) * int64(x.PieceSize), ready: make(chan struct{})}
+	return &early{chunk: i, first: first, last: last, off: int64(first) * int64(x.PieceSize), ready: make(chan struct{}),
+		pieceSize: int(x.PieceSize)}
 }
 
 // decodeEarly decodes and verifies e's pieces from stored, the chunk's
@@ -41,11 +43,17 @@ func (im *Image) decodeEarly(e *early, stored []byte) bool {
 	return true
 }
 
-// earlyFor is the channel that says cl's early part of chunk i is ready;
-// nil (never ready) when cl has none for chunk i.
-func (cl *call) earlyFor(i int) chan struct{} {
-	if cl.early == nil || cl.early.chunk != i {
+// earlyFor is the channel that says cl's early part holds [within,
+// within+n) of chunk i, verified; nil (never ready) when it does not
+// cover them: another reader that joined the fetch waits for the chunk.
+func (cl *call) earlyFor(i int, within int64, n int) chan struct{} {
+	e := cl.early
+	if e == nil || e.chunk != i {
 		return nil
 	}
-	return cl.early.ready
+	ps := int64(e.pieceSize)
+	if within < e.off || within+int64(n) > int64(e.last+1)*ps {
+		return nil
+	}
+	return e.ready
 }

@@ -3,6 +3,8 @@ package fetcher_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"runtime"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -73,5 +75,57 @@ func TestEarlyPieces(t *testing.T) {
 					flipped.Load(), st.EarlyReads, st.VerifyFailures)
 			}
 		})
+	}
+}
+
+// TestEarlyPiecesJoined: a second reader that joins a fetch in flight for
+// another part of the same chunk is not answered from the first reader's
+// pieces: it waits for its own bytes, and both read exactly.
+func TestEarlyPiecesJoined(t *testing.T) {
+	host := testutil.GGCRRegistry(t)
+	const piece = 256 << 10
+	loc, want := testutil.BlockImage(t, host+"/img:v1", 6<<20, imagefmt.WithChunkSize(4<<20), imagefmt.WithPieceSize(piece))
+	x := openImage(t, loc).Index()
+	i := 1
+	for x.NumPieces(i) != int(x.ChunkSize/piece) {
+		i++
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	proxy := testutil.FaultProxy(t, host, func(_ int64, r *http.Request) testutil.Fault {
+		if !once.Swap(true) {
+			close(held)
+			<-release // the chunk's request waits until the second reader joined
+		}
+		return testutil.Pass
+	})
+	im := openImage(t, viaProxy(t, loc, proxy), fast, fetcher.WithConnections(1, 1))
+	cs := int64(x.ChunkSize)
+	read := func(off int64, done chan error) {
+		p := make([]byte, 8192)
+		n, err := im.ReadAt(context.Background(), p, off)
+		if err == nil && (n != len(p) || !bytes.Equal(p, want[off:off+8192])) {
+			err = errors.New("wrong bytes")
+		}
+		done <- err
+	}
+	first, second := make(chan error, 1), make(chan error, 1)
+	go read(int64(i)*cs+2*piece+5, first)
+	<-held
+	go read(int64(i)*cs+9*piece+5, second)
+	// The second reader is waiting on the same fetch once the image
+	// counts its miss; then let the request go.
+	for im.Stats().Misses < 2 {
+		runtime.Gosched()
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("first reader: %v", err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("second reader, another piece of the chunk: %v", err)
+	}
+	if st := im.Stats(); st.EarlyReads != 1 {
+		t.Errorf("early reads %d, want 1 (the first reader's)", st.EarlyReads)
 	}
 }
