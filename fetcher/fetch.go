@@ -143,9 +143,18 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	outs := make([][]byte, len(run))
 	errs := make([]error, len(run))
 	refetched := make([]bool, len(run))
+	decodeStart := time.Now()
+	// The part the reader who started the fetch asked for, first.
+	earlyServed := false
+	if e := cl.early; e != nil && slices.Contains(run, e.chunk) {
+		c := x.Chunks[e.chunk]
+		earlyServed = im.decodeEarly(e, stored[c.Offset-first.Offset:c.Offset-first.Offset+uint64(c.Length)])
+		if earlyServed {
+			im.stats.decodeWaitNanos.Add(int64(time.Since(decodeStart)))
+		}
+	}
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
-	decodeStart := time.Now()
 	for k, j := range run {
 		c := x.Chunks[j]
 		part := stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
@@ -161,7 +170,7 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 		})
 	}
 	_ = g.Wait()
-	if !cl.background {
+	if !cl.background && !earlyServed {
 		im.stats.decodeWaitNanos.Add(int64(time.Since(decodeStart)))
 	}
 	for k, j := range run {

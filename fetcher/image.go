@@ -84,6 +84,7 @@ type call struct {
 	errs       map[int]error
 	refs       atomic.Int32 // the fetch and the readers using chunks (buffers.go)
 	bufs       []*[]byte    // the pooled buffers chunks are in
+	early      *early       // the part its first reader asked for, decoded first (pieces.go)
 }
 
 // Open resolves l, fetches and verifies its chunk index and returns the
@@ -241,7 +242,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	}
 	im.stats.misses.Add(1)
 	for {
-		cl, started := im.join(i, last)
+		cl, started := im.join(i, last, within, len(p))
 		if started && reader {
 			im.fetchNear(i)
 		}
@@ -254,7 +255,7 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 // join returns the fetch that will deliver chunk i, starting one for i..last
 // when none is in flight (a sequential reader finds readahead's); started
 // says it did. The caller holds the call until it lets it go (await).
-func (im *Image) join(i, last int) (cl *call, started bool) {
+func (im *Image) join(i, last int, within int64, n int) (cl *call, started bool) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if cl, ok := im.inflight[i]; ok {
@@ -263,6 +264,7 @@ func (im *Image) join(i, last int) (cl *call, started bool) {
 	}
 	run := im.runLocked(i, last)
 	cl = im.startLocked(run, false)
+	cl.early = im.wantEarly(i, within, n)
 	cl.hold()
 	im.goFetch(run, cl)
 	return cl, true

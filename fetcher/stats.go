@@ -19,6 +19,9 @@ type Stats struct {
 	// time spent waiting for it, after their bytes arrived: what decoding
 	// and verifying only the part of a chunk asked for could save.
 	DecodeSeconds, DecodeWaitSeconds float64
+	// EarlyReads are demand reads answered from the pieces they asked for,
+	// decoded and verified before the rest of their chunk.
+	EarlyReads int64
 	// Cache writes and reads that failed (a full or broken volume); the
 	// reads they belonged to were served all the same.
 	CacheWriteFailures, CacheReadFailures int64
@@ -38,7 +41,7 @@ type Stats struct {
 
 type counters struct {
 	hits, misses, requests, retries, verifyFailures, bytesFetched, readahead atomic.Int64
-	decodeNanos, decodeWaitNanos                                             atomic.Int64
+	decodeNanos, decodeWaitNanos, earlyReads                                 atomic.Int64
 	fromCache, fromMirror, fromOrigin                                        latency
 }
 
@@ -48,7 +51,7 @@ func (im *Image) Stats() Stats {
 	cached := im.Cached()
 	return Stats{Hits: s.hits.Load(), Misses: s.misses.Load(), Requests: s.requests.Load(),
 		Retries: s.retries.Load(), VerifyFailures: s.verifyFailures.Load(), BytesFetched: s.bytesFetched.Load(),
-		Readahead: s.readahead.Load(), DecodeSeconds: seconds(&s.decodeNanos), DecodeWaitSeconds: seconds(&s.decodeWaitNanos),
+		Readahead: s.readahead.Load(), DecodeSeconds: seconds(&s.decodeNanos), DecodeWaitSeconds: seconds(&s.decodeWaitNanos), EarlyReads: s.earlyReads.Load(),
 		CacheWriteFailures: im.cacheHealth.writeFailures.Load(), CacheReadFailures: im.cacheHealth.readFailures.Load(),
 		Cached: cached, Complete: im.complete(cached),
 		Latency: map[string]Histogram{SourceCache: s.fromCache.snapshot(), SourceMirror: s.fromMirror.snapshot(),

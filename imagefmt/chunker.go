@@ -55,6 +55,7 @@ func ParseCompression(s string) (Compression, error) {
 // memory until finish, and a seek may only go back into chunk 0.
 type chunker struct {
 	chunkSize int
+	pieceSize int // 0: no pieces
 	comp      Compression
 	dir       string // where blobs are written
 
@@ -97,12 +98,12 @@ type chunkJob struct {
 	out    []byte // stored bytes (buf itself when raw)
 }
 
-func newChunker(ctx context.Context, dir string, chunkSize int, comp Compression) *chunker {
+func newChunker(ctx context.Context, dir string, chunkSize, pieceSize int, comp Compression) *chunker {
 	workers := runtime.GOMAXPROCS(0)
 	inflight := 2 * workers
 	g, ctx := errgroup.WithContext(ctx)
 	k := &chunker{
-		chunkSize: chunkSize, comp: comp, dir: dir, starts: []int{0},
+		chunkSize: chunkSize, pieceSize: pieceSize, comp: comp, dir: dir, starts: []int{0},
 		work: make(chan *chunkJob, inflight), order: make(chan *chunkJob, inflight),
 		free: make(chan []byte, inflight+2), g: g, ctx: ctx,
 	}
@@ -308,6 +309,7 @@ func (k *chunker) encodeLoop() error {
 		}
 		j.c.Digest = sha256.Sum256(j.buf)
 		j.c.Encoding, j.out = EncodingRaw, j.buf
+		pieces := k.pieces(j.buf)
 		if k.comp != CompressionNone {
 			if enc == nil {
 				var err error
@@ -316,11 +318,23 @@ func (k *chunker) encodeLoop() error {
 					return err
 				}
 			}
-			z := enc.EncodeAll(j.buf, nil)
+			// One frame per piece (the whole chunk when there are no
+			// pieces): a piece then decodes alone.
+			var z []byte
+			frames := make([]uint32, 0, len(pieces))
+			for start := 0; start < len(j.buf); start += k.pieceLen() {
+				n := len(z)
+				z = enc.EncodeAll(j.buf[start:min(start+k.pieceLen(), len(j.buf))], z)
+				frames = append(frames, uint32(len(z)-n))
+			}
 			if k.comp == CompressionZstd || float64(len(z)) <= (1-autoSavings)*float64(len(j.buf)) {
 				j.c.Encoding, j.out = EncodingZstd, z
+				for i := range pieces {
+					pieces[i].Length = frames[i]
+				}
 			}
 		}
+		j.c.Pieces = pieces
 		close(j.done)
 	}
 	return nil
@@ -401,4 +415,27 @@ func isZero(b []byte) bool {
 		b = b[n:]
 	}
 	return true
+}
+
+// pieceLen is how much content one zstd frame holds: a piece, or the
+// whole chunk without pieces.
+func (k *chunker) pieceLen() int {
+	if k.pieceSize == 0 {
+		return k.chunkSize
+	}
+	return k.pieceSize
+}
+
+// pieces returns buf's pieces with their digests and raw lengths; nil
+// without pieces.
+func (k *chunker) pieces(buf []byte) []Piece {
+	if k.pieceSize == 0 {
+		return nil
+	}
+	out := make([]Piece, 0, (len(buf)+k.pieceSize-1)/k.pieceSize)
+	for start := 0; start < len(buf); start += k.pieceSize {
+		p := buf[start:min(start+k.pieceSize, len(buf))]
+		out = append(out, Piece{Digest: sha256.Sum256(p), Length: uint32(len(p))})
+	}
+	return out
 }

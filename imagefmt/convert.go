@@ -23,6 +23,7 @@ var ErrUnsupportedLayer = errors.New("imagefmt: unsupported layer media type")
 type options struct {
 	fs          FSType
 	chunkSize   int
+	pieceSize   int // WithPieceSize
 	compression Compression
 	fallback    bool
 	tempDir     string
@@ -68,6 +69,19 @@ func WithChunkSize(n int) Option {
 			return err
 		}
 		o.chunkSize = n
+		return nil
+	}
+}
+
+// WithPieceSize sets the size of the pieces a reader can decode and
+// verify alone (pieces.go): a power of two from MinPieceSize to the chunk
+// size, DefaultPieceSize by default; 0 writes chunks without pieces.
+func WithPieceSize(n int) Option {
+	return func(o *options) error {
+		if n != 0 && (n&(n-1) != 0 || n < MinPieceSize || n > MaxChunkSize) {
+			return fmt.Errorf("imagefmt: piece size %d: want 0 or a power of two from %d", n, MinPieceSize)
+		}
+		o.pieceSize = n
 		return nil
 	}
 }
@@ -120,7 +134,7 @@ func (r *Result) Close() error { return os.RemoveAll(r.dir) }
 // Convert flattens src's layers into one filesystem image, chunks it and
 // lays it out for a registry. On error nothing is left behind.
 func Convert(ctx context.Context, src v1.Image, opts ...Option) (_ *Result, err error) {
-	o := options{fs: FSErofs, chunkSize: DefaultChunkSize, compression: CompressionAuto, fallback: true,
+	o := options{fs: FSErofs, chunkSize: DefaultChunkSize, pieceSize: DefaultPieceSize, compression: CompressionAuto, fallback: true,
 		log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -199,7 +213,8 @@ const fallbackFile = "fallback.tar.gz"
 // (regions.go), one blob per layer region and one for chunk 0 and the
 // metadata; ext4 as mkfs.ext4 lays it out, one region, one blob.
 func buildImage(ctx context.Context, t *tree, diffIDs []v1.Hash, o options, dir string) (*Index, map[v1.Hash]string, *layoutPlan, error) {
-	k := newChunker(ctx, dir, o.chunkSize, o.compression)
+	pieceSize := min(o.pieceSize, o.chunkSize) // a chunk of 64 KiB is its own piece
+	k := newChunker(ctx, dir, o.chunkSize, pieceSize, o.compression)
 	k.written = &o.progress.ImageBytes
 	defer k.close()
 	var (
@@ -221,7 +236,8 @@ func buildImage(ctx context.Context, t *tree, diffIDs []v1.Hash, o options, dir 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	idx := &Index{Version: IndexVersion, FS: o.fs, ChunkSize: uint32(o.chunkSize), ImageSize: uint64(size), Chunks: chunks}
+	idx := &Index{Version: IndexVersion, FS: o.fs, ChunkSize: uint32(o.chunkSize), ImageSize: uint64(size), Chunks: chunks,
+		PieceSize: uint32(pieceSize)}
 	return idx, idx.setRegions(plan, starts, blobs), plan, nil
 }
 

@@ -43,14 +43,17 @@
 // # Chunk index, version 2
 //
 // Little-endian: a 48-byte header, one 40-byte record per blob, one
-// 48-byte record per region, one 48-byte record per chunk:
+// 48-byte record per region, one 48-byte record per chunk, and, when the
+// header has a piece size, one 36-byte record per piece of every stored
+// chunk:
 //
 //	offset size  header
 //	     0    8  magic "LZBLKIX\0"
 //	     8    2  version (2)
 //	    10    1  filesystem: 1 erofs, 2 ext4
 //	    11    1  log2(chunk size), 16..26
-//	    12    4  reserved, zero
+//	    12    1  log2(piece size), 16..chunk's; 0: no pieces
+//	    13    3  reserved, zero
 //	    16    8  filesystem image size in bytes
 //	    24    4  chunk count = ceil(image size / chunk size)
 //	    28    2  blob count, at most 65534
@@ -77,6 +80,18 @@
 //	    40    4  stored length (chunk length when raw, 0 for a hole)
 //	    44    1  encoding: 0 hole, 1 raw, 2 zstd
 //	    45    3  reserved, zero
+//
+//	offset size  piece record (chunk by chunk, holes have none; a chunk
+//	             of n bytes has ceil(n / piece size) pieces)
+//	     0   32  sha256 of the piece's content
+//	    32    4  stored length: its zstd frame, or its content when raw
+//
+// Pieces let a reader decode and verify the part of a chunk it asked for
+// before the rest (pieces.go): a zstd chunk is one zstd frame per piece,
+// so it still decodes whole as one stream, and a piece alone. The
+// converter writes 1 MiB pieces (4 per 4 MiB chunk, 144 bytes of index);
+// an index without them (piece size 0, what converters wrote before) is
+// read as before.
 //
 // The head and the metadata share one blob (the metadata region's): both
 // change with every version. Identical chunks of a blob are stored once:

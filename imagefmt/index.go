@@ -99,6 +99,8 @@ type Chunk struct {
 	Offset   uint64
 	Length   uint32
 	Encoding Encoding
+	// Pieces are the chunk's pieces when the index has a PieceSize.
+	Pieces []Piece
 }
 
 // Blob is one data blob of a block image, named by the sha256 of its
@@ -165,6 +167,9 @@ type Index struct {
 	// version 1 index has one RegionImage.
 	Regions []Region
 	Chunks  []Chunk
+	// PieceSize, when not 0, cuts every stored chunk into pieces a reader
+	// can decode and verify alone (pieces.go); version 2 only.
+	PieceSize uint32
 }
 
 // StoredSize is the bytes of every blob.
@@ -252,6 +257,14 @@ func (x *Index) validate() error {
 	}
 	if next != len(x.Chunks) {
 		return fmt.Errorf("%w: regions cover %d of %d chunks", ErrInvalidIndex, next, len(x.Chunks))
+	}
+	if x.PieceSize != 0 && (x.PieceSize&(x.PieceSize-1) != 0 || x.PieceSize < MinPieceSize || x.PieceSize > x.ChunkSize || x.Version == IndexVersion1) {
+		return fmt.Errorf("%w: piece size %d: want a power of two from %d to the chunk size, in version 2", ErrInvalidIndex, x.PieceSize, MinPieceSize)
+	}
+	for i := range x.Chunks {
+		if err := x.validPieces(i); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -52,9 +52,16 @@ func (x *Index) marshalV2() ([]byte, error) {
 	if len(x.Blobs) > maxBlobs || len(x.Regions) > math.MaxUint16 {
 		return nil, fmt.Errorf("%w: %d blobs and %d regions, at most %d of each", ErrInvalidIndex, len(x.Blobs), len(x.Regions), maxBlobs)
 	}
-	size := headerSizeV2 + blobRecordSize*len(x.Blobs) + regionRecSize*len(x.Regions) + chunkRecordSize*len(x.Chunks)
+	pieces := 0
+	for _, c := range x.Chunks {
+		pieces += len(c.Pieces)
+	}
+	size := headerSizeV2 + blobRecordSize*len(x.Blobs) + regionRecSize*len(x.Regions) + chunkRecordSize*len(x.Chunks) + pieceRecordSize*pieces
 	b := make([]byte, size)
 	header(b, IndexVersion2, x)
+	if x.PieceSize != 0 {
+		b[12] = byte(bits.TrailingZeros32(x.PieceSize))
+	}
 	le := binary.LittleEndian
 	le.PutUint32(b[24:], uint32(len(x.Chunks)))
 	le.PutUint16(b[28:], uint16(len(x.Blobs)))
@@ -85,6 +92,14 @@ func (x *Index) marshalV2() ([]byte, error) {
 		r = r[regionRecSize:]
 	}
 	putChunks(r, x.Chunks)
+	r = r[chunkRecordSize*len(x.Chunks):]
+	for _, c := range x.Chunks {
+		for _, p := range c.Pieces {
+			copy(r, p.Digest[:])
+			le.PutUint32(r[32:], p.Length)
+			r = r[pieceRecordSize:]
+		}
+	}
 	return b, nil
 }
 
@@ -118,7 +133,7 @@ func DecodeIndex(b []byte) (*Index, error) {
 	}
 	le := binary.LittleEndian
 	shift := b[11]
-	if shift > 31 || le.Uint32(b[12:]) != 0 {
+	if shift > 31 || b[13]|b[14]|b[15] != 0 || b[12] != 0 && le.Uint16(b[8:]) != IndexVersion2 {
 		return nil, fmt.Errorf("%w: bad chunk shift %d or reserved bits set", ErrInvalidIndex, shift)
 	}
 	var (
@@ -172,7 +187,8 @@ func decodeV2(b []byte) (*Index, error) {
 		}
 	}
 	want := uint64(headerSizeV2) + uint64(nb)*blobRecordSize + uint64(nr)*regionRecSize + uint64(n)*chunkRecordSize
-	if uint64(len(b)) != want || nb > maxBlobs {
+	pieceShift := b[12]
+	if pieceShift == 0 && uint64(len(b)) != want || uint64(len(b)) < want || pieceShift > 31 || nb > maxBlobs {
 		return nil, fmt.Errorf("%w: %d blobs, %d regions and %d chunks need %d bytes, have %d",
 			ErrInvalidIndex, nb, nr, n, want, len(b))
 	}
@@ -200,8 +216,47 @@ func decodeV2(b []byte) (*Index, error) {
 		r = r[regionRecSize:]
 	}
 	var err error
-	x.Chunks, err = getChunks(r, int(n), x.Regions)
-	return x, err
+	if x.Chunks, err = getChunks(r, int(n), x.Regions); err != nil || pieceShift == 0 {
+		return x, err
+	}
+	x.PieceSize, x.ChunkSize = 1<<pieceShift, 1<<b[11] // the pieces' lengths follow from both
+	return x, getPieces(x, r[int(n)*chunkRecordSize:])
+}
+
+// getPieces decodes the piece table after the chunk records: each stored
+// chunk's pieces in chunk order. It checks the table's size against the
+// chunks before it allocates.
+func getPieces(x *Index, b []byte) error {
+	if x.PieceSize < MinPieceSize || x.PieceSize > x.ChunkSize && x.ChunkSize != 0 {
+		return fmt.Errorf("%w: piece size %d", ErrInvalidIndex, x.PieceSize)
+	}
+	total := 0
+	for i, c := range x.Chunks {
+		if c.Encoding == EncodingHole {
+			continue
+		}
+		n := x.ChunkLen(i)
+		if n <= 0 {
+			return fmt.Errorf("%w: chunk %d lies beyond the image's %d bytes", ErrInvalidIndex, i, x.ImageSize)
+		}
+		total += (n + int(x.PieceSize) - 1) / int(x.PieceSize)
+	}
+	if len(b) != total*pieceRecordSize {
+		return fmt.Errorf("%w: %d pieces need %d bytes, have %d", ErrInvalidIndex, total, total*pieceRecordSize, len(b))
+	}
+	le := binary.LittleEndian
+	all := make([]Piece, total)
+	for i := range x.Chunks {
+		k := x.NumPieces(i)
+		x.Chunks[i].Pieces, all = all[:k:k], all[k:]
+		for j := range x.Chunks[i].Pieces {
+			p := &x.Chunks[i].Pieces[j]
+			copy(p.Digest[:], b[:32])
+			p.Length = le.Uint32(b[32:])
+			b = b[pieceRecordSize:]
+		}
+	}
+	return nil
 }
 
 // getChunks decodes n chunk records, each stored in the blob of the

@@ -51,6 +51,7 @@ type summary struct {
 	FS          string `json:"fs"`
 	ImageSize   uint64 `json:"imageSize"`
 	ChunkSize   uint32 `json:"chunkSize"`
+	PieceSize   uint32 `json:"pieceSize"` // 0: chunks without pieces
 	Chunks      int    `json:"chunks"`
 	Holes       int    `json:"holes"`
 	Raw         int    `json:"raw"`
@@ -82,7 +83,7 @@ type regionSummary struct {
 func summarize(ref string, digest, indexDigest v1.Hash, x *imagefmt.Index) summary {
 	st := x.Stats()
 	s := summary{
-		Ref: ref, Digest: digest.String(), Version: x.Version, FS: x.FS.String(), ImageSize: x.ImageSize, ChunkSize: x.ChunkSize,
+		Ref: ref, Digest: digest.String(), Version: x.Version, FS: x.FS.String(), ImageSize: x.ImageSize, ChunkSize: x.ChunkSize, PieceSize: x.PieceSize,
 		Chunks: st.Chunks, Holes: st.Holes, Raw: st.Raw, Zstd: st.Zstd, StoredBytes: st.StoredBytes,
 		IndexDigest: indexDigest.String(), DataSize: x.StoredSize(),
 	}
@@ -118,6 +119,9 @@ func (s summary) print(w io.Writer) {
 	fmt.Fprintf(tw, "Filesystem:\t%s (chunk index version %d)\n", s.FS, s.Version)
 	fmt.Fprintf(tw, "Image size:\t%s (%d bytes)\n", human(s.ImageSize), s.ImageSize)
 	fmt.Fprintf(tw, "Chunk size:\t%s\n", human(uint64(s.ChunkSize)))
+	if s.PieceSize > 0 {
+		fmt.Fprintf(tw, "Piece size:\t%s (each verified alone: a cold read decodes its own first)\n", human(uint64(s.PieceSize)))
+	}
 	fmt.Fprintf(tw, "Chunks:\t%d (%d raw, %d zstd, %d holes)\n", s.Chunks, s.Raw, s.Zstd, s.Holes)
 	fmt.Fprintf(tw, "Stored bytes:\t%s (%.1f%% of image; identical chunks of a blob stored once)\n", human(s.DataSize), pct(s.DataSize, s.ImageSize))
 	fmt.Fprintf(tw, "Chunk index:\t%s\n", s.IndexDigest)
