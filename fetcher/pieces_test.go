@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"runtime"
 	"net/http"
+	"runtime"
 	"sync/atomic"
 	"testing"
 
