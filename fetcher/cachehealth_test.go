@@ -15,9 +15,10 @@ import (
 )
 
 // TestCacheCannotStore: a cache whose only volume is full (a 16 MiB tmpfs
-// filled by another file: ENOSPC) never fails a read. Every byte of the
-// image reads exactly from the fetched bytes; the failures are counted
-// and logged once; once space returns, the cache stores again, said once.
+// filled by another file: ENOSPC), or remounted read-only (EROFS), never
+// fails a read. Every byte of the image reads exactly from the fetched
+// bytes; the failures are counted and logged once; once space returns,
+// the cache stores again.
 func TestCacheCannotStore(t *testing.T) {
 	testutil.Require(t, true) // mounts a tmpfs
 	vol := t.TempDir()
@@ -50,8 +51,19 @@ func TestCacheCannotStore(t *testing.T) {
 		t.Errorf("the full cache was logged %d times, want once:\n%s", n, logs.String())
 	}
 
-	// Space returns: the same image opened again caches what it reads.
+	// Read-only: the same.
 	os.Remove(filler)
+	testutil.Run(t, "mount", "-o", "remount,ro", vol)
+	logs.Reset()
+	im = openImage(t, loc, fetcher.WithCache(c), fetcher.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	readAll(t, im, want)
+	im.Close()
+	if st := im.Stats(); st.CacheWriteFailures == 0 || strings.Count(logs.String(), "cannot store") != 1 {
+		t.Errorf("read-only volume: %d write failures, logged %d times; want some, once", st.CacheWriteFailures, strings.Count(logs.String(), "cannot store"))
+	}
+	testutil.Run(t, "mount", "-o", "remount,rw", vol)
+
+	// Space returns: the same image opened again caches what it reads.
 	logs.Reset()
 	im = openImage(t, loc, fetcher.WithCache(c), fetcher.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	readAll(t, im, want)
