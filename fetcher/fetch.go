@@ -149,8 +149,10 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	if e := cl.early; e != nil && slices.Contains(run, e.chunk) {
 		c := x.Chunks[e.chunk]
 		earlyServed = im.decodeEarly(e, stored[c.Offset-first.Offset:c.Offset-first.Offset+uint64(c.Length)])
+		took := int64(time.Since(decodeStart))
+		im.stats.decodeNanos.Add(took)
 		if earlyServed {
-			im.stats.decodeWaitNanos.Add(int64(time.Since(decodeStart)))
+			im.stats.decodeWaitNanos.Add(took)
 		}
 	}
 	var g errgroup.Group
@@ -164,8 +166,12 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 		}
 		g.Go(func() error {
 			t0 := time.Now()
+			defer func() { im.stats.decodeNanos.Add(int64(time.Since(t0))) }()
+			if earlyServed && j == cl.early.chunk && im.decodeRest(j, part, out, cl.early) {
+				outs[k] = out
+				return nil
+			}
 			outs[k], refetched[k], errs[k] = im.decode(ctx, j, part, out)
-			im.stats.decodeNanos.Add(int64(time.Since(t0)))
 			return nil
 		})
 	}

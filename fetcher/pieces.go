@@ -57,3 +57,21 @@ func (cl *call) earlyFor(i int, within int64, n int) chan struct{} {
 	}
 	return e.ready
 }
+
+// decodeRest completes chunk j into out after its early pieces: the other
+// pieces are decoded and verified once each and the early ones copied, so
+// no byte is decoded or hashed twice. Together the pieces' digests vouch
+// for the chunk as its own digest does (the verified index names both).
+// false: a piece failed, and the caller decodes the whole chunk, which
+// refetches it.
+func (im *Image) decodeRest(j int, stored, out []byte, e *early) bool {
+	x := im.index
+	n, ps := x.NumPieces(j), int(x.PieceSize)
+	if e.first > 0 && x.DecodePieces(j, 0, e.first-1, stored, out[:e.first*ps]) != nil {
+		return false
+	}
+	if &out[0] != &stored[0] { // a raw chunk is verified in place: its early bytes are there
+		copy(out[e.off:], e.bytes)
+	}
+	return e.last+1 == n || x.DecodePieces(j, e.last+1, n-1, stored, out[(e.last+1)*ps:]) == nil
+}

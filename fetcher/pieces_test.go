@@ -45,6 +45,12 @@ func TestEarlyPieces(t *testing.T) {
 			if st := im.Stats(); st.EarlyReads != 1 {
 				t.Errorf("early reads %d, want 1 (the read's piece first)", st.EarlyReads)
 			}
+			// The rest of the chunk, completed from the other pieces.
+			whole := make([]byte, cs)
+			if n, err := im.ReadAt(context.Background(), whole, int64(i)*cs); n != len(whole) || err != nil ||
+				!bytes.Equal(whole, want[int64(i)*cs:int64(i+1)*cs]) {
+				t.Fatalf("the whole chunk after its early pieces: %d bytes, %v", n, err)
+			}
 
 			// The middle of the chunk's stored bytes corrupt, once.
 			c := x.Chunks[i]
