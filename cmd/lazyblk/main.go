@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -21,8 +22,19 @@ var version = "dev"
 func main() {
 	// LAZYBLK_PPROF=127.0.0.1:6060 serves net/http/pprof for profiling a
 	// running command; off unless set.
+	// A mount's serving process inherits it from the mount command, which
+	// holds the port until it exits: the listener retries for a while.
 	if addr := os.Getenv("LAZYBLK_PPROF"); addr != "" {
-		go func() { fmt.Fprintln(os.Stderr, "lazyblk: pprof:", http.ListenAndServe(addr, nil)) }()
+		go func() {
+			var err error
+			for range 50 {
+				if err = http.ListenAndServe(addr, nil); !errors.Is(err, syscall.EADDRINUSE) {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			fmt.Fprintln(os.Stderr, "lazyblk: pprof:", err)
+		}()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	app := newApp()
