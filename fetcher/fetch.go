@@ -143,32 +143,37 @@ func (im *Image) fetchRun(ctx context.Context, run []int, cl *call, slots chan s
 	outs := make([][]byte, len(run))
 	errs := make([]error, len(run))
 	refetched := make([]bool, len(run))
+	storedOf := make([][]byte, len(run))
+	for k, j := range run {
+		c := x.Chunks[j]
+		storedOf[k] = stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
+		outs[k] = storedOf[k] // raw chunks are verified in place
+		if c.Encoding != imagefmt.EncodingRaw {
+			outs[k] = im.buffer(cl, x.ChunkLen(j))
+		}
+	}
 	decodeStart := time.Now()
-	// The part the reader who started the fetch asked for, first.
+	// The part the reader who started the fetch asked for, first, into
+	// the chunk's own buffer.
 	earlyServed := false
-	if e := cl.early; e != nil && slices.Contains(run, e.chunk) {
-		c := x.Chunks[e.chunk]
-		earlyServed = im.decodeEarly(e, stored[c.Offset-first.Offset:c.Offset-first.Offset+uint64(c.Length)])
-		took := int64(time.Since(decodeStart))
-		im.stats.decodeNanos.Add(took)
-		if earlyServed {
-			im.stats.decodeWaitNanos.Add(took)
+	if e := cl.early; e != nil {
+		if k := slices.Index(run, e.chunk); k >= 0 {
+			earlyServed = im.decodeEarly(e, storedOf[k], outs[k])
+			took := int64(time.Since(decodeStart))
+			im.stats.decodeNanos.Add(took)
+			if earlyServed {
+				im.stats.decodeWaitNanos.Add(took)
+			}
 		}
 	}
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
 	for k, j := range run {
-		c := x.Chunks[j]
-		part := stored[c.Offset-first.Offset : c.Offset-first.Offset+uint64(c.Length)]
-		out := part // raw chunks are verified in place
-		if c.Encoding != imagefmt.EncodingRaw {
-			out = im.buffer(cl, x.ChunkLen(j))
-		}
+		part, out := storedOf[k], outs[k]
 		g.Go(func() error {
 			t0 := time.Now()
 			defer func() { im.stats.decodeNanos.Add(int64(time.Since(t0))) }()
 			if earlyServed && j == cl.early.chunk && im.decodeRest(j, part, out, cl.early) {
-				outs[k] = out
 				return nil
 			}
 			outs[k], refetched[k], errs[k] = im.decode(ctx, j, part, out)

@@ -29,11 +29,14 @@ func (im *Image) wantEarly(i int, within int64, n int) *early {
 }
 
 // decodeEarly decodes and verifies e's pieces from stored, the chunk's
-// stored bytes, and wakes e's reader; false when they did not verify.
-func (im *Image) decodeEarly(e *early, stored []byte) bool {
+// stored bytes, into their place in out, the chunk's buffer (stored itself
+// for a raw chunk: verified in place), and wakes e's reader; false when
+// they did not verify. The rest of out is written by decodeRest or decode,
+// never these bytes, which the reader copies meanwhile.
+func (im *Image) decodeEarly(e *early, stored, out []byte) bool {
 	x := im.index
 	ps := int(x.PieceSize)
-	buf := make([]byte, min((e.last-e.first+1)*ps, x.ChunkLen(e.chunk)-e.first*ps))
+	buf := out[e.off : e.off+int64(min((e.last-e.first+1)*ps, x.ChunkLen(e.chunk)-e.first*ps))]
 	if err := x.DecodePieces(e.chunk, e.first, e.last, stored, buf); err != nil {
 		return false
 	}
@@ -58,20 +61,16 @@ func (cl *call) earlyFor(i int, within int64, n int) chan struct{} {
 	return e.ready
 }
 
-// decodeRest completes chunk j into out after its early pieces: the other
-// pieces are decoded and verified once each and the early ones copied, so
-// no byte is decoded or hashed twice. Together the pieces' digests vouch
-// for the chunk as its own digest does (the verified index names both).
-// false: a piece failed, and the caller decodes the whole chunk, which
-// refetches it.
+// decodeRest completes chunk j in out, whose early pieces decodeEarly
+// wrote: the other pieces are decoded and verified once each, so no byte
+// is decoded or hashed twice. Together the pieces' digests vouch for the
+// chunk as its own digest does (the verified index names both). false: a
+// piece failed, and the caller decodes the whole chunk, which refetches it.
 func (im *Image) decodeRest(j int, stored, out []byte, e *early) bool {
 	x := im.index
 	n, ps := x.NumPieces(j), int(x.PieceSize)
 	if e.first > 0 && x.DecodePieces(j, 0, e.first-1, stored, out[:e.first*ps]) != nil {
 		return false
-	}
-	if &out[0] != &stored[0] { // a raw chunk is verified in place: its early bytes are there
-		copy(out[e.off:], e.bytes)
 	}
 	return e.last+1 == n || x.DecodePieces(j, e.last+1, n-1, stored, out[(e.last+1)*ps:]) == nil
 }
