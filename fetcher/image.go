@@ -223,10 +223,12 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	start := time.Now()
 	if im.o.cache != nil {
 		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case err != nil && ctx.Err() != nil: // the reader is gone: start no fetch for it
+			return err
+		case err != nil:
 			im.cacheFailed(false, i, err) // fetched instead
-		}
-		if hit && err == nil {
+		case hit:
 			im.stats.hits.Add(1)
 			im.stats.fromCache.observe(time.Since(start))
 			return nil
