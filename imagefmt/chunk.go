@@ -26,6 +26,22 @@ var decoder = sync.OnceValues(func() (*zstd.Decoder, error) {
 	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.IgnoreChecksum(true))
 })
 
+// unzstd decodes in, one or more zstd frames, into exactly dst.
+func unzstd(in, dst []byte) error {
+	d, err := decoder()
+	if err != nil {
+		return err
+	}
+	out, err := d.DecodeAll(in, dst[:0])
+	if err != nil {
+		return fmt.Errorf("zstd: %v", err)
+	}
+	if len(out) != len(dst) || &out[0] != &dst[0] {
+		return fmt.Errorf("zstd: decoded %d bytes, want %d", len(out), len(dst))
+	}
+	return nil
+}
+
 // DecodeChunk turns chunk i's stored bytes into its content in dst, which
 // must hold ChunkLen(i) bytes, and verifies the content's digest. No byte of
 // dst may be used when it fails.
@@ -47,16 +63,8 @@ func (x *Index) DecodeChunk(i int, stored, dst []byte) error {
 			copy(dst, stored)
 		}
 	case EncodingZstd:
-		d, err := decoder()
-		if err != nil {
-			return err
-		}
-		out, err := d.DecodeAll(stored, dst[:0])
-		if err != nil {
-			return fmt.Errorf("%w: chunk %d: zstd: %v", ErrChunkCorrupt, i, err)
-		}
-		if len(out) != n || &out[0] != &dst[0] {
-			return fmt.Errorf("%w: chunk %d: decoded %d bytes, want %d", ErrChunkCorrupt, i, len(out), n)
+		if err := unzstd(stored, dst); err != nil {
+			return fmt.Errorf("%w: chunk %d: %v", ErrChunkCorrupt, i, err)
 		}
 	}
 	if sha256.Sum256(dst) != c.Digest {

@@ -75,13 +75,8 @@ func (x *Index) DecodePieces(i, first, last int, stored, dst []byte) error {
 		case EncodingRaw:
 			copy(out, in)
 		case EncodingZstd:
-			d, err := decoder()
-			if err != nil {
-				return err
-			}
-			got, err := d.DecodeAll(in, out[:0])
-			if err != nil || len(got) != plen || &got[0] != &out[0] {
-				return fmt.Errorf("%w: chunk %d piece %d: zstd: %v", ErrChunkCorrupt, i, k, err)
+			if err := unzstd(in, out); err != nil {
+				return fmt.Errorf("%w: chunk %d piece %d: %v", ErrChunkCorrupt, i, k, err)
 			}
 		}
 		if sha256.Sum256(out) != p.Digest {
