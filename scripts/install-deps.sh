@@ -16,6 +16,7 @@ packages=(
   containerd runc                 # containerd 1.6 for the snapshotter tests
   debootstrap gnuplot-nox         # the cold-start benchmark: a real Debian root, its chart
   mdadm                           # scripts/setup-raid0.sh (run in the QEMU guest by its test)
+  dmsetup                         # a cache volume failing with EIO (dm error, in the QEMU guest)
   libseccomp-dev pkg-config       # runc 1.4 built by scripts/build-tools.sh (cgo, seccomp)
 )
 
