@@ -17,7 +17,8 @@ import (
 // device-mapper linear device, a file is read and cached, then the
 // device's table is swapped for dm "error"; with the page cache dropped,
 // the cached file and files not yet read all read exactly, fetched again,
-// and the condition is logged once.
+// and the condition is logged once (the volume fails some writes and
+// takes others in the page cache: that must not flap the log).
 func TestCacheVolumeEIO(t *testing.T) {
 	testutil.RequireVM(t)
 	testutil.Require(t, true, "dmsetup", "mkfs.ext4")

@@ -17,7 +17,7 @@ import (
 // TestCacheCannotStore: a cache whose only volume is full (a 16 MiB tmpfs
 // filled by another file: ENOSPC), or remounted read-only (EROFS), never
 // fails a read. Every byte of the image reads exactly from the fetched
-// bytes; the failures are counted and logged once; once space returns,
+// bytes; the failures are counted and logged once (within the minute); once space returns,
 // the cache stores again.
 func TestCacheCannotStore(t *testing.T) {
 	testutil.Require(t, true) // mounts a tmpfs
