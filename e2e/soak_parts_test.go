@@ -87,7 +87,9 @@ func soakReader(s *soak, m *soakMount, seed uint64, stop chan struct{}) {
 			s.failed.Add(1)
 			switch {
 			case errors.Is(err, syscall.EIO):
-			case m.killed.Load() && errors.Is(err, syscall.ENOTCONN):
+			case m.killed.Load() && (errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED)):
+				// nbdfuse's answers once the server is dead: its NBD
+				// connection is gone, or its FUSE connection aborted
 				s.failedKilled.Add(1)
 			default:
 				s.notEIO.Add(1)

@@ -42,7 +42,7 @@ type soakMount struct {
 	daemon                bool     // made by the fetcher daemon
 	mu                    sync.RWMutex
 	// killed: the soak killed the serving process and has not made the
-	// mount again; nbdfuse then fails reads with ENOTCONN, not EIO.
+	// mount again; nbdfuse then fails reads with ENOTCONN or ECONNABORTED, not EIO.
 	killed atomic.Bool
 }
 
