@@ -18,11 +18,23 @@ const (
 	AttachNBDFuse = "nbdfuse" // libnbd's nbdfuse: a FUSE file, then file-backed erofs or a loop device
 )
 
+// AutoAttach is the attach mode auto stands for on this kernel: ublk
+// when its driver is loaded, else the kernel's NBD driver, else nbdfuse.
+func AutoAttach() string {
+	switch {
+	case HasUblk():
+		return AttachUblk
+	case HasDriver():
+		return AttachNetlink
+	}
+	return AttachNBDFuse
+}
+
 // MountConfig says where and how to mount an export.
 type MountConfig struct {
 	Dir    string // the read-only filesystem goes here
 	FS     string // "erofs" or "ext4"
-	Attach string // AttachNetlink or AttachNBDFuse
+	Attach string // AttachUblk, AttachNetlink or AttachNBDFuse
 	// Work is a private directory for the NBD socket, nbdfuse's pid file
 	// and its FUSE mountpoint; it must outlive the mount.
 	Work        string
@@ -41,18 +53,24 @@ type MountConfig struct {
 // take it down from another process after the server crashed. It is
 // stored as JSON by the CLI.
 type Mount struct {
-	Dir     string  `json:"dir"`
-	FS      string  `json:"fs"`
-	Attach  string  `json:"attach"`
-	Work    string  `json:"work"`
-	Source  string  `json:"source"`           // what is mounted on Dir
-	Device  *Device `json:"device,omitempty"` // netlink
-	FusePID int     `json:"fusePid,omitempty"`
-	Backend string  `json:"backend,omitempty"`
+	Dir     string      `json:"dir"`
+	FS      string      `json:"fs"`
+	Attach  string      `json:"attach"`
+	Work    string      `json:"work"`
+	Source  string      `json:"source"`           // what is mounted on Dir
+	Device  *Device     `json:"device,omitempty"` // netlink
+	Ublk    *UblkDevice `json:"ublk,omitempty"`
+	FusePID int         `json:"fusePid,omitempty"`
+	Backend string      `json:"backend,omitempty"`
 
-	fuse       *exec.Cmd  // nbdfuse, when this process started it
-	fuseExited chan error // its exit status
+	fuse       *exec.Cmd   // nbdfuse, when this process started it
+	fuseExited chan error  // its exit status
+	ublk       *ublkServer // the ublk device's queues, when this process serves them
 }
+
+// Recoverable says whether a new server can take the device over after
+// its server died (Reattach): kernel NBD and ublk devices can.
+func (m *Mount) Recoverable() bool { return m.Device != nil || m.Ublk != nil }
 
 // fuseDir is nbdfuse's mountpoint inside Work; nothing else may live in it
 // (nbdfuse takes the whole directory over).
@@ -95,6 +113,12 @@ func MountImage(srv *Server, export string, size int64, cfg MountConfig) (m *Mou
 		if err := m.startFuse(srv, cfg.Connections); err != nil {
 			return m, err
 		}
+	case AttachUblk:
+		u, err := attachUblk(srv, export, size)
+		if err != nil {
+			return m, err
+		}
+		m.ublk, m.Ublk, m.Source = u, &u.dev, u.dev.Path()
 	default:
 		return m, fmt.Errorf("blockdev: unknown attach mode %q", cfg.Attach)
 	}
@@ -116,8 +140,17 @@ func MountImage(srv *Server, export string, size int64, cfg MountConfig) (m *Mou
 	return m, nil
 }
 
-// Reattach hands a device whose server died fresh connections to srv.
+// Reattach hands a device whose server died to srv: fresh connections for
+// a kernel NBD device, a recovery for a ublk device.
 func Reattach(srv *Server, export string, m *Mount, connections int) error {
+	if m.Ublk != nil {
+		u, err := recoverUblk(srv, export, *m.Ublk)
+		if err != nil {
+			return err
+		}
+		m.ublk = u
+		return nil
+	}
 	if m.Device == nil {
 		return fmt.Errorf("blockdev: %s is attached through %s, which cannot take a new server", m.Dir, m.Attach)
 	}
@@ -166,9 +199,15 @@ func (m *Mount) Unmount() error {
 	return m.detach()
 }
 
-// detach releases the device under the filesystem: the kernel NBD device,
-// or nbdfuse (a loop device on its file clears itself).
+// detach releases the device under the filesystem: the ublk device, the
+// kernel NBD device, or nbdfuse (a loop device on its file clears itself).
 func (m *Mount) detach() error {
+	if m.Ublk != nil {
+		if err := detachUblk(*m.Ublk, m.ublk); err != nil {
+			return err
+		}
+		m.ublk = nil
+	}
 	if m.Device != nil {
 		if err := Detach(*m.Device); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 			return err

@@ -380,15 +380,18 @@ func (c *session) readNow(req request, sp *splicer) (j job, done bool) {
 	return j, false // a worker tries the files again, then ReadAt
 }
 
-// track records a read as in flight, for Stats, until the returned func.
-func (c *session) track(req *request) func() {
-	c.s.readsMu.Lock()
-	c.s.reads[req] = time.Now()
-	c.s.readsMu.Unlock()
+// track records a read of this session as in flight (Server.trackRead).
+func (c *session) track(req *request) func() { return c.s.trackRead(req) }
+
+// trackRead records a read as in flight, for Stats, until the returned func.
+func (s *Server) trackRead(req *request) func() {
+	s.readsMu.Lock()
+	s.reads[req] = time.Now()
+	s.readsMu.Unlock()
 	return func() {
-		c.s.readsMu.Lock()
-		delete(c.s.reads, req)
-		c.s.readsMu.Unlock()
+		s.readsMu.Lock()
+		delete(s.reads, req)
+		s.readsMu.Unlock()
 	}
 }
 
@@ -432,29 +435,39 @@ func (c *session) read(j job, sp *splicer) {
 	}
 	buf := getBuffer(16 + int(req.length))
 	defer putBuffer(buf)
-	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.opts.requestTimeout)
-	defer cancel()
-	n, err := c.e.Backend.ReadAt(ctx, (*buf)[16:], int64(req.off))
-	if n == int(req.length) && errors.Is(err, io.EOF) {
-		err = nil
-	}
-	if err == nil && n != int(req.length) {
-		err = io.ErrUnexpectedEOF
-	}
-	if err != nil {
-		c.s.stats.errors.Add(1)
+	if err := c.s.readAt(c.e, (*buf)[16:], int64(req.off), start); err != nil {
 		errno := errEIO
 		if c.s.ctx.Err() != nil {
 			errno = errESHUTDOWN
 		}
-		c.s.opts.log.Warn("nbd read failed", "export", c.e.Name, "off", req.off, "len", req.length,
-			"took", time.Since(start).Round(time.Millisecond), "err", err)
 		c.reply(req.handle, errno)
 		return
 	}
-	c.s.stats.bytes.Add(int64(n))
 	replyHeader(*buf, req.handle, 0)
 	c.write(*buf)
+}
+
+// readAt fills p from e's backend at off under the request deadline,
+// counting the bytes or the error (logged) in Stats. start is when the
+// request arrived, for the log.
+func (s *Server) readAt(e *Export, p []byte, off int64, start time.Time) error {
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.requestTimeout)
+	defer cancel()
+	n, err := e.Backend.ReadAt(ctx, p, off)
+	if n == len(p) && errors.Is(err, io.EOF) {
+		err = nil
+	}
+	if err == nil && n != len(p) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		s.stats.errors.Add(1)
+		s.opts.log.Warn("read failed", "export", e.Name, "off", off, "len", len(p),
+			"took", time.Since(start).Round(time.Millisecond), "err", err)
+		return err
+	}
+	s.stats.bytes.Add(int64(n))
+	return nil
 }
 
 func (c *session) reply(handle uint64, errno uint32) {

@@ -201,9 +201,9 @@ func (c Fetcher) Check() error {
 		return fmt.Errorf("config: cache.low_watermark = %d: want a percentage of cache.size, 1 to 100", w)
 	}
 	switch c.Blockdev.Attach {
-	case "auto", "netlink", "nbdfuse":
+	case "auto", "ublk", "netlink", "nbdfuse":
 	default:
-		return fmt.Errorf("config: blockdev.attach = %q: want auto, netlink or nbdfuse", c.Blockdev.Attach)
+		return fmt.Errorf("config: blockdev.attach = %q: want auto, ublk, netlink or nbdfuse", c.Blockdev.Attach)
 	}
 	if n := c.Blockdev.Connections; n < 1 || n > 64 {
 		return fmt.Errorf("config: blockdev.connections = %d: want 1 to 64", n)

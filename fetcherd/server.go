@@ -201,11 +201,11 @@ func Recover(ctx context.Context, m *mounts.Manager) {
 		switch {
 		case st.Serving:
 			slog.Info("recover: mount still served", "dir", st.Dir, "pid", st.PID)
-		case st.Mount != nil && st.Mount.Device != nil:
+		case st.Mount != nil && st.Mount.Recoverable():
 			if _, err := m.Reattach(ctx, st.Dir); err != nil {
 				slog.Error("recover: reattach", "dir", st.Dir, "err", err)
 			} else {
-				slog.Info("recover: reattached", "dir", st.Dir, "device", st.Mount.Device.Path())
+				slog.Info("recover: reattached", "dir", st.Dir, "device", st.Mount.Source)
 			}
 		default:
 			slog.Warn("recover: server of an nbdfuse mount died; reads fail until it is unmounted", "dir", st.Dir)

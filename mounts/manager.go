@@ -50,7 +50,7 @@ var ErrBusy = errors.New("mountpoint busy")
 type Request struct {
 	Source      Source
 	Dir         string        // absolute, existing directory
-	Attach      string        // auto, netlink or nbdfuse
+	Attach      string        // auto, ublk, netlink or nbdfuse
 	Connections int           // NBD connections, 1 to 64
 	IOTimeout   time.Duration // kernel NBD request timeout, at least 1s
 	Options     string        // mount(8) options over blockdev.DefaultMountOptions
@@ -78,8 +78,8 @@ func (r Request) Check() error {
 	if err := r.Source.Check(); err != nil {
 		return err
 	}
-	if r.Attach != "auto" && r.Attach != blockdev.AttachNetlink && r.Attach != blockdev.AttachNBDFuse {
-		return &FieldError{"attach", r.Attach, "auto, netlink or nbdfuse"}
+	if r.Attach != "auto" && r.Attach != blockdev.AttachUblk && r.Attach != blockdev.AttachNetlink && r.Attach != blockdev.AttachNBDFuse {
+		return &FieldError{"attach", r.Attach, "auto, ublk, netlink or nbdfuse"}
 	}
 	if r.Connections < 1 || r.Connections > 64 {
 		return &FieldError{"connections", r.Connections, "1 to 64"}
@@ -315,8 +315,8 @@ func (m *Manager) Reattach(ctx context.Context, dir string) (*State, error) {
 	if st.Serving {
 		return nil, fmt.Errorf("reattach %s: still served by pid %d", dir, st.PID)
 	}
-	if st.Mount == nil || st.Mount.Device == nil {
-		return nil, fmt.Errorf("reattach %s: not attached through the kernel's NBD driver; unmount it and mount again", dir)
+	if st.Mount == nil || !st.Mount.Recoverable() {
+		return nil, fmt.Errorf("reattach %s: attached through nbdfuse, which cannot take a new server; unmount it and mount again", dir)
 	}
 	rep, err := m.startServer(ctx, workDir(m.root(), dir), false)
 	if err != nil {

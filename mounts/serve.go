@@ -136,10 +136,7 @@ func attach(ctx context.Context, srv *blockdev.Server, im *fetcher.Image, st *St
 		go readSuperblock(ctx, im)
 		attach := st.Attach
 		if attach == "auto" {
-			attach = blockdev.AttachNBDFuse
-			if blockdev.HasDriver() {
-				attach = blockdev.AttachNetlink
-			}
+			attach = blockdev.AutoAttach()
 		}
 		m, err := blockdev.MountImage(srv, st.Source.Ref, im.Size(), blockdev.MountConfig{
 			Dir: st.Dir, FS: im.Index().FS.String(), Attach: attach, Work: work, Connections: st.Connections,

@@ -33,7 +33,7 @@ const DefaultRoot = "/run/lazyblk"
 type State struct {
 	Source      Source          `json:"source"`
 	Dir         string          `json:"dir"`
-	Attach      string          `json:"attach"` // as asked: auto, netlink or nbdfuse
+	Attach      string          `json:"attach"` // as asked: auto, ublk, netlink or nbdfuse
 	Connections int             `json:"connections"`
 	IOTimeout   time.Duration   `json:"ioTimeout,omitempty"` // kernel NBD only
 	Options     string          `json:"options,omitempty"`   // mount(8) options over the defaults

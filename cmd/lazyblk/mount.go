@@ -39,12 +39,16 @@ The filesystem is mounted ro,nosuid,nodev: set-uid bits and device files of
 the image have no effect unless -o suid or -o dev says otherwise.
 
 Attach modes:
-  netlink  the kernel's NBD driver over generic netlink (the production path;
-           a restarted server takes over the device: 'lazyblk reattach DIR')
+  ublk     the kernel's ublk driver (Linux 6.0+, module ublk_drv): requests
+           reach this process through io_uring, several queues, no socket;
+           a restarted server takes the device over: 'lazyblk reattach DIR'
+  netlink  the kernel's NBD driver over generic netlink (a restarted server
+           takes over the device too: 'lazyblk reattach DIR')
   nbdfuse  libnbd's nbdfuse exposes the device as a FUSE file; erofs mounts
            the file directly, ext4 through a loop device. For kernels without
-           the nbd driver.
-  auto     netlink when the nbd driver is loaded, nbdfuse otherwise (default)
+           either driver.
+  auto     ublk when ublk_drv is loaded, else netlink when nbd is, else
+           nbdfuse (default); the mount's output says which it took
 
 Examples:
   lazyblk mount registry.local/app:v1-lazyblk /mnt/app
@@ -52,8 +56,8 @@ Examples:
   lazyblk mount --attach nbdfuse --plain-http 127.0.0.1:5000/app:v1 /mnt/app
   lazyblk mount -o dev,suid REF /mnt/root && chroot /mnt/root /bin/sh`,
 		Flags: append(sourceFlags(),
-			&cli.StringFlag{Name: "attach", Value: "auto", Usage: "auto, netlink or nbdfuse"},
-			&cli.IntFlag{Name: "connections", Value: 4, Usage: "NBD connections serving the device"},
+			&cli.StringFlag{Name: "attach", Value: "auto", Usage: "auto, ublk, netlink or nbdfuse"},
+			&cli.IntFlag{Name: "connections", Value: 4, Usage: "NBD connections serving the device (ublk: one queue per CPU, up to 4)"},
 			&cli.DurationFlag{Name: "io-timeout", Value: 30 * time.Second, Usage: "kernel NBD: a request unanswered this long is " +
 				"sent again on another connection; also how soon reads in flight resume after 'lazyblk reattach'"},
 			&cli.StringFlag{Name: "options", Aliases: []string{"o"}, Usage: "mount(8) options over the defaults " +
@@ -173,9 +177,10 @@ func reattachCommand() *cli.Command {
 		Usage:     "start a new server for a mount whose server died; the mount stays",
 		ArgsUsage: "DIR",
 		Description: `The kernel keeps a device whose server died, and its queued reads, for 5 minutes.
-reattach starts a new serving process that hands the device fresh connections:
-reads in flight and after complete. Kernel NBD (netlink) mounts only: nbdfuse
-cannot take a new server. A fetcher daemon does this for every such mount when
+reattach starts a new serving process that takes the device over (fresh
+connections for kernel NBD, a user recovery for ublk): reads in flight and
+after complete. Kernel NBD (netlink) and ublk mounts only: nbdfuse cannot take
+a new server. A fetcher daemon does this for every such mount when
 it starts.
 
 Examples:
@@ -191,7 +196,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "reattached %s to %s\n", st.Mount.Device.Path(), dir)
+			fmt.Fprintf(c.App.Writer, "reattached %s to %s\n", st.Mount.Source, dir)
 			return nil
 		},
 	}

@@ -40,7 +40,7 @@ type MountRequest struct {
 	IndexSize   int64  `protobuf:"varint,4,opt,name=index_size,json=indexSize,proto3" json:"index_size,omitempty"`
 	// Talk plain HTTP to the registry.
 	PlainHttp bool `protobuf:"varint,5,opt,name=plain_http,json=plainHttp,proto3" json:"plain_http,omitempty"`
-	// auto (default), netlink or nbdfuse.
+	// auto (default), ublk, netlink or nbdfuse.
 	Attach string `protobuf:"bytes,6,opt,name=attach,proto3" json:"attach,omitempty"`
 	// NBD connections; 0 means the daemon's default.
 	Connections int32 `protobuf:"varint,7,opt,name=connections,proto3" json:"connections,omitempty"`
@@ -162,7 +162,7 @@ type MountInfo struct {
 	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
 	Dir           string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
 	Fs            string                 `protobuf:"bytes,3,opt,name=fs,proto3" json:"fs,omitempty"`            // erofs or ext4
-	Attach        string                 `protobuf:"bytes,4,opt,name=attach,proto3" json:"attach,omitempty"`    // netlink or nbdfuse, as attached
+	Attach        string                 `protobuf:"bytes,4,opt,name=attach,proto3" json:"attach,omitempty"`    // ublk, netlink or nbdfuse, as attached
 	Device        string                 `protobuf:"bytes,5,opt,name=device,proto3" json:"device,omitempty"`    // /dev/nbdN, or the FUSE file nbdfuse exposes
 	Pid           int32                  `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`         // the serving process
 	Serving       bool                   `protobuf:"varint,7,opt,name=serving,proto3" json:"serving,omitempty"` // the serving process runs
