@@ -48,6 +48,7 @@ type Server struct {
 	closed bool
 
 	stats struct{ requests, bytes, spliced, atOnce, errors atomic.Int64 }
+	queues [ublkMaxQueues]atomic.Int64 // requests answered by each ublk queue
 
 	readsMu sync.Mutex             // guards reads
 	reads   map[*request]time.Time // reads in flight: when each started
@@ -68,6 +69,9 @@ type Stats struct {
 	Stuck    int   `json:"stuck"`    // of them, those started over StuckAfter ago
 	// Oldest is the age of the oldest read in flight.
 	Oldest time.Duration `json:"oldestNanos"`
+	// Queues counts the requests each hardware queue of a ublk device
+	// answered (ublk only): how evenly the CPUs' reads spread.
+	Queues []int64 `json:"queues,omitempty"`
 }
 
 // NewServer returns a server for exports, which must have distinct names.
@@ -212,6 +216,12 @@ func (s *Server) Close() error {
 // Stats returns the counters so far.
 func (s *Server) Stats() Stats {
 	st := Stats{Requests: s.stats.requests.Load(), Bytes: s.stats.bytes.Load(), Spliced: s.stats.spliced.Load(), AtOnce: s.stats.atOnce.Load(), Errors: s.stats.errors.Load()}
+	for q := range s.queues {
+		if n := s.queues[q].Load(); n > 0 {
+			st.Queues = append(st.Queues, make([]int64, q+1-len(st.Queues))...)
+			st.Queues[q] = n
+		}
+	}
 	now := time.Now()
 	s.readsMu.Lock()
 	defer s.readsMu.Unlock()

@@ -213,6 +213,7 @@ func (q *ublkQueue) read(tag uint16, off int64, n int) {
 
 func (q *ublkQueue) answer(tag uint16, result int32) {
 	q.u.srv.stats.requests.Add(1)
+	q.u.srv.queues[q.id].Add(1)
 	q.mu.Lock()
 	q.done = append(q.done, ublkAnswer{tag, result})
 	q.mu.Unlock()

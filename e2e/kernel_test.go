@@ -23,8 +23,10 @@ import (
 // holdProxy forwards to a registry and lets the guest script stage a
 // crash with reads provably in flight: after GET /ctl/hold, blob range
 // requests wait; GET /ctl/held returns once one is waiting; GET
-// /ctl/release lets them go and stops holding.
+// /ctl/release lets them go and stops holding. Between GET /ctl/fail and
+// GET /ctl/heal, blob range requests fail with 503.
 type holdProxy struct {
+	fail     atomic.Bool
 	hold     atomic.Bool
 	heldOnce sync.Once
 	held     chan struct{}
@@ -50,6 +52,13 @@ func newHoldProxy(t *testing.T, host string) string {
 		case "/ctl/release":
 			p.hold.Store(false)
 			p.relOnce.Do(func() { close(p.release) })
+			return
+		case "/ctl/fail", "/ctl/heal":
+			p.fail.Store(r.URL.Path == "/ctl/fail")
+			return
+		}
+		if p.fail.Load() && strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") != "" {
+			http.Error(w, "failing on purpose", http.StatusServiceUnavailable)
 			return
 		}
 		if p.hold.Load() && strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") != "" {

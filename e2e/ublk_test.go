@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -16,7 +18,7 @@ import (
 // auto must take ublk) and runs script against an image of the registry
 // reachable at 10.0.2.2:$PORT, behind a hold proxy whose control URL is
 // $CTL. It returns the console and the reference flattening.
-func ublkGuest(t *testing.T, script string, timeout time.Duration) (string, testutil.Tree) {
+func ublkGuest(t *testing.T, script string, timeout time.Duration) (string, testutil.Tree, []byte) {
 	t.Helper()
 	testutil.RequireVM(t)
 	host := testutil.GGCRRegistry(t)
@@ -33,7 +35,7 @@ func ublkGuest(t *testing.T, script string, timeout time.Duration) (string, test
 	if !strings.Contains(out, "GUEST-EXIT 0") {
 		t.Fatalf("the guest script failed; console:\n%s", out)
 	}
-	return out, want
+	return out, want, image
 }
 
 // guestTree parses the "TREE type mode size digest path" lines the guest
@@ -95,11 +97,11 @@ func compareTree(t *testing.T, want, got testutil.Tree) {
 // reference flattening. A write to the read-only device fails and the
 // device goes on serving; status shows the device's reads.
 func TestUblkMount(t *testing.T) {
-	out, want := ublkGuest(t, `
+	out, want, _ := ublkGuest(t, `
 /lazyblk mount --plain-http $REF /mnt | sed 's/^/MOUNTED /'
 grep ' /mnt ' /proc/mounts | sed 's/^/MOUNTS /'
-`+treeScript+`
-dd if=/dev/zero of=$(sed -n 's/^\/dev\/\(ublkb[0-9]*\) .*/\/dev\/\1/p' /proc/mounts) bs=4096 count=1 oflag=direct 2>/dev/null && echo WRITE-ACCEPTED || echo WRITE-REFUSED
+`+ublkDev+treeScript+`
+dd if=/dev/zero of=$DEV bs=4096 count=1 oflag=direct 2>/dev/null && echo WRITE-ACCEPTED || echo WRITE-REFUSED
 cat /mnt/small | sed 's/^/AFTER-WRITE /'
 /lazyblk --log-level info fetcher 2>/tmp/f.log &
 fpid=$!
@@ -123,4 +125,111 @@ ls /dev | grep ublkb | sed 's/^/LEFT /' || true
 	if strings.Contains(out, "LEFT ") {
 		t.Errorf("umount left a ublk device behind; console:\n%s", out)
 	}
+}
+
+// ublkDev finds the mounted ublk device in the guest.
+const ublkDev = `DEV=$(sed -n 's/^\/dev\/\(ublkb[0-9]*\) .*/\/dev\/\1/p' /proc/mounts)
+`
+
+// readRange reads LEN bytes at OFF of the device with direct I/O in
+// blocks of BS (all in KiB), pinned to CPU, and prints "RANGE TAG OFF
+// LEN sha256".
+const readRange = `readrange() { # tag cpu off_kib len_kib bs_kib
+  taskset -c $2 dd if=$DEV bs=$5k skip=$(($3 * 1024)) count=$(($4 / $5)) iflag=direct,skip_bytes 2>/dev/null | sha256sum | sed "s/ .*//; s/^/RANGE $1 $3 $4 /"
+}
+`
+
+// TestUblkReadersFaultsRecovery runs the failure behaviour of the NBD
+// path on a ublk device in the 6.12 guest: 16 readers on both CPUs (so
+// both hardware queues, each counted in status) read exact bytes
+// with direct I/O; a read whose fetch fails (the registry answers 503
+// until the read deadline) gets EIO and the same read works once the
+// registry heals; with a read provably waiting on the registry the
+// serving process is killed with SIGKILL, lazyblk reattach recovers the
+// device and the read in flight completes with the right bytes; umount
+// then leaves no ublk device, character device or process.
+func TestUblkReadersFaultsRecovery(t *testing.T) {
+	type rng struct{ tag, cpu, off, n, bs int } // KiB
+	var readers []rng
+	for i := range 16 {
+		bs := []int{4, 64, 256, 1024}[i%4]
+		readers = append(readers, rng{i, i % 2, 512 + i*256, max(bs, 256), bs})
+	}
+	var script strings.Builder
+	script.WriteString(`/lazyblk mount --plain-http --fill-below 0 --attempt-timeout 1s --read-timeout 3s $REF /mnt | sed 's/^/MOUNTED /'
+` + ublkDev + readRange + `
+wget -q -O /dev/null ${CTL}fail
+readrange FAULT 0 6144 64 64
+wget -q -O /dev/null ${CTL}heal
+readrange HEALED 0 6144 64 64
+`)
+	for _, r := range readers {
+		fmt.Fprintf(&script, "readrange R%d %d %d %d %d > /tmp/r%d &\n", r.tag, r.cpu, r.off, r.n, r.bs, r.tag)
+	}
+	script.WriteString(`wait
+cat /tmp/r*
+/lazyblk --log-level info fetcher 2>/tmp/f.log &
+fpid=$!
+until grep -q "listening on" /tmp/f.log; do sleep 0.1; done
+/lazyblk status --json | tr -d '\n ' | sed 's/^/STATUS /'; echo
+kill $fpid; wait $fpid
+wget -q -O /dev/null ${CTL}hold
+readrange INFLIGHT 1 7168 256 256 > /tmp/inflight &
+reader=$!
+wget -q -O /dev/null ${CTL}held
+pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/lazyblk/mounts/*/state.json)
+kill -9 $pid
+wget -q -O /dev/null ${CTL}release
+/lazyblk reattach /mnt | sed 's/^/REATTACHED /'
+wait $reader
+cat /tmp/inflight
+readrange AFTER 0 8192 128 128
+/lazyblk umount /mnt
+(ls /sys/block; ls /dev) | grep ublk | grep -v ublk-control | sed 's/^/LEFT /' || true
+ps | grep '[l]azyblk' | sed 's/^/PROC /' || true
+grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
+`)
+	out, _, image := ublkGuest(t, script.String(), 5*time.Minute)
+	fail := func(format string, args ...any) { t.Errorf(format+"; console:\n%s", append(args, out)...) }
+
+	sums := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^RANGE (\S+) (\d+) (\d+) ([0-9a-f]{64})$`).FindAllStringSubmatch(out, -1) {
+		sums[m[1]] = m[4]
+		if m[1] == "FAULT" {
+			continue
+		}
+		off, _ := strconv.Atoi(m[2])
+		n, _ := strconv.Atoi(m[3])
+		if want := sha256Hex(image[off<<10 : (off+n)<<10]); m[4] != want {
+			t.Errorf("%s: read %d KiB at %d KiB: sha256 %s, want %s", m[1], n, off, m[4], want)
+		}
+	}
+	empty := sha256Hex(nil)
+	if sums["FAULT"] != empty {
+		fail("a read whose fetch failed returned data (sha256 %s), want EIO and nothing", sums["FAULT"])
+	}
+	for _, tag := range []string{"HEALED", "INFLIGHT", "AFTER"} {
+		if sums[tag] == "" || sums[tag] == empty {
+			fail("%s: no bytes read", tag)
+		}
+	}
+	for _, r := range readers {
+		if tag := fmt.Sprintf("R%d", r.tag); sums[tag] == "" || sums[tag] == empty {
+			fail("%s: no bytes read", tag)
+		}
+	}
+	if m := regexp.MustCompile(`STATUS .*"queue_requests":\["?(\d+)"?,"?(\d+)"?\]`).FindStringSubmatch(out); m == nil || m[1] == "0" || m[2] == "0" {
+		fail("readers on both CPUs did not use both hardware queues (status: requests per queue %v)", m)
+	}
+	if !strings.Contains(out, "REATTACHED reattached /dev/ublkb") {
+		fail("lazyblk reattach did not recover the ublk device")
+	}
+	if strings.Contains(out, "LEFT ") || strings.Contains(out, "PROC ") || !strings.Contains(out, "STILL-MOUNTED 0") {
+		fail("umount left a device, a process or a mount behind")
+	}
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

@@ -47,14 +47,15 @@ var (
 	descEarly          = metric("chunk_early_reads_total", "Demand reads answered from the pieces they asked for, decoded and verified before the rest of their chunk.")
 	descDecodeWait     = metric("chunk_decode_wait_seconds_total", "Time demand reads waited for their chunks to be decoded and verified, after the bytes arrived.")
 	descReadSeconds    = metric("chunk_read_seconds", "Latency of chunk reads by source: cache (a hit), mirror or origin (waited for a fetch).", "source")
-	descNBDRequests    = metric("nbd_requests_total", "NBD requests of any kind the mount's server answered.")
+	descNBDRequests    = metric("nbd_requests_total", "Block device requests (NBD or ublk) of any kind the mount's server answered.")
 	descNBDBytes       = metric("nbd_read_bytes_total", "Bytes the mount's NBD server returned to reads.")
 	descNBDSpliced     = metric("nbd_read_spliced_bytes_total", "Of nbd_read_bytes_total, bytes sent straight from cached chunk files (splice), not copied through the server.")
 	descNBDAtOnce      = metric("nbd_reads_at_once_total", "NBD reads spliced by the connection's own reader, their bytes ready in the page cache (no worker, no wait).")
 	descNBDErrors      = metric("nbd_read_errors_total", "NBD reads answered with an error (EIO to the kernel).")
-	descInFlight       = metric("nbd_reads_in_flight", "NBD reads being answered now.")
-	descStuck          = metric("nbd_reads_stuck", "NBD reads in flight for longer than 10 s (stuck I/O).")
-	descOldest         = metric("nbd_oldest_read_seconds", "Age of the oldest NBD read in flight (0 when none).")
+	descInFlight       = metric("nbd_reads_in_flight", "Block device reads (NBD or ublk) being answered now.")
+	descStuck          = metric("nbd_reads_stuck", "Block device reads (NBD or ublk) in flight for longer than 10 s (stuck I/O).")
+	descOldest         = metric("nbd_oldest_read_seconds", "Age of the oldest block device read (NBD or ublk) in flight (0 when none).")
+	descUblkQueue      = metric("ublk_queue_requests_total", "Requests each hardware queue of the mount's ublk device answered.", "queue")
 	descPrefetch       = metric("prefetch_phase", "1 for the phase the mount's trace replay and fill are in.", "phase")
 	descTraceChunks    = metric("prefetch_trace_chunks", "Chunks in the prefetch trace being replayed (0 without one).")
 	descCacheUsed      = metric("cache_used_bytes", "Bytes the chunk cache holds, as the mount's serving process accounts them.")
@@ -148,6 +149,9 @@ func collectMount(ch chan<- prometheus.Metric, ms *mounts.Stats, labels ...strin
 	gauge(descInFlight, float64(srv.InFlight))
 	gauge(descStuck, float64(srv.Stuck))
 	gauge(descOldest, srv.Oldest.Seconds())
+	for q, n := range srv.Queues {
+		counter(descUblkQueue, n, strconv.Itoa(q))
+	}
 	// oneHot sets the series of d for each of states: 1 for current.
 	oneHot := func(d *prometheus.Desc, states []string, current string, extra ...string) {
 		for _, s := range states {

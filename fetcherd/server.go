@@ -157,6 +157,7 @@ func (s *Server) Stats(ctx context.Context, r *fetcherv1.StatsRequest) (*fetcher
 				is.CachedBytes = ms.Image.Cached
 				is.ReadsInFlight, is.ReadsStuck = int32(ms.Server.InFlight), int32(ms.Server.Stuck)
 				is.OldestReadMs = ms.Server.Oldest.Milliseconds()
+				is.QueueRequests = ms.Server.Queues
 				for _, h := range ms.Image.Hosts {
 					is.Hosts = append(is.Hosts, &fetcherv1.RegistryHost{Host: h.Host, State: h.State, FailedFast: h.FailedFast,
 						Opened: h.Opened, LastError: h.LastError})

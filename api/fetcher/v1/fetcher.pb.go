@@ -701,12 +701,14 @@ type ImageStats struct {
 	TraceChunks   int32  `protobuf:"varint,13,opt,name=trace_chunks,json=traceChunks,proto3" json:"trace_chunks,omitempty"`
 	PrefetchError string `protobuf:"bytes,14,opt,name=prefetch_error,json=prefetchError,proto3" json:"prefetch_error,omitempty"`
 	CachedBytes   int64  `protobuf:"varint,15,opt,name=cached_bytes,json=cachedBytes,proto3" json:"cached_bytes,omitempty"`         // of the image, in the cache (holes count)
-	ReadsInFlight int32  `protobuf:"varint,16,opt,name=reads_in_flight,json=readsInFlight,proto3" json:"reads_in_flight,omitempty"` // NBD reads being answered
+	ReadsInFlight int32  `protobuf:"varint,16,opt,name=reads_in_flight,json=readsInFlight,proto3" json:"reads_in_flight,omitempty"` // block device reads (NBD or ublk) being answered
 	ReadsStuck    int32  `protobuf:"varint,17,opt,name=reads_stuck,json=readsStuck,proto3" json:"reads_stuck,omitempty"`            // of them, in flight for over 10 s
 	OldestReadMs  int64  `protobuf:"varint,18,opt,name=oldest_read_ms,json=oldestReadMs,proto3" json:"oldest_read_ms,omitempty"`    // age of the oldest read in flight
 	// The registry hosts the mount reads from (mirrors, then the origin)
 	// and their breakers.
-	Hosts         []*RegistryHost `protobuf:"bytes,19,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	Hosts []*RegistryHost `protobuf:"bytes,19,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Requests each hardware queue of a ublk device answered (empty for NBD).
+	QueueRequests []int64 `protobuf:"varint,20,rep,packed,name=queue_requests,json=queueRequests,proto3" json:"queue_requests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -870,6 +872,13 @@ func (x *ImageStats) GetOldestReadMs() int64 {
 func (x *ImageStats) GetHosts() []*RegistryHost {
 	if x != nil {
 		return x.Hosts
+	}
+	return nil
+}
+
+func (x *ImageStats) GetQueueRequests() []int64 {
+	if x != nil {
+		return x.QueueRequests
 	}
 	return nil
 }
@@ -1045,7 +1054,7 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x12\n" +
 	"\x10PrefetchResponse\" \n" +
 	"\fStatsRequest\x12\x10\n" +
-	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x8f\x05\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\"\xb6\x05\n" +
 	"\n" +
 	"ImageStats\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x10\n" +
@@ -1070,7 +1079,8 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\vreads_stuck\x18\x11 \x01(\x05R\n" +
 	"readsStuck\x12$\n" +
 	"\x0eoldest_read_ms\x18\x12 \x01(\x03R\foldestReadMs\x126\n" +
-	"\x05hosts\x18\x13 \x03(\v2 .lazyblk.fetcher.v1.RegistryHostR\x05hosts\"\x90\x01\n" +
+	"\x05hosts\x18\x13 \x03(\v2 .lazyblk.fetcher.v1.RegistryHostR\x05hosts\x12%\n" +
+	"\x0equeue_requests\x18\x14 \x03(\x03R\rqueueRequests\"\x90\x01\n" +
 	"\fRegistryHost\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1f\n" +
