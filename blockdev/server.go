@@ -47,7 +47,7 @@ type Server struct {
 	open   map[io.Closer]struct{} // listeners and connections
 	closed bool
 
-	stats struct{ requests, bytes, spliced, atOnce, errors atomic.Int64 }
+	stats  struct{ requests, bytes, spliced, atOnce, errors atomic.Int64 }
 	queues [ublkMaxQueues]atomic.Int64 // requests answered by each ublk queue
 
 	readsMu sync.Mutex             // guards reads
