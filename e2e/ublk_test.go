@@ -233,3 +233,37 @@ func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// TestUblkCycles mounts and unmounts an image through ublk 100 times in
+// the 6.12 guest, reading a file each time, then mounts once more and
+// kills the serving process with SIGKILL before lazyblk umount: nothing
+// is left behind — no /dev/ublkb*, no /dev/ublkc*, no lazyblk process,
+// no mount, no mount state.
+func TestUblkCycles(t *testing.T) {
+	out, _, _ := ublkGuest(t, `
+i=0
+while [ $i -lt 100 ]; do
+  /lazyblk mount --plain-http --attach ublk $REF /mnt >/dev/null || { echo "CYCLE-FAIL mount $i"; break; }
+  [ "$(cat /mnt/small)" = small ] || echo "CYCLE-FAIL read $i"
+  /lazyblk umount /mnt || { echo "CYCLE-FAIL umount $i"; break; }
+  i=$((i+1))
+done
+echo "CYCLES $i"
+/lazyblk mount --plain-http --attach ublk $REF /mnt >/dev/null
+kill -9 $(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/lazyblk/mounts/*/state.json)
+/lazyblk umount /mnt && echo UMOUNT-AFTER-KILL
+(ls /sys/block; ls /dev) | grep ublk | grep -v ublk-control | sed 's/^/LEFT /' || true
+ps | grep '[l]azyblk' | sed 's/^/PROC /' || true
+grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
+ls /run/lazyblk/mounts 2>/dev/null | sed 's/^/STATE /' || true
+`, 10*time.Minute)
+	if strings.Contains(out, "CYCLE-FAIL") || !strings.Contains(out, "CYCLES 100") {
+		t.Errorf("100 mount/umount cycles did not all succeed; console:\n%s", out)
+	}
+	if !strings.Contains(out, "UMOUNT-AFTER-KILL") {
+		t.Errorf("umount failed after the serving process was killed; console:\n%s", out)
+	}
+	if strings.Contains(out, "LEFT ") || strings.Contains(out, "PROC ") || strings.Contains(out, "STATE ") || !strings.Contains(out, "STILL-MOUNTED 0") {
+		t.Errorf("something was left behind; console:\n%s", out)
+	}
+}
