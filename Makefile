@@ -3,7 +3,7 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin/lazyblk
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps demo test lint bench bench-convert fuzz soak proto clean
+.PHONY: all build deps demo test lint bench bench-convert bench-ublk fuzz soak proto clean
 
 all: build
 
@@ -40,6 +40,11 @@ bench: deps build
 
 bench-convert: deps build
 	./scripts/bench/convert.sh
+
+# ublk against kernel NBD on one image in one QEMU guest (warm, fio direct
+# I/O: sequential 1 MiB, random 4 KiB at queue depth 32); prints the ratios.
+bench-ublk: deps
+	$(GO) test ./e2e -run '^$$' -bench BenchmarkUblkVsNBD -benchtime 1x -timeout 20m -v | tee bench-out/ublk.txt
 
 # Regenerates the fetcher daemon's gRPC API (not needed to build: the
 # generated code is committed). Needs protoc (apt: protobuf-compiler).

@@ -81,7 +81,7 @@ func newHoldProxy(t *testing.T, host string) string {
 // staticLazyblk returns a static binary without the race detector, for a
 // guest without libc and for memory measurements: TestMain's, unless that
 // one is race-built.
-func staticLazyblk(t *testing.T) string {
+func staticLazyblk(t testing.TB) string {
 	t.Helper()
 	if !testutil.Race {
 		return lazyblk

@@ -10,13 +10,14 @@ packages=(
   e2fsprogs                       # mkfs.ext4 -d and debugfs for --fs ext4
   libnbd-bin nbdkit fuse3         # NBD clients and the reference server
   python3-libnbd qemu-utils       # libnbd from a script (EIO tests), qemu-img as an NBD client
-  qemu-system-x86 busybox-static  # a QEMU guest with the 6.12 kernel for kernel NBD tests
+  qemu-system-x86 busybox-static  # a QEMU guest with the 6.12 kernel for kernel NBD and ublk tests
   util-linux                      # mount, losetup
   bc time curl                    # benchmark arithmetic, peak RSS, registry readiness
   containerd runc                 # containerd 1.6 for the snapshotter tests
   debootstrap gnuplot-nox         # the cold-start benchmark: a real Debian root, its chart
   mdadm                           # scripts/setup-raid0.sh (run in the QEMU guest by its test)
   dmsetup                         # a cache volume failing with EIO (dm error, in the QEMU guest)
+  fio                             # make bench-ublk: ublk against kernel NBD in the QEMU guest
   libseccomp-dev pkg-config       # runc 1.4 built by scripts/build-tools.sh (cgo, seccomp)
 )
 
