@@ -146,8 +146,10 @@ const readRange = `readrange() { # tag cpu off_kib len_kib bs_kib
 // until the read deadline) gets EIO and the same read works once the
 // registry heals; with a read provably waiting on the registry the
 // serving process is killed with SIGKILL, lazyblk reattach recovers the
-// device and the read in flight completes with the right bytes; umount
-// then leaves no ublk device, character device or process.
+// device and the read in flight completes with the right bytes; killed
+// again with a read queued, a fetcher daemon that starts recovers it and
+// the read completes; umount then leaves no ublk device, character
+// device or process.
 func TestUblkReadersFaultsRecovery(t *testing.T) {
 	type rng struct{ tag, cpu, off, n, bs int } // KiB
 	var readers []rng
@@ -184,6 +186,17 @@ wget -q -O /dev/null ${CTL}release
 wait $reader
 cat /tmp/inflight
 readrange AFTER 0 8192 128 128
+pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/lazyblk/mounts/*/state.json)
+kill -9 $pid
+readrange RECOVER 1 9216 256 256 > /tmp/recover &
+reader=$!
+/lazyblk --log-level info fetcher 2>/tmp/f2.log &
+fpid=$!
+until grep -q "listening on" /tmp/f2.log; do sleep 0.1; done
+wait $reader
+cat /tmp/recover
+grep -q "recover: reattached" /tmp/f2.log && echo RECOVERED-BY-DAEMON
+kill $fpid; wait $fpid
 /lazyblk umount /mnt
 (ls /sys/block; ls /dev) | grep ublk | grep -v ublk-control | sed 's/^/LEFT /' || true
 ps | grep '[l]azyblk' | sed 's/^/PROC /' || true
@@ -208,7 +221,7 @@ grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
 	if sums["FAULT"] != empty {
 		fail("a read whose fetch failed returned data (sha256 %s), want EIO and nothing", sums["FAULT"])
 	}
-	for _, tag := range []string{"HEALED", "INFLIGHT", "AFTER"} {
+	for _, tag := range []string{"HEALED", "INFLIGHT", "AFTER", "RECOVER"} {
 		if sums[tag] == "" || sums[tag] == empty {
 			fail("%s: no bytes read", tag)
 		}
@@ -223,6 +236,9 @@ grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
 	}
 	if !strings.Contains(out, "REATTACHED reattached /dev/ublkb") {
 		fail("lazyblk reattach did not recover the ublk device")
+	}
+	if !strings.Contains(out, "RECOVERED-BY-DAEMON") {
+		fail("a fetcher daemon started after the serving process died did not recover the ublk device")
 	}
 	if strings.Contains(out, "LEFT ") || strings.Contains(out, "PROC ") || !strings.Contains(out, "STILL-MOUNTED 0") {
 		fail("umount left a device, a process or a mount behind")
