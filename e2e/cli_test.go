@@ -97,3 +97,28 @@ func TestPrefetchRecordHelp(t *testing.T) {
 		t.Errorf("prefetch record --help shows the wrong default for --duration:\n%s", out)
 	}
 }
+
+// TestMountUblkWithoutDriver: on a kernel without ublk_drv loaded (this
+// host), --attach ublk fails naming the driver, and leaves no mount and
+// no state behind; the same mount with auto works (through what the host
+// has). The ublk path itself runs in the QEMU guest (TestUblk*).
+func TestMountUblkWithoutDriver(t *testing.T) {
+	if _, err := os.Stat("/dev/ublk-control"); err == nil {
+		t.Skip("this kernel has ublk_drv loaded; the error path needs a kernel without it")
+	}
+	e := newMountEnv(t)
+	ref, _ := e.convert(t, "erofs")
+	dir := t.TempDir()
+	_, stderr, code := run(t, "mount", "--state-dir", e.state, "--plain-http", "--attach", "ublk", ref, dir)
+	if code == 0 || !strings.Contains(stderr, "ublk_drv") || !strings.Contains(stderr, dir) {
+		t.Errorf("mount --attach ublk without the driver: exit %d, %q; want a failure naming ublk_drv and the directory", code, stderr)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), " "+dir+" ") {
+		t.Errorf("a failed mount left %s mounted", dir)
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.state, "mounts", "*")); len(left) != 0 {
+		t.Errorf("a failed mount left state behind: %v", left)
+	}
+	e.mount(t, ref, dir)
+	e.umount(t, dir)
+}

@@ -1,0 +1,86 @@
+package blockdev
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyblk/lazyblk/internal/testutil"
+)
+
+// TestURingRead runs the ring on this host's kernel (no ublk here: the
+// ublk commands run in the QEMU guest, e2e TestUblk*): a read queued on a
+// pipe completes with its bytes in mapped memory and its user data; a
+// ring refuses more entries than it holds.
+func TestURingRead(t *testing.T) {
+	u, err := newURing(4)
+	if err != nil {
+		if testutil.InCI() {
+			t.Fatalf("CI must run this test: %v", err)
+		}
+		t.Skipf("io_uring unavailable here: %v (kernel.io_uring_disabled?)", err)
+	}
+	defer u.close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	if err := u.read(int(r.Fd()), buf[:16], 42); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("ring of reads")); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.submit(1); err != nil {
+		t.Fatal(err)
+	}
+	var got []cqe
+	u.reap(func(c cqe) { got = append(got, c) })
+	if len(got) != 1 || got[0].UserData != 42 || got[0].Res != int32(len("ring of reads")) {
+		t.Fatalf("completions %+v, want one for user data 42 with 13 bytes", got)
+	}
+	if !bytes.Equal(buf[:13], []byte("ring of reads")) {
+		t.Errorf("read %q into the buffer", buf[:13])
+	}
+	for i := range u.entries {
+		if _, err := u.next(); err != nil {
+			t.Fatalf("entry %d of %d: %v", i, u.entries, err)
+		}
+	}
+	if _, err := u.next(); !errors.Is(err, errRingFull) {
+		t.Errorf("one entry more than the ring holds: %v, want errRingFull", err)
+	}
+}
+
+// TestUblkIoctl checks the command encoding against the values the
+// kernel header's _IOR/_IOWR give (include/uapi/linux/ublk_cmd.h).
+func TestUblkIoctl(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		got  uint32
+		want uint32
+	}{
+		{"UBLK_U_CMD_ADD_DEV", ublkIoctl(ublkCmdAddDev, 32, true), 0xc0207504},
+		{"UBLK_U_CMD_GET_DEV_INFO", ublkIoctl(ublkCmdGetDevInfo, 32, false), 0x80207502},
+		{"UBLK_U_CMD_GET_FEATURES", ublkIoctl(ublkCmdGetFeatures, 32, false), 0x80207513},
+		{"UBLK_U_IO_FETCH_REQ", ublkIoctl(ublkIOFetchReq, 16, true), 0xc0107520},
+		{"UBLK_U_IO_COMMIT_AND_FETCH_REQ", ublkIoctl(ublkIOCommitAndFetch, 16, true), 0xc0107521},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
+		}
+	}
+	if n := len(ublkCommand(1, 2, -5, 0x1000)); n != 16 {
+		t.Errorf("ublksrv_io_cmd is %d bytes, want 16", n)
+	}
+}
