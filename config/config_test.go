@@ -32,7 +32,7 @@ func TestDefaultsAreValid(t *testing.T) {
 // it back unchanged.
 func TestRoundTrip(t *testing.T) {
 	f := Fetcher{Root: "/r", State: "/s", Address: "/s/f.sock", Cache: Cache{Dirs: []string{"/v1", "/v2"}, Size: "2GiB", LowWatermark: 75},
-		Blockdev: Blockdev{Attach: "nbdfuse", Connections: 2, IOTimeout: "5s"},
+		Blockdev: Blockdev{Attach: "ublk", Connections: 2, IOTimeout: "5s"},
 		Prefetch: Prefetch{Trace: false, FillBelow: "0", FillRate: "100MiB"}, Metrics: Metrics{Address: "127.0.0.1:9464"},
 		Registry: Registry{HostsDir: "/etc/hosts.d", AttemptTimeout: "3s", ReadTimeout: "20s"}}
 	s := Snapshotter{Root: "/sr", Address: "/s/sn.sock", FetcherAddress: "/s/f.sock", PlainHTTP: []string{"127.0.0.1:5000"},
@@ -63,7 +63,7 @@ func TestRejects(t *testing.T) {
 		{"[cache]\ndirs = [\"relative\"]", "cache.dirs"},
 		{"[cache]\nlow_watermark = 0", "cache.low_watermark"},
 		{"[cache]\nlow_watermark = 101", "cache.low_watermark"},
-		{"[blockdev]\nattach = \"ublk\"", "blockdev.attach"},
+		{"[blockdev]\nattach = \"loop\"", "blockdev.attach"},
 		{"[blockdev]\nconnections = 0", "blockdev.connections"},
 		{"[blockdev]\nio_timeout = \"30\"", "blockdev.io_timeout"},
 		{"[blockdev]\nconnections = \"four\"", "blockdev.connections"},
