@@ -114,21 +114,17 @@ func recoverUblk(srv *Server, export string, d UblkDevice) (u *ublkServer, err e
 		return nil, err
 	}
 	defer ctl.Close()
-	deadline := time.Now().Add(ublkRecoverTimeout)
 	var info ublkDevInfo
-	for {
+	err = poll(ublkRecoverTimeout, func() (bool, error) {
 		if info, err = ctl.info(d.ID); err != nil {
-			return nil, fmt.Errorf("blockdev: ublk: device %d: %w", d.ID, err)
+			return false, err
 		}
-		_, err = ctl.cmd(ublkCmdStartRecovery, d.ID, nil, 0)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
-			return nil, fmt.Errorf("blockdev: ublk: recover device %d (state %s, server pid %d): %w",
-				d.ID, ublkStateName(info.State), info.ServerPID, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling the driver's state: it has no event to wait on
+		_, err := ctl.cmd(ublkCmdStartRecovery, d.ID, nil, 0)
+		return !errors.Is(err, unix.EBUSY), err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("blockdev: ublk: recover device %d (state %s, server pid %d): %w",
+			d.ID, ublkStateName(info.State), info.ServerPID, err)
 	}
 	u = &ublkServer{srv: srv, e: e, dev: d}
 	if err := u.start(info); err != nil {
@@ -156,14 +152,10 @@ func ublkStateName(s uint16) string {
 // once each queue has fetched on all its tags, which the driver waits
 // for before it starts (or recovers) the device.
 func (u *ublkServer) start(info ublkDevInfo) error {
-	var err error
-	for wait := time.Millisecond; ; wait *= 2 { // devtmpfs or udev makes the node
+	err := poll(2*time.Second, func() (done bool, err error) { // devtmpfs or udev makes the node
 		u.char, err = os.OpenFile(u.dev.charPath(), os.O_RDWR, 0)
-		if !errors.Is(err, os.ErrNotExist) || wait > time.Second {
-			break
-		}
-		time.Sleep(wait)
-	}
+		return !errors.Is(err, os.ErrNotExist), err
+	})
 	if err != nil {
 		return fmt.Errorf("blockdev: ublk: %w", err)
 	}
@@ -235,4 +227,18 @@ func ublkCommand(q, tag uint16, result int32, addr uint64) []byte {
 	binary.LittleEndian.PutUint32(c[4:], uint32(result))
 	binary.LittleEndian.PutUint64(c[8:], addr)
 	return c[:]
+}
+
+// poll calls try until it says done, backing off from 1 ms to 50 ms, for
+// at most timeout; it returns try's last error. For the driver's states
+// and device nodes, which have no event to wait on.
+func poll(timeout time.Duration, try func() (done bool, err error)) error {
+	deadline := time.Now().Add(timeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		done, err := try()
+		if done || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+	}
 }

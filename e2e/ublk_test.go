@@ -148,8 +148,9 @@ const readRange = `readrange() { # tag cpu off_kib len_kib bs_kib
 // serving process is killed with SIGKILL, lazyblk reattach recovers the
 // device and the read in flight completes with the right bytes; killed
 // again with a read queued, a fetcher daemon that starts recovers it and
-// the read completes; umount then leaves no ublk device, character
-// device or process.
+// the read completes; with a file read stuck on the registry, umount
+// refuses (busy) and umount --force detaches, the read fails, and nothing
+// is left: no ublk device, character device, process or mount.
 func TestUblkReadersFaultsRecovery(t *testing.T) {
 	type rng struct{ tag, cpu, off, n, bs int } // KiB
 	var readers []rng
@@ -197,7 +198,15 @@ wait $reader
 cat /tmp/recover
 grep -q "recover: reattached" /tmp/f2.log && echo RECOVERED-BY-DAEMON
 kill $fpid; wait $fpid
-/lazyblk umount /mnt
+wget -q -O /dev/null ${CTL}hold
+(cat /mnt/random.bin > /dev/null 2>/tmp/stuck.err && echo "STUCK-READ ok" || echo "STUCK-READ failed $(cat /tmp/stuck.err)") > /tmp/stuck &
+reader=$!
+wget -q -O /dev/null ${CTL}held
+/lazyblk umount /mnt 2>&1 | sed 's/^/BUSY /'
+/lazyblk umount --force /mnt && echo FORCED
+wait $reader
+cat /tmp/stuck
+wget -q -O /dev/null ${CTL}release
 (ls /sys/block; ls /dev) | grep ublk | grep -v ublk-control | sed 's/^/LEFT /' || true
 ps | grep '[l]azyblk' | sed 's/^/PROC /' || true
 grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
@@ -239,6 +248,9 @@ grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
 	}
 	if !strings.Contains(out, "RECOVERED-BY-DAEMON") {
 		fail("a fetcher daemon started after the serving process died did not recover the ublk device")
+	}
+	if !strings.Contains(out, "BUSY ") || !strings.Contains(out, "FORCED") || !strings.Contains(out, "STUCK-READ failed") {
+		fail("with a reader stuck on the registry, umount did not refuse, or umount --force did not detach and fail the read")
 	}
 	if strings.Contains(out, "LEFT ") || strings.Contains(out, "PROC ") || !strings.Contains(out, "STILL-MOUNTED 0") {
 		fail("umount left a device, a process or a mount behind")
