@@ -93,7 +93,11 @@ func soakReader(s *soak, m *soakMount, seed uint64, stop chan struct{}) {
 				s.failedKilled.Add(1)
 			default:
 				s.notEIO.Add(1)
-				s.count(&s.otherErrs, fmt.Sprintf("%s: %v", m.name, err))
+				state := ""
+				if m.killed.Load() {
+					state = " (server killed)"
+				}
+				s.count(&s.otherErrs, fmt.Sprintf("%s%s: %v", m.name, state, err))
 			}
 			sleepOrStop(10*time.Millisecond, stop) // no spinning on a dead mount
 		case !bytes.Equal(got, want[off:off+n]):
