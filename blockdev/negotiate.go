@@ -3,18 +3,30 @@ package blockdev
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/pojntfx/go-nbd/pkg/protocol"
 )
 
 // negotiate runs the fixed-newstyle handshake and returns the export the
 // client chose, or nil when the client ended the session (NBD_OPT_ABORT or
-// a closed connection during negotiation).
-func (s *Server) negotiate(conn net.Conn, r *bufio.Reader) (*Export, error) {
+// a closed connection during negotiation), with the connection and reader
+// to go on with: a TLS connection once the client started TLS. A server
+// WithTLS answers nothing but NBD_OPT_STARTTLS and NBD_OPT_ABORT before.
+func (s *Server) negotiate(conn net.Conn, r *bufio.Reader) (net.Conn, *bufio.Reader, *Export, error) {
+	e, err := s.options(&conn, &r)
+	return conn, r, e, err
+}
+
+func (s *Server) options(connp *net.Conn, rp **bufio.Reader) (*Export, error) {
+	conn, r := *connp, *rp
+	encrypted := false
 	if err := writeBE(conn, protocol.NegotiationNewstyleHeader{
 		OldstyleMagic:  protocol.NEGOTIATION_MAGIC_OLDSTYLE, // "NBDMAGIC"
 		OptionMagic:    protocol.NEGOTIATION_MAGIC_OPTION,   // "IHAVEOPT"
@@ -44,7 +56,44 @@ func (s *Server) negotiate(conn net.Conn, r *bufio.Reader) (*Export, error) {
 		if _, err := io.ReadFull(r, data); err != nil {
 			return nil, err
 		}
+		if s.opts.tls != nil && !encrypted {
+			switch h.ID {
+			case optStartTLS:
+				if len(data) != 0 {
+					if err := reply(conn, h.ID, repErrInvalid, []byte("NBD_OPT_STARTTLS takes no data")); err != nil {
+						return nil, err
+					}
+					continue
+				}
+				if err := reply(conn, h.ID, protocol.NEGOTIATION_TYPE_REPLY_ACK, nil); err != nil {
+					return nil, err
+				}
+				tc, err := s.startTLS(conn)
+				if err != nil {
+					return nil, err
+				}
+				conn, r, encrypted = tc, bufio.NewReaderSize(tc, 64<<10), true
+				*connp, *rp = conn, r
+				continue
+			case protocol.NEGOTIATION_ID_OPTION_ABORT:
+			case optExportName: // no reply is possible here: the connection ends
+				return nil, errors.New("client asked for an export without starting TLS, which this server requires")
+			default:
+				if err := reply(conn, h.ID, repErrTLSReqd, []byte("this server requires TLS: start it first (NBD_OPT_STARTTLS)")); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
 		switch h.ID {
+		case optStartTLS:
+			msg := "TLS is not configured on this server"
+			if encrypted {
+				msg = "TLS is already started"
+			}
+			if err := reply(conn, h.ID, repErrInvalid, []byte(msg)); err != nil {
+				return nil, err
+			}
 		case optExportName:
 			// The oldest way in: no reply on an unknown name, just a
 			// closed connection, as the protocol prescribes.
@@ -75,13 +124,29 @@ func (s *Server) negotiate(conn net.Conn, r *bufio.Reader) (*Export, error) {
 				return e, nil
 			}
 		default:
-			// STARTTLS, structured replies, meta contexts: not offered.
+			// Structured replies, meta contexts: not offered.
 			// Simple replies suffice for reads of a read-only device.
 			if err := reply(conn, h.ID, protocol.NEGOTIATION_TYPE_REPLY_ERR_UNSUPPORTED, nil); err != nil {
 				return nil, err
 			}
 		}
 	}
+}
+
+// tlsHandshakeTimeout bounds a client's TLS handshake: a peer that
+// connects and stalls holds nothing for long.
+const tlsHandshakeTimeout = 10 * time.Second
+
+// startTLS runs the server side of the handshake on conn; a client without
+// the certificate the configuration requires fails here.
+func (s *Server) startTLS(conn net.Conn) (*tls.Conn, error) {
+	tc := tls.Server(conn, s.opts.tls)
+	conn.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+	if err := tc.Handshake(); err != nil {
+		return nil, fmt.Errorf("TLS handshake with %s: %w", conn.RemoteAddr(), err)
+	}
+	conn.SetDeadline(time.Time{})
+	return tc, nil
 }
 
 func (s *Server) list(conn net.Conn, opt uint32, data []byte) error {

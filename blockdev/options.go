@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"time"
@@ -28,6 +29,7 @@ type options struct {
 	inflight       int
 	memory         int64
 	log            *slog.Logger
+	tls            *tls.Config
 }
 
 // Option configures NewServer.
@@ -62,6 +64,22 @@ func WithMemory(bytes int64) Option {
 			return errors.New("blockdev: memory budget must hold one 32 MiB request")
 		}
 		o.memory = bytes
+		return nil
+	}
+}
+
+// WithTLS makes every client of Serve and ServeConn start TLS (NBD_OPT_STARTTLS)
+// before anything else: other options get NBD_REP_ERR_TLS_REQD, and the
+// export is only reached through the encrypted connection. cfg holds the
+// server's certificate, and ClientCAs with RequireAndVerifyClientCert
+// when clients must present one. Sockets handed to the kernel
+// (Transmit) are not affected.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) error {
+		if cfg == nil || len(cfg.Certificates) == 0 && cfg.GetCertificate == nil {
+			return errors.New("blockdev: TLS needs a server certificate")
+		}
+		o.tls = cfg
 		return nil
 	}
 }

@@ -18,8 +18,10 @@ const (
 	clientNoZeroes      = uint32(1 << 1)
 
 	optExportName = uint32(1)
+	optStartTLS   = uint32(5)
 
 	repErrInvalid = uint32(3 | 1<<31)
+	repErrTLSReqd = uint32(5 | 1<<31)
 
 	flagReadOnly  = uint16(1 << 1)
 	flagSendFlush = uint16(1 << 2)

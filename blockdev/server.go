@@ -136,21 +136,23 @@ func (s *Server) Serve(l net.Listener) error {
 // ServeConn negotiates with a client and serves it until it disconnects.
 // It closes conn.
 func (s *Server) ServeConn(conn net.Conn) error {
-	return s.serve(conn, func(r *bufio.Reader) (*Export, error) { return s.negotiate(conn, r) })
+	return s.serve(conn, s.negotiate)
 }
 
 // Transmit serves a socket whose other end the kernel owns: the kernel
 // skips negotiation and sends requests at once. It closes conn.
 func (s *Server) Transmit(conn net.Conn, name string) error {
-	return s.serve(conn, func(*bufio.Reader) (*Export, error) {
+	return s.serve(conn, func(conn net.Conn, r *bufio.Reader) (net.Conn, *bufio.Reader, *Export, error) {
 		if e := s.lookup(name); e != nil {
-			return e, nil
+			return conn, r, e, nil
 		}
-		return nil, fmt.Errorf("blockdev: no export named %q", name)
+		return conn, r, nil, fmt.Errorf("blockdev: no export named %q", name)
 	})
 }
 
-func (s *Server) serve(conn net.Conn, start func(*bufio.Reader) (*Export, error)) error {
+// serve runs start (negotiation, which may move the connection to TLS:
+// it returns the connection and reader to go on with), then transmission.
+func (s *Server) serve(conn net.Conn, start func(net.Conn, *bufio.Reader) (net.Conn, *bufio.Reader, *Export, error)) error {
 	if !s.track(conn, true) {
 		conn.Close()
 		return net.ErrClosed
@@ -159,7 +161,8 @@ func (s *Server) serve(conn net.Conn, start func(*bufio.Reader) (*Export, error)
 	defer s.untrack(conn)
 	defer conn.Close()
 	r := bufio.NewReaderSize(conn, 64<<10)
-	e, err := start(r)
+	conn, r, e, err := start(conn, r)
+	defer conn.Close() // the TLS connection, when negotiation started one
 	if err != nil || e == nil {
 		return s.quiet(err)
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,4 +27,33 @@ func Socketpair() (server net.Conn, kernel *os.File, err error) {
 		return nil, nil, fmt.Errorf("blockdev: socketpair: %w", err)
 	}
 	return server, os.NewFile(uintptr(fds[1]), "nbd-kernel"), nil
+}
+
+// ListenUnix listens on a unix socket at path that only its owner may
+// use (0600), or with group set, its owner and that group (0660): an
+// export or a control socket is never open to every local user. The
+// socket is removed again if its mode cannot be set.
+func ListenUnix(path, group string) (net.Listener, error) {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	mode := os.FileMode(0o600)
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err == nil {
+			gid, _ := strconv.Atoi(g.Gid)
+			err = os.Chown(path, -1, gid)
+		}
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("socket %s: group %q: %w", path, group, err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	return l, nil
 }

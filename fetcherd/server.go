@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
+	"github.com/lazyblk/lazyblk/blockdev"
 	"github.com/lazyblk/lazyblk/mounts"
 )
 
@@ -225,11 +226,7 @@ func Listen(address string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: another daemon answers there", address)
 	}
 	os.Remove(address)
-	l, err := net.Listen("unix", address)
-	if err != nil {
-		return nil, err
-	}
-	return l, os.Chmod(address, 0o600)
+	return blockdev.ListenUnix(address, "")
 }
 
 // NewGRPCServer returns a gRPC server with s registered.

@@ -192,7 +192,7 @@ type Stats struct {
 func serveControl(ctx context.Context, work string, im *fetcher.Image, srv *blockdev.Server, pf *prefetcher, pins *pins) (*http.Server, error) {
 	path := filepath.Join(work, "ctl.sock")
 	os.Remove(path) // left by a server that died
-	l, err := net.Listen("unix", path)
+	l, err := blockdev.ListenUnix(path, "")
 	if err != nil {
 		return nil, err
 	}
