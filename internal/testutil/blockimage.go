@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
 )
@@ -34,8 +36,15 @@ func BlockImage(t testing.TB, ref string, randomBytes int, opts ...imagefmt.Opti
 		File("random.bin", 0o644, string(rnd)), File("text.txt", 0o644, string(text)),
 		File("zeros.bin", 0o644, string(zeros)), File("small", 0o644, "small"),
 	}, Uncompressed, false)
+	return ConvertAndPush(t, ref, Image(t, false, layer), opts...)
+}
+
+// ConvertAndPush converts img with small chunks (opts may override),
+// pushes the block image to ref and returns the filesystem image's bytes.
+func ConvertAndPush(t testing.TB, ref string, img v1.Image, opts ...imagefmt.Option) (fetcher.Location, []byte) {
+	t.Helper()
 	opts = append([]imagefmt.Option{imagefmt.WithChunkSize(imagefmt.MinChunkSize), imagefmt.WithTempDir(t.TempDir())}, opts...)
-	res, err := imagefmt.Convert(context.Background(), Image(t, false, layer), opts...)
+	res, err := imagefmt.Convert(context.Background(), img, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

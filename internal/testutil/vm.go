@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -46,6 +47,11 @@ type Guest struct {
 	Binaries []string
 	// Disks are raw image files attached as virtio disks: /dev/vda, vdb…
 	Disks []string
+	// Drives are further QEMU -drive specifications, after Disks (an NBD
+	// export: file=nbd+unix:///?socket=PATH,format=raw,if=virtio).
+	Drives []string
+	// OnLine, when set, sees each console line as it arrives (timing).
+	OnLine func(line string)
 }
 
 // Boot runs the guest under QEMU (software emulation on one host thread,
@@ -135,8 +141,15 @@ poweroff -f
 	for _, d := range g.Disks {
 		args = append(args, "-drive", "file="+d+",if=virtio,format=raw")
 	}
+	for _, d := range g.Drives {
+		args = append(args, "-drive", d)
+	}
 	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
-	qemu.Stdout, qemu.Stderr = &console, &console
+	var w io.Writer = &console
+	if g.OnLine != nil {
+		w = io.MultiWriter(&console, &lineWriter{fn: g.OnLine})
+	}
+	qemu.Stdout, qemu.Stderr = w, w
 	err := qemu.Run()
 	out := strings.ReplaceAll(console.String(), "\r\n", "\n")
 	if ctx.Err() != nil {
@@ -192,5 +205,23 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 	}
 	if err := os.WriteFile(dst, b, mode); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// lineWriter calls fn with each complete line written to it.
+type lineWriter struct {
+	fn   func(string)
+	part []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.part = append(w.part, p...)
+	for {
+		i := bytes.IndexByte(w.part, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.fn(strings.TrimRight(string(w.part[:i]), "\r"))
+		w.part = w.part[i+1:]
 	}
 }
