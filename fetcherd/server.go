@@ -49,6 +49,7 @@ type Server struct {
 
 	prom      metrics   // see MetricsHandler
 	fallbacks fallbacks // see ReportFallback
+	warm      warmed    // see Warm
 }
 
 // Mount mounts an image read-only on a directory.
@@ -111,7 +112,7 @@ func (s *Server) List(context.Context, *fetcherv1.ListRequest) (*fetcherv1.ListR
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	out := &fetcherv1.ListResponse{Fallbacks: s.latestFallbacks()}
+	out := &fetcherv1.ListResponse{Fallbacks: s.latestFallbacks(), Warm: s.warm.list()}
 	for _, st := range sts {
 		out.Mounts = append(out.Mounts, info(st))
 	}

@@ -36,7 +36,7 @@ each layer's region and publishes the new version with a trace of its own.
 The trace is an OCI artifact whose subject is the image: registries with the
 referrers API list it there, others under the tag sha256-<image digest hex>.
 The image itself is not pushed again.`,
-		Subcommands: []*cli.Command{prefetchRecordCommand(), prefetchPushCommand(), prefetchShowCommand(), prefetchFillCommand()},
+		Subcommands: []*cli.Command{prefetchRecordCommand(), prefetchPushCommand(), prefetchShowCommand(), prefetchFillCommand(), prefetchWarmCommand()},
 	}
 }
 

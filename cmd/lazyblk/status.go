@@ -103,11 +103,13 @@ func runStatus(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, struct {
-			Mounts    []mountStatus         `json:"mounts"`
-			Fallbacks []*fetcherv1.Fallback `json:"fallbacks"`
-		}{out, append([]*fetcherv1.Fallback{}, l.Fallbacks...)})
+			Mounts    []mountStatus          `json:"mounts"`
+			Fallbacks []*fetcherv1.Fallback  `json:"fallbacks"`
+			Warm      []*fetcherv1.WarmImage `json:"warm"`
+		}{out, append([]*fetcherv1.Fallback{}, l.Fallbacks...), append([]*fetcherv1.WarmImage{}, l.Warm...)})
 	}
 	defer printFallbacks(c.App.Writer, l.Fallbacks)
+	defer printWarmImages(c.App.Writer, l.Warm)
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DIR\tREF\tFS\tATTACH\tSERVING\tFETCHED\tCACHED\tHITS\tMISSES\tREADS\tREGISTRY\tPREFETCH")
 	for _, m := range out {
@@ -164,4 +166,27 @@ func printFallbacks(w io.Writer, fbs []*fetcherv1.Fallback) {
 		fmt.Fprintf(w, "  %s  %s  %s (reason %s, %d so far): %s\n", time.UnixMilli(f.UnixMs).Format(time.RFC3339),
 			cmp.Or(f.Ref, "(no reference)"), f.Layer, f.Reason, f.Count, f.Message)
 	}
+}
+
+// printWarmImages lists the images warmed without a mount (lazyblk
+// prefetch warm), with the share of each the cache holds now.
+func printWarmImages(w io.Writer, ws []*fetcherv1.WarmImage) {
+	if len(ws) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nWarm images (lazyblk prefetch warm):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REF\tWARMED\tCACHED\tSIZE")
+	for _, wi := range ws {
+		what := "trace"
+		if wi.All {
+			what = "all"
+		}
+		pct := 0.0
+		if wi.ImageSize > 0 {
+			pct = 100 * float64(wi.CachedBytes) / float64(wi.ImageSize)
+		}
+		fmt.Fprintf(tw, "%s\t%s, %s\t%.1f%%\t%s\n", wi.Ref, what, time.UnixMilli(wi.WarmedUnixMs).Format(time.TimeOnly), pct, mib(wi.ImageSize))
+	}
+	tw.Flush()
 }

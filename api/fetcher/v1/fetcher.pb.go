@@ -27,6 +27,243 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WarmRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"` // as MountRequest.ref
+	PlainHttp     bool                   `protobuf:"varint,2,opt,name=plain_http,json=plainHttp,proto3" json:"plain_http,omitempty"`
+	All           bool                   `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"` // every chunk, not only the trace's
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmRequest) Reset() {
+	*x = WarmRequest{}
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmRequest) ProtoMessage() {}
+
+func (x *WarmRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmRequest.ProtoReflect.Descriptor instead.
+func (*WarmRequest) Descriptor() ([]byte, []int) {
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WarmRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *WarmRequest) GetPlainHttp() bool {
+	if x != nil {
+		return x.PlainHttp
+	}
+	return false
+}
+
+func (x *WarmRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type WarmProgress struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	CachedBytes int64                  `protobuf:"varint,1,opt,name=cached_bytes,json=cachedBytes,proto3" json:"cached_bytes,omitempty"` // of the image, in the cache (holes count)
+	ImageSize   int64                  `protobuf:"varint,2,opt,name=image_size,json=imageSize,proto3" json:"image_size,omitempty"`
+	Done        bool                   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	// Set with done:
+	TraceDigest   string  `protobuf:"bytes,4,opt,name=trace_digest,json=traceDigest,proto3" json:"trace_digest,omitempty"`
+	TraceChunks   int32   `protobuf:"varint,5,opt,name=trace_chunks,json=traceChunks,proto3" json:"trace_chunks,omitempty"`
+	FetchedBytes  int64   `protobuf:"varint,6,opt,name=fetched_bytes,json=fetchedBytes,proto3" json:"fetched_bytes,omitempty"`
+	Seconds       float64 `protobuf:"fixed64,7,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmProgress) Reset() {
+	*x = WarmProgress{}
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmProgress) ProtoMessage() {}
+
+func (x *WarmProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmProgress.ProtoReflect.Descriptor instead.
+func (*WarmProgress) Descriptor() ([]byte, []int) {
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WarmProgress) GetCachedBytes() int64 {
+	if x != nil {
+		return x.CachedBytes
+	}
+	return 0
+}
+
+func (x *WarmProgress) GetImageSize() int64 {
+	if x != nil {
+		return x.ImageSize
+	}
+	return 0
+}
+
+func (x *WarmProgress) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *WarmProgress) GetTraceDigest() string {
+	if x != nil {
+		return x.TraceDigest
+	}
+	return ""
+}
+
+func (x *WarmProgress) GetTraceChunks() int32 {
+	if x != nil {
+		return x.TraceChunks
+	}
+	return 0
+}
+
+func (x *WarmProgress) GetFetchedBytes() int64 {
+	if x != nil {
+		return x.FetchedBytes
+	}
+	return 0
+}
+
+func (x *WarmProgress) GetSeconds() float64 {
+	if x != nil {
+		return x.Seconds
+	}
+	return 0
+}
+
+type WarmImage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	All           bool                   `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"`
+	ImageSize     int64                  `protobuf:"varint,3,opt,name=image_size,json=imageSize,proto3" json:"image_size,omitempty"`
+	CachedBytes   int64                  `protobuf:"varint,4,opt,name=cached_bytes,json=cachedBytes,proto3" json:"cached_bytes,omitempty"` // now
+	TraceDigest   string                 `protobuf:"bytes,5,opt,name=trace_digest,json=traceDigest,proto3" json:"trace_digest,omitempty"`
+	WarmedUnixMs  int64                  `protobuf:"varint,6,opt,name=warmed_unix_ms,json=warmedUnixMs,proto3" json:"warmed_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmImage) Reset() {
+	*x = WarmImage{}
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmImage) ProtoMessage() {}
+
+func (x *WarmImage) ProtoReflect() protoreflect.Message {
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmImage.ProtoReflect.Descriptor instead.
+func (*WarmImage) Descriptor() ([]byte, []int) {
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WarmImage) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *WarmImage) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *WarmImage) GetImageSize() int64 {
+	if x != nil {
+		return x.ImageSize
+	}
+	return 0
+}
+
+func (x *WarmImage) GetCachedBytes() int64 {
+	if x != nil {
+		return x.CachedBytes
+	}
+	return 0
+}
+
+func (x *WarmImage) GetTraceDigest() string {
+	if x != nil {
+		return x.TraceDigest
+	}
+	return ""
+}
+
+func (x *WarmImage) GetWarmedUnixMs() int64 {
+	if x != nil {
+		return x.WarmedUnixMs
+	}
+	return 0
+}
+
 type MountRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Image reference (registry/repo:tag or @digest) or oci:DIR[:TAG].
@@ -59,7 +296,7 @@ type MountRequest struct {
 
 func (x *MountRequest) Reset() {
 	*x = MountRequest{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[0]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -71,7 +308,7 @@ func (x *MountRequest) String() string {
 func (*MountRequest) ProtoMessage() {}
 
 func (x *MountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[0]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -84,7 +321,7 @@ func (x *MountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountRequest.ProtoReflect.Descriptor instead.
 func (*MountRequest) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{0}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *MountRequest) GetRef() string {
@@ -174,7 +411,7 @@ type MountInfo struct {
 
 func (x *MountInfo) Reset() {
 	*x = MountInfo{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[1]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +423,7 @@ func (x *MountInfo) String() string {
 func (*MountInfo) ProtoMessage() {}
 
 func (x *MountInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[1]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +436,7 @@ func (x *MountInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountInfo.ProtoReflect.Descriptor instead.
 func (*MountInfo) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{1}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MountInfo) GetRef() string {
@@ -274,7 +511,7 @@ type UnmountRequest struct {
 
 func (x *UnmountRequest) Reset() {
 	*x = UnmountRequest{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[2]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -286,7 +523,7 @@ func (x *UnmountRequest) String() string {
 func (*UnmountRequest) ProtoMessage() {}
 
 func (x *UnmountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[2]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -299,7 +536,7 @@ func (x *UnmountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmountRequest.ProtoReflect.Descriptor instead.
 func (*UnmountRequest) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{2}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UnmountRequest) GetDir() string {
@@ -317,7 +554,7 @@ type UnmountResponse struct {
 
 func (x *UnmountResponse) Reset() {
 	*x = UnmountResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[3]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +566,7 @@ func (x *UnmountResponse) String() string {
 func (*UnmountResponse) ProtoMessage() {}
 
 func (x *UnmountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[3]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +579,7 @@ func (x *UnmountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmountResponse.ProtoReflect.Descriptor instead.
 func (*UnmountResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{3}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{6}
 }
 
 type ListRequest struct {
@@ -353,7 +590,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[4]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +602,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[4]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,21 +615,23 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{4}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{7}
 }
 
 type ListResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Mounts []*MountInfo           `protobuf:"bytes,1,rep,name=mounts,proto3" json:"mounts,omitempty"`
 	// The latest layers that fell back to a full download, newest last.
-	Fallbacks     []*Fallback `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	Fallbacks []*Fallback `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	// Images warmed (Warm) since the daemon started, oldest first.
+	Warm          []*WarmImage `protobuf:"bytes,3,rep,name=warm,proto3" json:"warm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[5]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +643,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[5]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +656,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{5}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListResponse) GetMounts() []*MountInfo {
@@ -430,6 +669,13 @@ func (x *ListResponse) GetMounts() []*MountInfo {
 func (x *ListResponse) GetFallbacks() []*Fallback {
 	if x != nil {
 		return x.Fallbacks
+	}
+	return nil
+}
+
+func (x *ListResponse) GetWarm() []*WarmImage {
+	if x != nil {
+		return x.Warm
 	}
 	return nil
 }
@@ -452,7 +698,7 @@ type Fallback struct {
 
 func (x *Fallback) Reset() {
 	*x = Fallback{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +710,7 @@ func (x *Fallback) String() string {
 func (*Fallback) ProtoMessage() {}
 
 func (x *Fallback) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[6]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +723,7 @@ func (x *Fallback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fallback.ProtoReflect.Descriptor instead.
 func (*Fallback) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{6}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Fallback) GetLayer() string {
@@ -530,7 +776,7 @@ type ReportFallbackResponse struct {
 
 func (x *ReportFallbackResponse) Reset() {
 	*x = ReportFallbackResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +788,7 @@ func (x *ReportFallbackResponse) String() string {
 func (*ReportFallbackResponse) ProtoMessage() {}
 
 func (x *ReportFallbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[7]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +801,7 @@ func (x *ReportFallbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFallbackResponse.ProtoReflect.Descriptor instead.
 func (*ReportFallbackResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{7}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{10}
 }
 
 type PrefetchRequest struct {
@@ -567,7 +813,7 @@ type PrefetchRequest struct {
 
 func (x *PrefetchRequest) Reset() {
 	*x = PrefetchRequest{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +825,7 @@ func (x *PrefetchRequest) String() string {
 func (*PrefetchRequest) ProtoMessage() {}
 
 func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[8]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +838,7 @@ func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchRequest.ProtoReflect.Descriptor instead.
 func (*PrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{8}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PrefetchRequest) GetDir() string {
@@ -610,7 +856,7 @@ type PrefetchResponse struct {
 
 func (x *PrefetchResponse) Reset() {
 	*x = PrefetchResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +868,7 @@ func (x *PrefetchResponse) String() string {
 func (*PrefetchResponse) ProtoMessage() {}
 
 func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[9]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +881,7 @@ func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchResponse.ProtoReflect.Descriptor instead.
 func (*PrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{9}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{12}
 }
 
 type StatsRequest struct {
@@ -647,7 +893,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +905,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[10]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +918,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{10}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatsRequest) GetDir() string {
@@ -715,7 +961,7 @@ type ImageStats struct {
 
 func (x *ImageStats) Reset() {
 	*x = ImageStats{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +973,7 @@ func (x *ImageStats) String() string {
 func (*ImageStats) ProtoMessage() {}
 
 func (x *ImageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[11]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +986,7 @@ func (x *ImageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageStats.ProtoReflect.Descriptor instead.
 func (*ImageStats) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{11}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ImageStats) GetDir() string {
@@ -899,7 +1145,7 @@ type RegistryHost struct {
 
 func (x *RegistryHost) Reset() {
 	*x = RegistryHost{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[12]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1157,7 @@ func (x *RegistryHost) String() string {
 func (*RegistryHost) ProtoMessage() {}
 
 func (x *RegistryHost) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[12]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1170,7 @@ func (x *RegistryHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryHost.ProtoReflect.Descriptor instead.
 func (*RegistryHost) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{12}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegistryHost) GetHost() string {
@@ -971,7 +1217,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[13]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1229,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[13]
+	mi := &file_api_fetcher_v1_fetcher_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1242,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{13}
+	return file_api_fetcher_v1_fetcher_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatsResponse) GetImages() []*ImageStats {
@@ -1010,7 +1256,29 @@ var File_api_fetcher_v1_fetcher_proto protoreflect.FileDescriptor
 
 const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\n" +
-	"\x1capi/fetcher/v1/fetcher.proto\x12\x12lazyblk.fetcher.v1\"\xa9\x02\n" +
+	"\x1capi/fetcher/v1/fetcher.proto\x12\x12lazyblk.fetcher.v1\"P\n" +
+	"\vWarmRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1d\n" +
+	"\n" +
+	"plain_http\x18\x02 \x01(\bR\tplainHttp\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\"\xe9\x01\n" +
+	"\fWarmProgress\x12!\n" +
+	"\fcached_bytes\x18\x01 \x01(\x03R\vcachedBytes\x12\x1d\n" +
+	"\n" +
+	"image_size\x18\x02 \x01(\x03R\timageSize\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\x12!\n" +
+	"\ftrace_digest\x18\x04 \x01(\tR\vtraceDigest\x12!\n" +
+	"\ftrace_chunks\x18\x05 \x01(\x05R\vtraceChunks\x12#\n" +
+	"\rfetched_bytes\x18\x06 \x01(\x03R\ffetchedBytes\x12\x18\n" +
+	"\aseconds\x18\a \x01(\x01R\aseconds\"\xba\x01\n" +
+	"\tWarmImage\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x10\n" +
+	"\x03all\x18\x02 \x01(\bR\x03all\x12\x1d\n" +
+	"\n" +
+	"image_size\x18\x03 \x01(\x03R\timageSize\x12!\n" +
+	"\fcached_bytes\x18\x04 \x01(\x03R\vcachedBytes\x12!\n" +
+	"\ftrace_digest\x18\x05 \x01(\tR\vtraceDigest\x12$\n" +
+	"\x0ewarmed_unix_ms\x18\x06 \x01(\x03R\fwarmedUnixMs\"\xa9\x02\n" +
 	"\fMountRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12!\n" +
@@ -1038,10 +1306,11 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\x0eUnmountRequest\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x11\n" +
 	"\x0fUnmountResponse\"\r\n" +
-	"\vListRequest\"\x81\x01\n" +
+	"\vListRequest\"\xb4\x01\n" +
 	"\fListResponse\x125\n" +
 	"\x06mounts\x18\x01 \x03(\v2\x1d.lazyblk.fetcher.v1.MountInfoR\x06mounts\x12:\n" +
-	"\tfallbacks\x18\x02 \x03(\v2\x1c.lazyblk.fetcher.v1.FallbackR\tfallbacks\"\x93\x01\n" +
+	"\tfallbacks\x18\x02 \x03(\v2\x1c.lazyblk.fetcher.v1.FallbackR\tfallbacks\x121\n" +
+	"\x04warm\x18\x03 \x03(\v2\x1d.lazyblk.fetcher.v1.WarmImageR\x04warm\"\x93\x01\n" +
 	"\bFallback\x12\x14\n" +
 	"\x05layer\x18\x01 \x01(\tR\x05layer\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x16\n" +
@@ -1090,14 +1359,15 @@ const file_api_fetcher_v1_fetcher_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x05 \x01(\tR\tlastError\"G\n" +
 	"\rStatsResponse\x126\n" +
-	"\x06images\x18\x01 \x03(\v2\x1e.lazyblk.fetcher.v1.ImageStatsR\x06images2\xf3\x03\n" +
+	"\x06images\x18\x01 \x03(\v2\x1e.lazyblk.fetcher.v1.ImageStatsR\x06images2\xc0\x04\n" +
 	"\aFetcher\x12H\n" +
 	"\x05Mount\x12 .lazyblk.fetcher.v1.MountRequest\x1a\x1d.lazyblk.fetcher.v1.MountInfo\x12R\n" +
 	"\aUnmount\x12\".lazyblk.fetcher.v1.UnmountRequest\x1a#.lazyblk.fetcher.v1.UnmountResponse\x12I\n" +
 	"\x04List\x12\x1f.lazyblk.fetcher.v1.ListRequest\x1a .lazyblk.fetcher.v1.ListResponse\x12U\n" +
 	"\bPrefetch\x12#.lazyblk.fetcher.v1.PrefetchRequest\x1a$.lazyblk.fetcher.v1.PrefetchResponse\x12L\n" +
 	"\x05Stats\x12 .lazyblk.fetcher.v1.StatsRequest\x1a!.lazyblk.fetcher.v1.StatsResponse\x12Z\n" +
-	"\x0eReportFallback\x12\x1c.lazyblk.fetcher.v1.Fallback\x1a*.lazyblk.fetcher.v1.ReportFallbackResponseB5Z3github.com/lazyblk/lazyblk/api/fetcher/v1;fetcherv1b\x06proto3"
+	"\x0eReportFallback\x12\x1c.lazyblk.fetcher.v1.Fallback\x1a*.lazyblk.fetcher.v1.ReportFallbackResponse\x12K\n" +
+	"\x04Warm\x12\x1f.lazyblk.fetcher.v1.WarmRequest\x1a .lazyblk.fetcher.v1.WarmProgress0\x01B5Z3github.com/lazyblk/lazyblk/api/fetcher/v1;fetcherv1b\x06proto3"
 
 var (
 	file_api_fetcher_v1_fetcher_proto_rawDescOnce sync.Once
@@ -1111,45 +1381,51 @@ func file_api_fetcher_v1_fetcher_proto_rawDescGZIP() []byte {
 	return file_api_fetcher_v1_fetcher_proto_rawDescData
 }
 
-var file_api_fetcher_v1_fetcher_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_api_fetcher_v1_fetcher_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_api_fetcher_v1_fetcher_proto_goTypes = []any{
-	(*MountRequest)(nil),           // 0: lazyblk.fetcher.v1.MountRequest
-	(*MountInfo)(nil),              // 1: lazyblk.fetcher.v1.MountInfo
-	(*UnmountRequest)(nil),         // 2: lazyblk.fetcher.v1.UnmountRequest
-	(*UnmountResponse)(nil),        // 3: lazyblk.fetcher.v1.UnmountResponse
-	(*ListRequest)(nil),            // 4: lazyblk.fetcher.v1.ListRequest
-	(*ListResponse)(nil),           // 5: lazyblk.fetcher.v1.ListResponse
-	(*Fallback)(nil),               // 6: lazyblk.fetcher.v1.Fallback
-	(*ReportFallbackResponse)(nil), // 7: lazyblk.fetcher.v1.ReportFallbackResponse
-	(*PrefetchRequest)(nil),        // 8: lazyblk.fetcher.v1.PrefetchRequest
-	(*PrefetchResponse)(nil),       // 9: lazyblk.fetcher.v1.PrefetchResponse
-	(*StatsRequest)(nil),           // 10: lazyblk.fetcher.v1.StatsRequest
-	(*ImageStats)(nil),             // 11: lazyblk.fetcher.v1.ImageStats
-	(*RegistryHost)(nil),           // 12: lazyblk.fetcher.v1.RegistryHost
-	(*StatsResponse)(nil),          // 13: lazyblk.fetcher.v1.StatsResponse
+	(*WarmRequest)(nil),            // 0: lazyblk.fetcher.v1.WarmRequest
+	(*WarmProgress)(nil),           // 1: lazyblk.fetcher.v1.WarmProgress
+	(*WarmImage)(nil),              // 2: lazyblk.fetcher.v1.WarmImage
+	(*MountRequest)(nil),           // 3: lazyblk.fetcher.v1.MountRequest
+	(*MountInfo)(nil),              // 4: lazyblk.fetcher.v1.MountInfo
+	(*UnmountRequest)(nil),         // 5: lazyblk.fetcher.v1.UnmountRequest
+	(*UnmountResponse)(nil),        // 6: lazyblk.fetcher.v1.UnmountResponse
+	(*ListRequest)(nil),            // 7: lazyblk.fetcher.v1.ListRequest
+	(*ListResponse)(nil),           // 8: lazyblk.fetcher.v1.ListResponse
+	(*Fallback)(nil),               // 9: lazyblk.fetcher.v1.Fallback
+	(*ReportFallbackResponse)(nil), // 10: lazyblk.fetcher.v1.ReportFallbackResponse
+	(*PrefetchRequest)(nil),        // 11: lazyblk.fetcher.v1.PrefetchRequest
+	(*PrefetchResponse)(nil),       // 12: lazyblk.fetcher.v1.PrefetchResponse
+	(*StatsRequest)(nil),           // 13: lazyblk.fetcher.v1.StatsRequest
+	(*ImageStats)(nil),             // 14: lazyblk.fetcher.v1.ImageStats
+	(*RegistryHost)(nil),           // 15: lazyblk.fetcher.v1.RegistryHost
+	(*StatsResponse)(nil),          // 16: lazyblk.fetcher.v1.StatsResponse
 }
 var file_api_fetcher_v1_fetcher_proto_depIdxs = []int32{
-	1,  // 0: lazyblk.fetcher.v1.ListResponse.mounts:type_name -> lazyblk.fetcher.v1.MountInfo
-	6,  // 1: lazyblk.fetcher.v1.ListResponse.fallbacks:type_name -> lazyblk.fetcher.v1.Fallback
-	12, // 2: lazyblk.fetcher.v1.ImageStats.hosts:type_name -> lazyblk.fetcher.v1.RegistryHost
-	11, // 3: lazyblk.fetcher.v1.StatsResponse.images:type_name -> lazyblk.fetcher.v1.ImageStats
-	0,  // 4: lazyblk.fetcher.v1.Fetcher.Mount:input_type -> lazyblk.fetcher.v1.MountRequest
-	2,  // 5: lazyblk.fetcher.v1.Fetcher.Unmount:input_type -> lazyblk.fetcher.v1.UnmountRequest
-	4,  // 6: lazyblk.fetcher.v1.Fetcher.List:input_type -> lazyblk.fetcher.v1.ListRequest
-	8,  // 7: lazyblk.fetcher.v1.Fetcher.Prefetch:input_type -> lazyblk.fetcher.v1.PrefetchRequest
-	10, // 8: lazyblk.fetcher.v1.Fetcher.Stats:input_type -> lazyblk.fetcher.v1.StatsRequest
-	6,  // 9: lazyblk.fetcher.v1.Fetcher.ReportFallback:input_type -> lazyblk.fetcher.v1.Fallback
-	1,  // 10: lazyblk.fetcher.v1.Fetcher.Mount:output_type -> lazyblk.fetcher.v1.MountInfo
-	3,  // 11: lazyblk.fetcher.v1.Fetcher.Unmount:output_type -> lazyblk.fetcher.v1.UnmountResponse
-	5,  // 12: lazyblk.fetcher.v1.Fetcher.List:output_type -> lazyblk.fetcher.v1.ListResponse
-	9,  // 13: lazyblk.fetcher.v1.Fetcher.Prefetch:output_type -> lazyblk.fetcher.v1.PrefetchResponse
-	13, // 14: lazyblk.fetcher.v1.Fetcher.Stats:output_type -> lazyblk.fetcher.v1.StatsResponse
-	7,  // 15: lazyblk.fetcher.v1.Fetcher.ReportFallback:output_type -> lazyblk.fetcher.v1.ReportFallbackResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	4,  // 0: lazyblk.fetcher.v1.ListResponse.mounts:type_name -> lazyblk.fetcher.v1.MountInfo
+	9,  // 1: lazyblk.fetcher.v1.ListResponse.fallbacks:type_name -> lazyblk.fetcher.v1.Fallback
+	2,  // 2: lazyblk.fetcher.v1.ListResponse.warm:type_name -> lazyblk.fetcher.v1.WarmImage
+	15, // 3: lazyblk.fetcher.v1.ImageStats.hosts:type_name -> lazyblk.fetcher.v1.RegistryHost
+	14, // 4: lazyblk.fetcher.v1.StatsResponse.images:type_name -> lazyblk.fetcher.v1.ImageStats
+	3,  // 5: lazyblk.fetcher.v1.Fetcher.Mount:input_type -> lazyblk.fetcher.v1.MountRequest
+	5,  // 6: lazyblk.fetcher.v1.Fetcher.Unmount:input_type -> lazyblk.fetcher.v1.UnmountRequest
+	7,  // 7: lazyblk.fetcher.v1.Fetcher.List:input_type -> lazyblk.fetcher.v1.ListRequest
+	11, // 8: lazyblk.fetcher.v1.Fetcher.Prefetch:input_type -> lazyblk.fetcher.v1.PrefetchRequest
+	13, // 9: lazyblk.fetcher.v1.Fetcher.Stats:input_type -> lazyblk.fetcher.v1.StatsRequest
+	9,  // 10: lazyblk.fetcher.v1.Fetcher.ReportFallback:input_type -> lazyblk.fetcher.v1.Fallback
+	0,  // 11: lazyblk.fetcher.v1.Fetcher.Warm:input_type -> lazyblk.fetcher.v1.WarmRequest
+	4,  // 12: lazyblk.fetcher.v1.Fetcher.Mount:output_type -> lazyblk.fetcher.v1.MountInfo
+	6,  // 13: lazyblk.fetcher.v1.Fetcher.Unmount:output_type -> lazyblk.fetcher.v1.UnmountResponse
+	8,  // 14: lazyblk.fetcher.v1.Fetcher.List:output_type -> lazyblk.fetcher.v1.ListResponse
+	12, // 15: lazyblk.fetcher.v1.Fetcher.Prefetch:output_type -> lazyblk.fetcher.v1.PrefetchResponse
+	16, // 16: lazyblk.fetcher.v1.Fetcher.Stats:output_type -> lazyblk.fetcher.v1.StatsResponse
+	10, // 17: lazyblk.fetcher.v1.Fetcher.ReportFallback:output_type -> lazyblk.fetcher.v1.ReportFallbackResponse
+	1,  // 18: lazyblk.fetcher.v1.Fetcher.Warm:output_type -> lazyblk.fetcher.v1.WarmProgress
+	12, // [12:19] is the sub-list for method output_type
+	5,  // [5:12] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_api_fetcher_v1_fetcher_proto_init() }
@@ -1163,7 +1439,7 @@ func file_api_fetcher_v1_fetcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_fetcher_v1_fetcher_proto_rawDesc), len(file_api_fetcher_v1_fetcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

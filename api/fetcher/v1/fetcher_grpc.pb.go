@@ -31,6 +31,7 @@ const (
 	Fetcher_Prefetch_FullMethodName       = "/lazyblk.fetcher.v1.Fetcher/Prefetch"
 	Fetcher_Stats_FullMethodName          = "/lazyblk.fetcher.v1.Fetcher/Stats"
 	Fetcher_ReportFallback_FullMethodName = "/lazyblk.fetcher.v1.Fetcher/ReportFallback"
+	Fetcher_Warm_FullMethodName           = "/lazyblk.fetcher.v1.Fetcher/Warm"
 )
 
 // FetcherClient is the client API for Fetcher service.
@@ -57,6 +58,13 @@ type FetcherClient interface {
 	// lazily, so containerd downloaded and unpacked it whole; List returns
 	// the latest, and `lazyblk status` shows them.
 	ReportFallback(ctx context.Context, in *Fallback, opts ...grpc.CallOption) (*ReportFallbackResponse, error)
+	// Warm fetches an image into the node's cache without mounting it: the
+	// chunks of its newest prefetch trace, or with all every chunk. It
+	// streams progress; the last message has done set. List returns the
+	// images warmed since the daemon started, with how much of each is
+	// cached now. FailedPrecondition without a cache, or (without all)
+	// when the registry holds no trace for the image.
+	Warm(ctx context.Context, in *WarmRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WarmProgress], error)
 }
 
 type fetcherClient struct {
@@ -127,6 +135,25 @@ func (c *fetcherClient) ReportFallback(ctx context.Context, in *Fallback, opts .
 	return out, nil
 }
 
+func (c *fetcherClient) Warm(ctx context.Context, in *WarmRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WarmProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Fetcher_ServiceDesc.Streams[0], Fetcher_Warm_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WarmRequest, WarmProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Fetcher_WarmClient = grpc.ServerStreamingClient[WarmProgress]
+
 // FetcherServer is the server API for Fetcher service.
 // All implementations must embed UnimplementedFetcherServer
 // for forward compatibility.
@@ -151,6 +178,13 @@ type FetcherServer interface {
 	// lazily, so containerd downloaded and unpacked it whole; List returns
 	// the latest, and `lazyblk status` shows them.
 	ReportFallback(context.Context, *Fallback) (*ReportFallbackResponse, error)
+	// Warm fetches an image into the node's cache without mounting it: the
+	// chunks of its newest prefetch trace, or with all every chunk. It
+	// streams progress; the last message has done set. List returns the
+	// images warmed since the daemon started, with how much of each is
+	// cached now. FailedPrecondition without a cache, or (without all)
+	// when the registry holds no trace for the image.
+	Warm(*WarmRequest, grpc.ServerStreamingServer[WarmProgress]) error
 	mustEmbedUnimplementedFetcherServer()
 }
 
@@ -178,6 +212,9 @@ func (UnimplementedFetcherServer) Stats(context.Context, *StatsRequest) (*StatsR
 }
 func (UnimplementedFetcherServer) ReportFallback(context.Context, *Fallback) (*ReportFallbackResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportFallback not implemented")
+}
+func (UnimplementedFetcherServer) Warm(*WarmRequest, grpc.ServerStreamingServer[WarmProgress]) error {
+	return status.Error(codes.Unimplemented, "method Warm not implemented")
 }
 func (UnimplementedFetcherServer) mustEmbedUnimplementedFetcherServer() {}
 func (UnimplementedFetcherServer) testEmbeddedByValue()                 {}
@@ -308,6 +345,17 @@ func _Fetcher_ReportFallback_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Fetcher_Warm_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WarmRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(FetcherServer).Warm(m, &grpc.GenericServerStream[WarmRequest, WarmProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Fetcher_WarmServer = grpc.ServerStreamingServer[WarmProgress]
+
 // Fetcher_ServiceDesc is the grpc.ServiceDesc for Fetcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -340,6 +388,12 @@ var Fetcher_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Fetcher_ReportFallback_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Warm",
+			Handler:       _Fetcher_Warm_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "api/fetcher/v1/fetcher.proto",
 }
