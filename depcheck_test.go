@@ -18,6 +18,7 @@ func TestImportDirection(t *testing.T) {
 		"blockdev":    {"fetcher", "cache", "imagefmt"},
 		"mounts":      {"blockdev", "fetcher", "cache", "imagefmt"},
 		"fetcherd":    {"api", "mounts", "blockdev", "fetcher", "cache", "imagefmt"},
+		"lazy":        {"mounts", "blockdev", "fetcher", "cache", "imagefmt"},
 		"snapshotter": {"api", "imagefmt"},
 		"api":         {},
 		"config":      {},

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/lazyblk/lazyblk/blockdev"
+	"github.com/lazyblk/lazyblk/lazy"
 	"github.com/lazyblk/lazyblk/mounts"
 )
 
@@ -69,16 +70,11 @@ func runServe(c *cli.Context) error {
 	if tlsCfg != nil {
 		opts = append(opts, blockdev.WithTLS(tlsCfg))
 	}
-	im, _, err := src.Open(c.Context)
+	img, err := lazy.Open(c.Context, src.Ref, lazyOptions(src)...)
 	if err != nil {
 		return err
 	}
-	defer im.Close()
-	go mounts.TrimWhenIdle(c.Context, im)
-	srv, err := blockdev.NewServer([]blockdev.Export{{Name: src.Ref, Backend: im}}, opts...)
-	if err != nil {
-		return err
-	}
+	defer img.Close()
 	var l net.Listener
 	if network == "unix" {
 		l, err = blockdev.ListenUnix(addr, c.String("socket-group"))
@@ -91,15 +87,8 @@ func runServe(c *cli.Context) error {
 	if network == "unix" {
 		defer os.Remove(addr)
 	}
-	fmt.Fprintf(c.App.ErrWriter, "lazyblk: serving %s (%d bytes) on %s:%s\n", src.Ref, im.Size(), network, l.Addr())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
-	select {
-	case err = <-done:
-	case <-c.Context.Done():
-	}
-	srv.Close()
-	st := srv.Stats()
+	fmt.Fprintf(c.App.ErrWriter, "lazyblk: serving %s (%d bytes) on %s:%s\n", src.Ref, img.Size(), network, l.Addr())
+	st, err := img.Serve(c.Context, l, opts...)
 	fmt.Fprintf(c.App.ErrWriter, "lazyblk: served %d requests, %d bytes, %d errors\n", st.Requests, st.Bytes, st.Errors)
 	return err
 }
@@ -150,4 +139,16 @@ func loopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// lazyOptions carries the source flags over to package lazy.
+func lazyOptions(src mounts.Source) []lazy.Option {
+	opts := []lazy.Option{lazy.WithHostsDir(src.HostsDir), lazy.WithTimeouts(src.AttemptTimeout, src.ReadTimeout)}
+	if src.PlainHTTP {
+		opts = append(opts, lazy.WithPlainHTTP())
+	}
+	if len(src.CacheDirs) > 0 {
+		opts = append(opts, lazy.WithCache(src.CacheDirs, src.CacheSize))
+	}
+	return opts
 }

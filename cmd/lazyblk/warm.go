@@ -9,6 +9,7 @@ import (
 
 	fetcherv1 "github.com/lazyblk/lazyblk/api/fetcher/v1"
 	"github.com/lazyblk/lazyblk/fetcherd"
+	"github.com/lazyblk/lazyblk/lazy"
 	"github.com/lazyblk/lazyblk/mounts"
 )
 
@@ -68,12 +69,12 @@ func warmHere(c *cli.Context, src mounts.Source, progress func(cached, size int6
 	if len(src.CacheDirs) == 0 {
 		return nil, cli.Exit("prefetch warm needs a cache: --cache-dir, or a fetcher daemon (lazyblk fetcher)", 2)
 	}
-	im, index, loc, err := mounts.OpenWarm(c.Context, src)
+	img, err := lazy.Open(c.Context, src.Ref, lazyOptions(src)...)
 	if err != nil {
 		return nil, err
 	}
-	defer im.Close()
-	return mounts.Warm(c.Context, im, index, loc, c.Bool("all"), progress)
+	defer img.Close()
+	return img.Warm(c.Context, c.Bool("all"), progress)
 }
 
 func warmThroughDaemon(c *cli.Context, addr string, src mounts.Source, progress func(cached, size int64)) (*mounts.WarmReport, error) {
