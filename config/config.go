@@ -35,12 +35,14 @@ type Fetcher struct {
 	// State holds mount state and is lost at reboot (/run).
 	State string `toml:"state"`
 	// Address is the gRPC control socket.
-	Address  string   `toml:"address"`
-	Cache    Cache    `toml:"cache"`
-	Blockdev Blockdev `toml:"blockdev"`
-	Prefetch Prefetch `toml:"prefetch"`
-	Metrics  Metrics  `toml:"metrics"`
-	Registry Registry `toml:"registry"`
+	Address string `toml:"address"`
+	// SocketGroup may use Address too (mode 0660); empty: root only (0600).
+	SocketGroup string   `toml:"socket_group"`
+	Cache       Cache    `toml:"cache"`
+	Blockdev    Blockdev `toml:"blockdev"`
+	Prefetch    Prefetch `toml:"prefetch"`
+	Metrics     Metrics  `toml:"metrics"`
+	Registry    Registry `toml:"registry"`
 }
 
 // DefaultHostsDir is where containerd keeps its hosts.toml files.
@@ -97,6 +99,8 @@ type Snapshotter struct {
 	Root string `toml:"root"`
 	// Address is the snapshots gRPC socket containerd's proxy plugin names.
 	Address string `toml:"address"`
+	// SocketGroup may use Address too (mode 0660); empty: root only (0600).
+	SocketGroup string `toml:"socket_group"`
 	// FetcherAddress is the fetcher daemon's socket.
 	FetcherAddress string `toml:"fetcher_address"`
 	// PlainHTTP lists registries (host:port) the fetcher talks plain HTTP to.

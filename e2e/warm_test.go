@@ -36,6 +36,9 @@ func TestPrefetchWarm(t *testing.T) {
 	d := startDaemon(t, "listening on", lazyblk, "fetcher", "--config", noFillConfig(t, dir), "--root", filepath.Join(dir, "lib"),
 		"--state", e.state, "--address", sock)
 	defer d.stop()
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the daemon's socket: %v (%v), want mode 0600", fi.Mode().Perm(), err)
+	}
 	_, stderr, code := run(t, "prefetch", "warm", "--fetcher-address", sock, "--plain-http", ref)
 	if code == 0 || !strings.Contains(stderr, "--all") || !strings.Contains(stderr, "trace") {
 		t.Errorf("warm without a trace: exit %d, %q; want a failure naming the trace and --all", code, stderr)

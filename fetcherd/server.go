@@ -217,9 +217,9 @@ func Recover(ctx context.Context, m *mounts.Manager) {
 }
 
 // Listen opens a daemon's unix socket (the fetcher's or the
-// snapshotter's), replacing a stale one; it fails when another daemon
-// answers on it.
-func Listen(address string) (net.Listener, error) {
+// snapshotter's), replacing a stale one, for root only, or with group
+// set for that group too; it fails when another daemon answers on it.
+func Listen(address, group string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
 		return nil, err
 	}
@@ -227,7 +227,7 @@ func Listen(address string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: another daemon answers there", address)
 	}
 	os.Remove(address)
-	return blockdev.ListenUnix(address, "")
+	return blockdev.ListenUnix(address, group)
 }
 
 // NewGRPCServer returns a gRPC server with s registered.

@@ -21,7 +21,7 @@ import (
 func TestFallbackReported(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "fetcher.sock")
-	l, err := fetcherd.Listen(sock)
+	l, err := fetcherd.Listen(sock, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,7 @@ func runFetcher(c *cli.Context) error {
 		CacheLow: float64(cfg.Cache.LowWatermark) / 100, HostsDir: cfg.Registry.HostsDir,
 		AttemptTimeout: attempt, ReadTimeout: read,
 		Background: mounts.Background{Trace: cfg.Prefetch.Trace, FillBelow: fillBelow, FillRate: fillRate}}}
-	l, err := fetcherd.Listen(cfg.Address)
+	l, err := fetcherd.Listen(cfg.Address, cfg.SocketGroup)
 	if err != nil {
 		return err
 	}

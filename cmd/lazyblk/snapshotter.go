@@ -89,7 +89,7 @@ func runSnapshotter(c *cli.Context) error {
 		return fmt.Errorf("snapshotter %s: %w", cfg.Root, err)
 	}
 	defer sn.Close()
-	l, err := fetcherd.Listen(cfg.Address)
+	l, err := fetcherd.Listen(cfg.Address, cfg.SocketGroup)
 	if err != nil {
 		return err
 	}
