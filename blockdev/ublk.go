@@ -59,11 +59,7 @@ type ublkServer struct {
 // export, and starts it: when it returns, Path exists and reads work.
 // On error nothing is left behind.
 func attachUblk(srv *Server, export string, size int64) (u *ublkServer, err error) {
-	e := srv.lookup(export)
-	if e == nil {
-		return nil, fmt.Errorf("blockdev: no export named %q", export)
-	}
-	ctl, err := openUblkControl()
+	e, ctl, err := ublkExport(srv, export)
 	if err != nil {
 		return nil, err
 	}
@@ -105,11 +101,7 @@ const ublkRecoverTimeout = 10 * time.Second
 // recoverUblk hands a live device whose server died to this process:
 // requests the old server held, and those queued since, are served here.
 func recoverUblk(srv *Server, export string, d UblkDevice) (u *ublkServer, err error) {
-	e := srv.lookup(export)
-	if e == nil {
-		return nil, fmt.Errorf("blockdev: no export named %q", export)
-	}
-	ctl, err := openUblkControl()
+	e, ctl, err := ublkExport(srv, export)
 	if err != nil {
 		return nil, err
 	}
@@ -134,6 +126,16 @@ func recoverUblk(srv *Server, export string, d UblkDevice) (u *ublkServer, err e
 		return nil, errors.Join(fmt.Errorf("blockdev: ublk: end recovery of device %d: %w", d.ID, err), u.close())
 	}
 	return u, nil
+}
+
+// ublkExport finds export on srv and opens the control device.
+func ublkExport(srv *Server, export string) (*Export, *ublkControl, error) {
+	e := srv.lookup(export)
+	if e == nil {
+		return nil, nil, fmt.Errorf("blockdev: no export named %q", export)
+	}
+	ctl, err := openUblkControl()
+	return e, ctl, err
 }
 
 func ublkStateName(s uint16) string {
