@@ -7,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 
@@ -66,15 +64,7 @@ func TestManyInstancesOneExport(t *testing.T) {
 				t.Error(err)
 			}
 		}
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", serve.Process.Pid))
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-				return kb << 10
-			}
-		}
-		t.Fatal("no VmHWM for the serving process")
-		return 0
+		return procStatus(t, serve.Process.Pid, "VmHWM")
 	}
 	one := run(1)
 	mu.Lock()
