@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,7 +39,7 @@ func (m *Mount) startFuse(srv *Server, connections int) error {
 	if err := os.MkdirAll(m.fuseDir(), 0o700); err != nil {
 		return err
 	}
-	l, err := net.Listen("unix", sock)
+	l, err := ListenUnix(sock, "")
 	if err != nil {
 		return fmt.Errorf("blockdev: %w", err)
 	}

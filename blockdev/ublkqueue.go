@@ -13,8 +13,18 @@ import (
 )
 
 // wakeData marks the completion of the queue's eventfd read: answers are
-// waiting to be committed. Tags are below 1<<16.
-const wakeData = 1 << 32
+// waiting to be committed; trimData, the queue's idle timer. Tags are
+// below 1<<16.
+const (
+	wakeData = 1 << 32
+	trimData = 1 << 33
+)
+
+// ublkTrimAfter is how long a queue must go without a request before it
+// gives its buffers' memory back (madvise DONTNEED): up to depth × 256 KiB
+// of pages a burst of reads touched, which an idle sandbox should not
+// hold.
+const ublkTrimAfter = 10 * time.Second
 
 // ublkQueue serves one hardware queue of a ublk device. Its loop owns the
 // ring and runs on one locked thread: it fetches a request per tag, hands
@@ -28,7 +38,7 @@ type ublkQueue struct {
 	maxIO int
 
 	descs []byte // the driver's request descriptors, one per tag (read-only map)
-	bufs  []byte // depth buffers of maxIO bytes, then 8 bytes for the eventfd's count
+	bufs  []byte // depth buffers of maxIO bytes, then a page: the idle timer's timespec, the eventfd's count at its end
 	efd   int
 
 	mu       sync.Mutex // guards done and stopping
@@ -84,6 +94,9 @@ func (q *ublkQueue) run(ready chan<- error) {
 		err = q.armWake(ring)
 	}
 	if err == nil {
+		err = q.armTrim(ring)
+	}
+	if err == nil {
 		err = ring.submit(0)
 	}
 	ready <- err
@@ -132,26 +145,41 @@ func (q *ublkQueue) armWake(ring *uring) error {
 	return ring.read(q.efd, q.bufs[n-8:], wakeData)
 }
 
+// armTrim starts the idle timer: a timeout on the ring, so the loop
+// itself trims, when no read can be filling a buffer.
+func (q *ublkQueue) armTrim(ring *uring) error {
+	ts := q.bufs[q.depth*q.maxIO:]
+	putU64(ts, uint64(ublkTrimAfter/time.Second))
+	putU64(ts[8:], 0)
+	return ring.timeout(ts[:16], trimData)
+}
+
 // serve is the queue's loop. busy counts reads being answered; aborted,
-// tags the driver let go (the device stopped).
+// tags the driver let go (the device stopped); fresh, requests since the
+// idle timer last fired; dirty, whether the buffers hold pages since the
+// last trim.
 func (q *ublkQueue) serve(ring *uring, fd int) error {
-	busy, aborted := 0, 0
+	busy, aborted, fresh, dirty := 0, 0, 0, false
 	var err error
 	for {
 		if err := ring.submit(1); err != nil {
 			return err
 		}
-		wake := false
+		wake, tick := false, false
 		ring.reap(func(c cqe) {
 			switch {
 			case c.UserData == wakeData:
 				wake = true
+			case c.UserData == trimData:
+				tick = true
 			case c.Res == 0: // UBLK_IO_RES_OK: a request for this tag
 				tag := uint16(c.UserData)
 				if e := q.dispatch(ring, fd, tag); e != nil {
 					err = e
 				} else {
 					busy++
+					fresh++
+					dirty = true
 				}
 			default: // aborted (-ENODEV), or refused while the device goes
 				aborted++
@@ -159,6 +187,16 @@ func (q *ublkQueue) serve(ring *uring, fd int) error {
 		})
 		if err != nil {
 			return err
+		}
+		if tick {
+			if fresh == 0 && busy == 0 && dirty { // a whole period idle
+				unix.Madvise(q.bufs[:q.depth*q.maxIO], unix.MADV_DONTNEED)
+				dirty = false
+			}
+			fresh = 0
+			if err := q.armTrim(ring); err != nil {
+				return err
+			}
 		}
 		if !wake {
 			continue

@@ -26,6 +26,7 @@ const (
 
 	ioringEnterGetEvents = 1 << 0
 
+	ioringOpTimeout  = 11
 	ioringOpRead     = 22
 	ioringOpURingCmd = 46
 
@@ -156,6 +157,21 @@ func (u *uring) read(fd int, buf []byte, userData uint64) error {
 	putU32(e[4:], uint32(fd))
 	putU64(e[16:], uint64(uintptr(unsafe.Pointer(&buf[0]))))
 	putU32(e[24:], uint32(len(buf)))
+	putU64(e[32:], userData)
+	return nil
+}
+
+// timeout queues an IORING_OP_TIMEOUT that completes (-ETIME) after the
+// __kernel_timespec in ts (16 bytes of mapped memory).
+func (u *uring) timeout(ts []byte, userData uint64) error {
+	e, err := u.next()
+	if err != nil {
+		return err
+	}
+	e[0] = ioringOpTimeout
+	e[4], e[5], e[6], e[7] = 0xff, 0xff, 0xff, 0xff // fd -1
+	putU64(e[16:], uint64(uintptr(unsafe.Pointer(&ts[0]))))
+	putU32(e[24:], 1)
 	putU64(e[32:], userData)
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -51,6 +52,20 @@ func TestURingRead(t *testing.T) {
 	}
 	if !bytes.Equal(buf[:13], []byte("ring of reads")) {
 		t.Errorf("read %q into the buffer", buf[:13])
+	}
+	ts := buf[64:80] // __kernel_timespec: 0 s, 10 ms
+	putU64(ts, 0)
+	putU64(ts[8:], uint64(10*time.Millisecond))
+	if err := u.timeout(ts, 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.submit(1); err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	u.reap(func(c cqe) { got = append(got, c) })
+	if len(got) != 1 || got[0].UserData != 7 || got[0].Res != -int32(unix.ETIME) {
+		t.Fatalf("completions %+v, want the timeout (user data 7) with -ETIME", got)
 	}
 	for i := range u.entries {
 		if _, err := u.next(); err != nil {

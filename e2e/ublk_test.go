@@ -95,7 +95,9 @@ func compareTree(t *testing.T, want, got testutil.Tree) {
 // block driver lazyblk can use there, and mounts an image with --attach
 // auto: it takes ublk, and the tree read through /dev/ublkbN equals the
 // reference flattening. A write to the read-only device fails and the
-// device goes on serving; status shows the device's reads.
+// device goes on serving; the queues' buffers, touched by 16 reads at
+// once, are given back after the queues sit idle; status shows the
+// device's reads.
 func TestUblkMount(t *testing.T) {
 	out, want, _ := ublkGuest(t, `
 /lazyblk mount --plain-http $REF /mnt | sed 's/^/MOUNTED /'
@@ -103,6 +105,12 @@ grep ' /mnt ' /proc/mounts | sed 's/^/MOUNTS /'
 `+ublkDev+treeScript+`
 dd if=/dev/zero of=$DEV bs=4096 count=1 oflag=direct 2>/dev/null && echo WRITE-ACCEPTED || echo WRITE-REFUSED
 cat /mnt/small | sed 's/^/AFTER-WRITE /'
+pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/lazyblk/mounts/*/state.json)
+bufrss() { awk '/^[0-9a-f]+-[0-9a-f]+ /{sz=0} /^Size:/{sz=$2} /^Rss:/{if(sz==16388) t+=$2} END{print t+0}' /proc/$pid/smaps; }
+for i in $(seq 0 15); do dd if=$DEV of=/dev/null bs=256k skip=$i count=1 iflag=direct 2>/dev/null & done; wait
+echo "BUFRSS-BUSY $(bufrss)"
+n=0; while [ $(bufrss) -gt 8 ] && [ $n -lt 40 ]; do sleep 1; n=$((n+1)); done
+echo "BUFRSS-IDLE $(bufrss) after ${n}s"
 /lazyblk --log-level info fetcher 2>/tmp/f.log &
 fpid=$!
 until grep -q "listening on" /tmp/f.log; do sleep 0.1; done
@@ -118,6 +126,11 @@ ls /dev | grep ublkb | sed 's/^/LEFT /' || true
 	compareTree(t, want, guestTree(out))
 	if !strings.Contains(out, "WRITE-REFUSED") || !strings.Contains(out, "AFTER-WRITE small") {
 		t.Errorf("a write to the read-only device was not refused, or the device stopped serving; console:\n%s", out)
+	}
+	busy := regexp.MustCompile(`BUFRSS-BUSY (\d+)`).FindStringSubmatch(out)
+	idle := regexp.MustCompile(`BUFRSS-IDLE (\d+)`).FindStringSubmatch(out)
+	if busy == nil || idle == nil || busy[1] == "0" || len(idle[1]) > 1 {
+		t.Errorf("the queues' buffers did not give their memory back when idle (resident KiB busy %v, idle %v); console:\n%s", busy, idle, out)
 	}
 	if !regexp.MustCompile(`STATUS .*"attach":"ublk".*"requests":[1-9]`).MatchString(out) {
 		t.Errorf("status does not show the ublk device's reads; console:\n%s", out)
