@@ -129,6 +129,9 @@ ls /dev | grep ublkb | sed 's/^/LEFT /' || true
 	}
 	busy := regexp.MustCompile(`BUFRSS-BUSY (\d+)`).FindStringSubmatch(out)
 	idle := regexp.MustCompile(`BUFRSS-IDLE (\d+)`).FindStringSubmatch(out)
+	if busy != nil && idle != nil {
+		t.Logf("ublk buffers resident: %s KiB after 16 reads, %s", busy[1], idle[0])
+	}
 	if busy == nil || idle == nil || busy[1] == "0" || len(idle[1]) > 1 {
 		t.Errorf("the queues' buffers did not give their memory back when idle (resident KiB busy %v, idle %v); console:\n%s", busy, idle, out)
 	}
