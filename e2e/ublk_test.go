@@ -218,6 +218,11 @@ wget -q -O /dev/null ${CTL}hold
 (cat /mnt/random.bin > /dev/null 2>/tmp/stuck.err && echo "STUCK-READ ok" || echo "STUCK-READ failed $(cat /tmp/stuck.err)") > /tmp/stuck &
 reader=$!
 wget -q -O /dev/null ${CTL}held
+/lazyblk --log-level info fetcher 2>/tmp/f3.log &
+fpid=$!
+until grep -q "listening on" /tmp/f3.log; do sleep 0.1; done
+/lazyblk status --json | tr -d '\n ' | sed 's/^/HELD-STATUS /'; echo
+kill $fpid; wait $fpid
 /lazyblk umount /mnt 2>&1 | sed 's/^/BUSY /'
 /lazyblk umount --force /mnt && echo FORCED
 wait $reader
@@ -264,6 +269,9 @@ grep -c ' /mnt ' /proc/mounts | sed 's/^/STILL-MOUNTED /' || true
 	}
 	if !strings.Contains(out, "RECOVERED-BY-DAEMON") {
 		fail("a fetcher daemon started after the serving process died did not recover the ublk device")
+	}
+	if !regexp.MustCompile(`HELD-STATUS .*"reads_in_flight":[1-9].*"oldest_read_ms":"?[1-9]`).MatchString(out) {
+		fail("status did not show the ublk read held at the registry as in flight")
 	}
 	if !strings.Contains(out, "BUSY ") || !strings.Contains(out, "FORCED") || !strings.Contains(out, "STUCK-READ failed") {
 		fail("with a reader stuck on the registry, umount did not refuse, or umount --force did not detach and fail the read")
