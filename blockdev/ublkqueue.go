@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -37,9 +38,10 @@ type ublkQueue struct {
 	depth int
 	maxIO int
 
-	descs []byte // the driver's request descriptors, one per tag (read-only map)
-	bufs  []byte // depth buffers of maxIO bytes, then a page: the idle timer's timespec, the eventfd's count at its end
-	efd   int
+	descs   []byte // the driver's request descriptors, one per tag (read-only map)
+	bufs    []byte // depth buffers of maxIO bytes, then a page: the idle timer's timespec, the eventfd's count at its end
+	mapping []byte // bufs with a guard page either side
+	efd     int
 
 	mu       sync.Mutex // guards done and stopping
 	done     []ublkAnswer
@@ -119,9 +121,17 @@ func (q *ublkQueue) setup() (*uring, error) {
 	if q.descs, err = unix.Mmap(int(q.u.char.Fd()), int64(q.id)*int64(maxLen), descLen, unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
 		return nil, fmt.Errorf("blockdev: ublk: map the descriptors of queue %d: %w", q.id, err)
 	}
-	if q.bufs, err = unix.Mmap(-1, 0, q.depth*q.maxIO+page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
+	// The buffers sit between two inaccessible guard pages, so the
+	// kernel never merges their mapping with the runtime's neighbouring
+	// ones: /proc/PID/smaps shows it alone, depth×maxIO plus a page.
+	if q.mapping, err = unix.Mmap(-1, 0, q.depth*q.maxIO+3*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
 		return nil, fmt.Errorf("blockdev: ublk: buffers: %w", err)
 	}
+	n := len(q.mapping)
+	if err := errors.Join(unix.Mprotect(q.mapping[:page], unix.PROT_NONE), unix.Mprotect(q.mapping[n-page:], unix.PROT_NONE)); err != nil {
+		return nil, fmt.Errorf("blockdev: ublk: guard pages: %w", err)
+	}
+	q.bufs = q.mapping[page : n-page]
 	// A fetch per tag, a commit per tag (never both), the eventfd read.
 	return newURing(uint32(2 * q.depth))
 }
@@ -130,7 +140,7 @@ func (q *ublkQueue) release(ring *uring) {
 	if ring != nil {
 		ring.close() // cancels the commands still fetching
 	}
-	for _, b := range [][]byte{q.descs, q.bufs} {
+	for _, b := range [][]byte{q.descs, q.mapping} {
 		if b != nil {
 			unix.Munmap(b)
 		}

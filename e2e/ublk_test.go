@@ -175,7 +175,7 @@ func TestUblkReadersFaultsRecovery(t *testing.T) {
 		readers = append(readers, rng{i, i % 2, 512 + i*256, max(bs, 256), bs})
 	}
 	var script strings.Builder
-	script.WriteString(`/lazyblk mount --plain-http --fill-below 0 --attempt-timeout 1s --read-timeout 3s $REF /mnt | sed 's/^/MOUNTED /'
+	script.WriteString(`/lazyblk mount --plain-http --fill-below 0 --attempt-timeout 1s --read-timeout 10s $REF /mnt | sed 's/^/MOUNTED /'
 ` + ublkDev + readRange + `
 wget -q -O /dev/null ${CTL}fail
 readrange FAULT 0 6144 64 64
