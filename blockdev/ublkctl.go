@@ -99,10 +99,18 @@ type ublkControl struct {
 	ring *uring
 }
 
-// HasUblk reports whether the kernel's ublk driver is loaded here.
+// HasUblk reports whether the kernel's ublk driver is loaded here and
+// this process may use io_uring (kernel.io_uring_disabled, seccomp).
 func HasUblk() bool {
-	_, err := os.Stat(ublkControlPath)
-	return err == nil
+	if _, err := os.Stat(ublkControlPath); err != nil {
+		return false
+	}
+	u, err := newURing(1)
+	if err != nil {
+		return false
+	}
+	u.close()
+	return true
 }
 
 func openUblkControl() (*ublkControl, error) {
