@@ -23,48 +23,75 @@ import (
 // holdProxy forwards to a registry and lets the guest script stage a
 // crash with reads provably in flight: after GET /ctl/hold, blob range
 // requests wait; GET /ctl/held returns once one is waiting; GET
-// /ctl/release lets them go and stops holding. Between GET /ctl/fail and
-// GET /ctl/heal, blob range requests fail with 503.
+// /ctl/release lets them go and stops holding. Each hold is a cycle of
+// its own: a later hold's held waits for a request of that hold. Between
+// GET /ctl/fail and GET /ctl/heal, blob range requests fail with 503.
 type holdProxy struct {
-	fail     atomic.Bool
-	hold     atomic.Bool
-	heldOnce sync.Once
-	held     chan struct{}
-	release  chan struct{}
-	relOnce  sync.Once
+	fail atomic.Bool
+	mu   sync.Mutex // guards holding and last
+	// holding is the cycle requests wait in, nil when not holding; last
+	// is the newest cycle, which held waits on.
+	holding, last *holdCycle
+}
+
+type holdCycle struct {
+	held, release     chan struct{}
+	heldOnce, relOnce sync.Once
+}
+
+func (p *holdProxy) cycles() (holding, last *holdCycle) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.holding, p.last
+}
+
+func (p *holdProxy) stopHolding() {
+	p.mu.Lock()
+	c := p.holding
+	p.holding = nil
+	p.mu.Unlock()
+	if c != nil {
+		c.relOnce.Do(func() { close(c.release) })
+	}
 }
 
 func newHoldProxy(t *testing.T, host string) string {
-	p := &holdProxy{held: make(chan struct{}), release: make(chan struct{})}
+	p := &holdProxy{}
 	target, _ := url.Parse("http://" + host)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		blobRange := strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") != ""
 		switch r.URL.Path {
 		case "/ctl/hold":
-			p.hold.Store(true)
+			p.stopHolding()
+			c := &holdCycle{held: make(chan struct{}), release: make(chan struct{})}
+			p.mu.Lock()
+			p.holding, p.last = c, c
+			p.mu.Unlock()
 			return
 		case "/ctl/held":
-			select {
-			case <-p.held:
-			case <-r.Context().Done():
+			if _, c := p.cycles(); c != nil {
+				select {
+				case <-c.held:
+				case <-r.Context().Done():
+				}
 			}
 			return
 		case "/ctl/release":
-			p.hold.Store(false)
-			p.relOnce.Do(func() { close(p.release) })
+			p.stopHolding()
 			return
 		case "/ctl/fail", "/ctl/heal":
 			p.fail.Store(r.URL.Path == "/ctl/fail")
 			return
 		}
-		if p.fail.Load() && strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") != "" {
+		if p.fail.Load() && blobRange {
 			http.Error(w, "failing on purpose", http.StatusServiceUnavailable)
 			return
 		}
-		if p.hold.Load() && strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") != "" {
-			p.heldOnce.Do(func() { close(p.held) })
+		if c, _ := p.cycles(); c != nil && blobRange {
+			c.heldOnce.Do(func() { close(c.held) })
 			select {
-			case <-p.release:
+			case <-c.release:
 			case <-r.Context().Done():
 				return
 			}
@@ -72,7 +99,7 @@ func newHoldProxy(t *testing.T, host string) string {
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(func() {
-		p.relOnce.Do(func() { close(p.release) })
+		p.stopHolding()
 		srv.Close()
 	})
 	return strings.TrimPrefix(srv.URL, "http://")

@@ -42,14 +42,14 @@ type soakMount struct {
 	daemon                bool     // made by the fetcher daemon
 	mu                    sync.RWMutex
 	// killed: the soak killed the serving process and has not made the
-	// mount again; nbdfuse then fails reads with ENOTCONN or ECONNABORTED, not EIO.
+	// mount again; nbdfuse then fails reads with ENOTCONN or ECONNABORTED (opens with EINVAL), not EIO.
 	killed atomic.Bool
 }
 
 // soak counts what happened.
 type soak struct {
 	verified, verifiedBytes, failed, hangs, wrong atomic.Int64
-	failedKilled                                  atomic.Int64 // of failed: ENOTCONN while the server was killed
+	failedKilled                                  atomic.Int64 // of failed: ENOTCONN, ECONNABORTED or EINVAL while the server was killed
 	notEIO                                        atomic.Int64
 	otherErrs                                     sync.Map // failed reads that were not EIO, by error
 	faults                                        sync.Map // kind -> *atomic.Int64
@@ -284,7 +284,7 @@ func TestSoak(t *testing.T) {
 	faults, faultDetail := s.total(&s.faults)
 	nEvents, eventDetail := s.total(&s.events)
 	t.Logf("seed %d, %v: events %d (%s); registry faults %d (%s); %d range requests through the proxy, %d counted by lazyblk "+
-		"(%d retried, %d failed verification); %.1f MiB verified; reads failed %d (EIO %d, ENOTCONN of a killed server %d); "+
+		"(%d retried, %d failed verification); %.1f MiB verified; reads failed %d (EIO %d, ENOTCONN or EINVAL of a killed server %d); "+
 		"peak RSS of a serving process %.0f MiB",
 		seed, dur, nEvents, eventDetail, faults, faultDetail, s.proxied.Load(), s.requests.Load(), s.retries.Load(),
 		s.verifyFailures.Load(), float64(s.verifiedBytes.Load())/(1<<20), s.failed.Load(), s.failed.Load()-s.failedKilled.Load()-s.notEIO.Load(),
@@ -300,7 +300,7 @@ func TestSoak(t *testing.T) {
 	}
 	if s.hangs.Load() > 0 || s.wrong.Load() > 0 || s.notEIO.Load() > 0 {
 		_, other := s.total(&s.otherErrs)
-		t.Errorf("hangs %d, wrong bytes %d, failed reads that were neither EIO nor ENOTCONN of a killed server %d (%s)",
+		t.Errorf("hangs %d, wrong bytes %d, failed reads that were neither EIO nor the errors of a killed server %d (%s)",
 			s.hangs.Load(), s.wrong.Load(), s.notEIO.Load(), other)
 	}
 	fmt.Printf("soak: reads verified %d, faults injected %d, reads failed %d, hangs %d, wrong bytes %d, leaks %d\n",

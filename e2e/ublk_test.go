@@ -214,6 +214,9 @@ wait $reader
 cat /tmp/recover
 grep -q "recover: reattached" /tmp/f2.log && echo RECOVERED-BY-DAEMON
 kill $fpid; wait $fpid
+/lazyblk umount /mnt
+# Again with the default deadlines, so a read held at the registry stays in flight.
+/lazyblk mount --plain-http --fill-below 0 $REF /mnt > /dev/null
 wget -q -O /dev/null ${CTL}hold
 (cat /mnt/random.bin > /dev/null 2>/tmp/stuck.err && echo "STUCK-READ ok" || echo "STUCK-READ failed $(cat /tmp/stuck.err)") > /tmp/stuck &
 reader=$!
@@ -221,7 +224,9 @@ wget -q -O /dev/null ${CTL}held
 /lazyblk --log-level info fetcher 2>/tmp/f3.log &
 fpid=$!
 until grep -q "listening on" /tmp/f3.log; do sleep 0.1; done
-/lazyblk status --json | tr -d '\n ' | sed 's/^/HELD-STATUS /'; echo
+n=0 # the held fetch may be readahead: wait for the reader's own read to reach it
+while /lazyblk status --json | tr -d '\n ' > /tmp/held.json; ! grep -q '"reads_in_flight":[1-9].*"oldest_read_ms":[1-9]' /tmp/held.json && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done
+sed 's/^/HELD-STATUS /' /tmp/held.json; echo
 kill $fpid; wait $fpid
 /lazyblk umount /mnt 2>&1 | sed 's/^/BUSY /'
 /lazyblk umount --force /mnt && echo FORCED
