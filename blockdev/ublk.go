@@ -109,7 +109,7 @@ func recoverUblk(srv *Server, export string, d UblkDevice) (u *ublkServer, err e
 	var info ublkDevInfo
 	err = poll(ublkRecoverTimeout, func() (bool, error) {
 		if info, err = ctl.info(d.ID); err != nil {
-			return false, err
+			return true, err // no such device: nothing to wait for
 		}
 		_, err := ctl.cmd(ublkCmdStartRecovery, d.ID, nil, 0)
 		return !errors.Is(err, unix.EBUSY), err

@@ -30,8 +30,6 @@ const (
 	ublkIOFetchReq       = 0x20
 	ublkIOCommitAndFetch = 0x21
 
-	ublkIOResAbort = -int32(unix.ENODEV) // the device stops: fetch no more
-
 	ublkFlagUserRecovery        = 1 << 3
 	ublkFlagUserRecoveryReissue = 1 << 4
 	ublkFlagCmdIoctlEncode      = 1 << 6

@@ -170,7 +170,6 @@ func (q *ublkQueue) armTrim(ring *uring) error {
 // last trim.
 func (q *ublkQueue) serve(ring *uring, fd int) error {
 	busy, aborted, fresh, dirty := 0, 0, 0, false
-	var err error
 	for {
 		if err := ring.submit(1); err != nil {
 			return err
@@ -183,21 +182,14 @@ func (q *ublkQueue) serve(ring *uring, fd int) error {
 			case c.UserData == trimData:
 				tick = true
 			case c.Res == 0: // UBLK_IO_RES_OK: a request for this tag
-				tag := uint16(c.UserData)
-				if e := q.dispatch(ring, fd, tag); e != nil {
-					err = e
-				} else {
-					busy++
-					fresh++
-					dirty = true
-				}
+				q.dispatch(uint16(c.UserData))
+				busy++
+				fresh++
+				dirty = true
 			default: // aborted (-ENODEV), or refused while the device goes
 				aborted++
 			}
 		})
-		if err != nil {
-			return err
-		}
 		if tick {
 			if fresh == 0 && busy == 0 && dirty { // a whole period idle
 				unix.Madvise(q.bufs[:q.depth*q.maxIO], unix.MADV_DONTNEED)
@@ -234,7 +226,7 @@ func (q *ublkQueue) serve(ring *uring, fd int) error {
 // descriptor: a read goes to a goroutine; anything else (writes,
 // flushes, discards, on a read-only device) is refused with EIO, as a
 // disk without such support would.
-func (q *ublkQueue) dispatch(ring *uring, fd int, tag uint16) error {
+func (q *ublkQueue) dispatch(tag uint16) {
 	d := q.descs[int(tag)*ublkDescSize:]
 	op := binary.LittleEndian.Uint32(d[0:]) & 0xff
 	sectors := binary.LittleEndian.Uint32(d[4:])
@@ -243,10 +235,9 @@ func (q *ublkQueue) dispatch(ring *uring, fd int, tag uint16) error {
 	if op != ublkOpRead || n > q.maxIO {
 		q.u.srv.opts.log.Warn("ublk request refused", "dev", q.u.dev.Path(), "op", op, "off", off, "len", n)
 		q.answer(tag, -int32(unix.EIO))
-		return nil
+		return
 	}
 	go q.read(tag, off, n)
-	return nil
 }
 
 func (q *ublkQueue) read(tag uint16, off int64, n int) {

@@ -69,9 +69,14 @@ func Warm(ctx context.Context, im *fetcher.Image, index v1.Hash, loc fetcher.Loc
 		}
 		chunks, rep.Trace, rep.TraceChunks = t.Chunks, digest.String(), len(t.Chunks)
 	}
-	done := make(chan struct{})
-	if progress != nil {
+	// The reporter ends before Warm returns: progress is never called
+	// from two goroutines (the daemon's is a gRPC stream's Send).
+	done, ended := make(chan struct{}), make(chan struct{})
+	if progress == nil {
+		close(ended)
+	} else {
 		go func() {
+			defer close(ended)
 			t := time.NewTicker(warmEvery)
 			defer t.Stop()
 			for {
@@ -90,6 +95,7 @@ func Warm(ctx context.Context, im *fetcher.Image, index v1.Hash, loc fetcher.Loc
 		err = im.Prefetch(ctx, chunks)
 	}
 	close(done)
+	<-ended
 	if err != nil {
 		return nil, fmt.Errorf("warm %s: %w", ref, err)
 	}
