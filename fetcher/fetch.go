@@ -31,6 +31,7 @@ func (im *Image) fetch(ctx context.Context, run []int, cl *call) {
 			}
 		}
 		im.mu.Unlock()
+		close(cl.settled)
 		im.fetchedAt.Store(time.Now().UnixNano())
 		cl.release(&im.bufs)
 	}()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -50,7 +51,9 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 	if im.o.fillRate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(im.o.fillRate), im.o.maxCoalesce)
 	}
+	parent := ctx
 	g, ctx := errgroup.WithContext(ctx)
+	var others []*call // fetches of listed chunks that someone else started
 	for k := 0; k < len(chunks); k++ {
 		i := chunks[k]
 		if i < 0 || i >= len(im.index.Chunks) {
@@ -64,7 +67,10 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 		if err := im.reserve(ctx); err != nil {
 			return errors.Join(err, g.Wait())
 		}
-		run, cl := im.claim(i, chunks[k:], yield)
+		run, cl, busy := im.claim(i, chunks[k:], yield)
+		if busy != nil && !slices.Contains(others, busy) {
+			others = append(others, busy)
+		}
 		if cl == nil {
 			continue
 		}
@@ -82,7 +88,21 @@ func (im *Image) prefetch(ctx context.Context, chunks []int, yield bool) error {
 			return nil
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	// Done means cached: a demand fetch (the mount's first reads, a
+	// reader's neighbours) that holds listed chunks writes them to the
+	// cache after its readers have them, and a reader coming right after
+	// the prefetch would miss meanwhile.
+	for _, cl := range others {
+		select {
+		case <-cl.settled:
+		case <-parent.Done():
+			return parent.Err()
+		}
+	}
+	return nil
 }
 
 // Fill fetches every chunk not yet cached, in image order, and returns
@@ -148,23 +168,25 @@ func (im *Image) reserveSize() int64 {
 // in want that extend it back to back, under what the caller reserved
 // (the slot and memory the run does not use are given back); nil, all
 // given back, when i needs no fetch. readLater marks the fill's fetches,
-// whose chunks nobody is about to read.
-func (im *Image) claim(i int, want []int, readLater bool) ([]int, *call) {
+// whose chunks nobody is about to read. busy is the fetch already in
+// flight for chunk i, if any.
+func (im *Image) claim(i int, want []int, readLater bool) (run []int, cl, busy *call) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	c := im.index.Chunks[i]
-	if _, busy := im.inflight[i]; busy || c.Encoding == imagefmt.EncodingHole || im.held(i) {
+	busy = im.inflight[i]
+	if busy != nil || c.Encoding == imagefmt.EncodingHole || im.held(i) {
 		<-im.background
 		im.bgMem.Release(im.reserveSize())
-		return nil, nil
+		return nil, nil, busy
 	}
 	last := i
 	for k := 1; k < len(want) && want[k] == last+1; k++ {
 		last++
 	}
-	run := im.runLocked(i, last)
+	run = im.runLocked(i, last)
 	im.bgMem.Release(im.reserveSize() - im.runMemory(run, true))
-	cl := im.startLocked(run, true)
+	cl = im.startLocked(run, true)
 	cl.readLater = readLater
-	return run, cl
+	return run, cl, nil
 }

@@ -80,6 +80,7 @@ type call struct {
 	readLater  bool // the fill: its chunks go to the cache around the page cache
 	mirror     bool // a mirror served it (set before done is closed)
 	done       chan struct{}
+	settled    chan struct{}  // closed once the run has left inflight: cached, or failed
 	chunks     map[int][]byte // decoded, verified chunk contents
 	errs       map[int]error
 	refs       atomic.Int32 // the fetch and the readers using chunks (buffers.go)
@@ -295,7 +296,7 @@ func (cl *call) fail(run []int, err error) {
 
 // startLocked registers a fetch of run so readers of its chunks join it.
 func (im *Image) startLocked(run []int, background bool) *call {
-	cl := &call{background: background, done: make(chan struct{}), chunks: map[int][]byte{}, errs: map[int]error{}}
+	cl := &call{background: background, done: make(chan struct{}), settled: make(chan struct{}), chunks: map[int][]byte{}, errs: map[int]error{}}
 	cl.refs.Store(1) // the fetch's own, let go once the run has left inflight
 	for _, j := range run {
 		im.inflight[j] = cl

@@ -119,7 +119,7 @@ func (im *Image) fetchNear(i int) {
 		if !im.tryReserve() {
 			return
 		}
-		run, cl := im.claim(near[k], near[k:], false)
+		run, cl, _ := im.claim(near[k], near[k:], false)
 		if cl == nil { // cached, in flight or a hole
 			continue
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/lazyblk/lazyblk/cache"
 	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
 	"github.com/lazyblk/lazyblk/internal/testutil"
@@ -348,4 +349,44 @@ func TestFillYieldsToDemand(t *testing.T) {
 	if err := <-filled; err != nil || !im.Complete() {
 		t.Fatalf("fill after the demand read: %v, complete %v", err, im.Complete())
 	}
+}
+
+// TestPrefetchWaitsForOthersFetch: a listed chunk that a demand read is
+// already fetching (the mount's first reads) is not fetched again, but
+// Prefetch returns only once that fetch has put it in the cache, so a
+// reader that comes when the replay is done finds every chunk of the
+// trace there (TestPrefetchTrace, under -race, missed twice).
+func TestPrefetchWaitsForOthersFetch(t *testing.T) {
+	c := newCache(t, 64<<20, 1)
+	im, g, want, data := gatedImage(t, func(data []int) []int { return data[:1] }, fetcher.WithCache(c))
+	demand, other := data[0], data[len(data)-1]
+	x := im.Index()
+
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		readWhole(t, im, want, demand, "once the registry lets go")
+	}()
+	<-g.held // the demand fetch is in flight
+	prefetched := make(chan error, 1)
+	go func() { prefetched <- im.Prefetch(context.Background(), []int{demand, other}) }()
+	for deadline := time.Now().Add(10 * time.Second); !c.Has(cache.Digest(x.Chunks[other].Digest)); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the prefetch did not cache chunk %d within 10 s", other)
+		}
+	}
+	// Absence cannot be awaited: watch for a while that it does not return.
+	select {
+	case err := <-prefetched:
+		t.Fatalf("the prefetch returned (%v) while the demand fetch of its chunk %d was held", err, demand)
+	case <-time.After(300 * time.Millisecond):
+	}
+	g.open()
+	if err := <-prefetched; err != nil {
+		t.Fatal(err)
+	}
+	if !c.Has(cache.Digest(x.Chunks[demand].Digest)) {
+		t.Errorf("the prefetch returned before chunk %d, fetched by a demand read, was cached", demand)
+	}
+	<-read
 }
