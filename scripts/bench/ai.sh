@@ -21,6 +21,15 @@
 # Prints a table and the ratios, writes OUT/ai.json and, with gnuplot,
 # OUT/ai.png.
 #   WEIGHTS=1G DELAY=2ms RATE=200MiB OUT=bench-out scripts/bench/ai.sh
+#
+# A VM whose guest reports freed memory to its host (virtio-balloon free
+# page reporting; /sys/module/page_reporting) runs a read several times
+# slower while it reports, with or without lazyblk: a process that exits
+# (the import) frees its memory, the guest reports it, and the weights read
+# that follows pays for it (docs/performance.md, "Weights after the
+# import"). Each case's weights read records how much was reported meanwhile
+# (hostReportedMiB in the JSON). NO_PAGE_REPORTING=1 stops the reporting for
+# the run (page_reporting_order past the largest order) and restores it.
 default_weights=1G default_text=0
 NO_LAYOUT=1 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || { echo "ai.sh: run as root (mounts, chroot, drop_caches)" >&2; exit 1; }
@@ -36,6 +45,7 @@ mnt=$work/mnt state=$work/run loopmnt=$work/loopmnt
 mkdir -p "$mnt" "$loopmnt" "$work/pullroot"
 cleanup() {
   set +e
+  [ -n "${saved_order:-}" ] && echo "$saved_order" >"$reporting/page_reporting_order"
   mountpoint -q "$mnt" && "$lb" umount --force --state-dir "$state" "$mnt"
   mountpoint -q "$loopmnt" && umount -d "$loopmnt"
   mountpoint -q "$work/pullroot" && umount "$work/pullroot"
@@ -43,6 +53,14 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+reporting=/sys/module/page_reporting/parameters
+reported() { cat "$reporting/reported_kib" 2>/dev/null || echo 0; }
+if [ -n "${NO_PAGE_REPORTING:-}" ] && [ -w "$reporting/page_reporting_order" ]; then
+  saved_order=$(cat "$reporting/page_reporting_order")
+  echo 11 >"$reporting/page_reporting_order" # past MAX_PAGE_ORDER: no free block qualifies
+  echo "free page reporting stopped for the run (page_reporting_order $saved_order -> 11)"
+fi
 
 pkgs=python3,python3-numpy,python3-torch
 rootfs=$(debian_root "$pkgs")
@@ -65,8 +83,14 @@ import() {
   chroot "$1" /usr/bin/python3 -c 'import torch; assert torch.ones(2).sum().item() == 2' || { umount "$1/dev"; return 1; }
   umount "$1/dev"
 }
-weights() { cat "$1/models/weights.bin" >/dev/null; }
-declare -A t touched
+declare -A t touched hostmib
+# weights DIR CASE: read the weights, noting the memory the guest reported
+# to its host meanwhile.
+weights() {
+  local r0; r0=$(reported)
+  cat "$1/models/weights.bin" >/dev/null
+  hostmib[$2]=$(( ($(reported) - r0) / 1024 ))
+}
 
 # local: the image on a loop device, the floor, and what a block device
 # reads for the import.
@@ -80,7 +104,7 @@ import "$loopmnt"
 t[local_import]=$(( $(ms) - t0 ))
 local_read=$(( ($(sectors) - s0) * 512 ))
 t0=$(ms)
-weights "$loopmnt"
+weights "$loopmnt" local
 t[local_weights]=$(( $(ms) - t0 ))
 umount -d "$loopmnt"
 rm -f "$work/image.erofs"
@@ -98,7 +122,7 @@ lazy_case() {
   touched[$c]=$("$lb" prefetch record --state-dir "$state" --duration 0 --json -o "$work/$c.trace.json" "$mnt" |
     sed -n 's/.*"bytes": \([0-9]*\).*/\1/p')
   t0=$(ms)
-  weights "$mnt"
+  weights "$mnt" "$c"
   t[${c}_weights]=$(( $(ms) - t0 ))
   "$lb" umount --state-dir "$state" "$mnt"
 }
@@ -116,7 +140,7 @@ rm -rf "$work/cache"
 cold
 "$lb" mount --state-dir "$state" --plain-http --cache-dir "$work/cache" --cache-size 100GiB --no-trace "$via/ai/torch:v1-lazyblk" "$mnt" >/dev/null
 t0=$(ms)
-weights "$mnt"
+weights "$mnt" fresh
 t[fresh_weights]=$(( $(ms) - t0 ))
 "$lb" umount --state-dir "$state" "$mnt"
 
@@ -128,7 +152,7 @@ mount -t overlay overlay -o "lowerdir=$work/pull/1:$work/pull/0" "$work/pullroot
 import "$work/pullroot"
 t[pull_import]=$(( $(ms) - t0 ))
 t0=$(ms)
-weights "$work/pullroot"
+weights "$work/pullroot" pull
 t[pull_weights]=$(( $(ms) - t0 ))
 umount "$work/pullroot"
 
@@ -141,6 +165,11 @@ for c in pull local cold ordered warm; do
   printf '%-8s %9s ms %9s ms %16s\n' "$c" "${t[${c}_import]}" "${t[${c}_weights]}" "$tb"
 done
 printf '%-8s %12s %9s ms\n' fresh - "${t[fresh_weights]}"
+if [ "$(reported)" != 0 ]; then
+  printf '\nmemory the guest reported to its host during each weights read (MiB):'
+  for c in pull local cold ordered warm fresh; do printf ' %s %s' "$c" "${hostmib[$c]}"; done
+  echo; echo "(reads that run while the guest reports are slower, lazy or not: NO_PAGE_REPORTING=1 stops it for a run)"
+fi
 r_ordered_warm=$(ratio "${t[ordered_import]}" "${t[warm_import]}")
 r_cold_warm=$(ratio "${t[cold_import]}" "${t[warm_import]}")
 r_weights=$(ratio "${t[fresh_weights]}" "${t[cold_weights]}")
@@ -161,6 +190,8 @@ cat >"$out_dir/ai.json" <<EOF
     "import": {"pull": ${t[pull_import]}, "local": ${t[local_import]}, "cold": ${t[cold_import]}, "ordered": ${t[ordered_import]}, "warm": ${t[warm_import]}},
     "weights": {"pull": ${t[pull_weights]}, "local": ${t[local_weights]}, "cold": ${t[cold_weights]}, "ordered": ${t[ordered_weights]}, "warm": ${t[warm_weights]}, "fresh": ${t[fresh_weights]}}
   },
+  "hostReportedMiB": {"pull": ${hostmib[pull]}, "local": ${hostmib[local]}, "cold": ${hostmib[cold]}, "ordered": ${hostmib[ordered]}, "warm": ${hostmib[warm]}, "fresh": ${hostmib[fresh]}},
+  "pageReportingStopped": $([ -n "${saved_order:-}" ] && echo true || echo false),
   "importBytes": {"localBlockDeviceRead": $local_read, "chunksTouchedCold": ${touched[cold]}, "chunksTouchedOrdered": ${touched[ordered]}},
   "ratios": {"orderedOverWarm": $r_ordered_warm, "coldOverWarm": $r_cold_warm, "weightsFreshOverAfterImport": $r_weights,
              "touchedOverLocalOrdered": $r_touched, "touchedOverLocalCold": $r_touched_cold}
