@@ -22,14 +22,9 @@
 # OUT/ai.png.
 #   WEIGHTS=1G DELAY=2ms RATE=200MiB OUT=bench-out scripts/bench/ai.sh
 #
-# A VM whose guest reports freed memory to its host (virtio-balloon free
-# page reporting; /sys/module/page_reporting) runs a read several times
-# slower while it reports, with or without lazyblk: a process that exits
-# (the import) frees its memory, the guest reports it, and the weights read
-# that follows pays for it (docs/performance.md, "Weights after the
-# import"). Each case's weights read records how much was reported meanwhile
-# (hostReportedMiB in the JSON). NO_PAGE_REPORTING=1 stops the reporting for
-# the run (page_reporting_order past the largest order) and restores it.
+# Each case's weights read records the memory the guest reported to its
+# host meanwhile (hostReportedMiB; see lib.sh: such reads are slower, lazy
+# or not); NO_PAGE_REPORTING=1 stops the reporting for the run.
 default_weights=1G default_text=0
 NO_LAYOUT=1 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || { echo "ai.sh: run as root (mounts, chroot, drop_caches)" >&2; exit 1; }
@@ -45,7 +40,7 @@ mnt=$work/mnt state=$work/run loopmnt=$work/loopmnt
 mkdir -p "$mnt" "$loopmnt" "$work/pullroot"
 cleanup() {
   set +e
-  [ -n "${saved_order:-}" ] && echo "$saved_order" >"$reporting/page_reporting_order"
+  restore_page_reporting
   mountpoint -q "$mnt" && "$lb" umount --force --state-dir "$state" "$mnt"
   mountpoint -q "$loopmnt" && umount -d "$loopmnt"
   mountpoint -q "$work/pullroot" && umount "$work/pullroot"
@@ -54,13 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-reporting=/sys/module/page_reporting/parameters
-reported() { cat "$reporting/reported_kib" 2>/dev/null || echo 0; }
-if [ -n "${NO_PAGE_REPORTING:-}" ] && [ -w "$reporting/page_reporting_order" ]; then
-  saved_order=$(cat "$reporting/page_reporting_order")
-  echo 11 >"$reporting/page_reporting_order" # past MAX_PAGE_ORDER: no free block qualifies
-  echo "free page reporting stopped for the run (page_reporting_order $saved_order -> 11)"
-fi
+stop_page_reporting
 
 pkgs=python3,python3-numpy,python3-torch
 rootfs=$(debian_root "$pkgs")
@@ -191,7 +180,7 @@ cat >"$out_dir/ai.json" <<EOF
     "weights": {"pull": ${t[pull_weights]}, "local": ${t[local_weights]}, "cold": ${t[cold_weights]}, "ordered": ${t[ordered_weights]}, "warm": ${t[warm_weights]}, "fresh": ${t[fresh_weights]}}
   },
   "hostReportedMiB": {"pull": ${hostmib[pull]}, "local": ${hostmib[local]}, "cold": ${hostmib[cold]}, "ordered": ${hostmib[ordered]}, "warm": ${hostmib[warm]}, "fresh": ${hostmib[fresh]}},
-  "pageReportingStopped": $([ -n "${saved_order:-}" ] && echo true || echo false),
+  "pageReportingStopped": $(page_reporting_stopped),
   "importBytes": {"localBlockDeviceRead": $local_read, "chunksTouchedCold": ${touched[cold]}, "chunksTouchedOrdered": ${touched[ordered]}},
   "ratios": {"orderedOverWarm": $r_ordered_warm, "coldOverWarm": $r_cold_warm, "weightsFreshOverAfterImport": $r_weights,
              "touchedOverLocalOrdered": $r_touched, "touchedOverLocalCold": $r_touched_cold}

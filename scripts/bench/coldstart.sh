@@ -43,12 +43,15 @@ mnt=$work/mnt state=$work/run
 mkdir -p "$mnt" "$work/pullroot"
 cleanup() {
   set +e
+  restore_page_reporting
   mountpoint -q "$mnt" && "$lb" umount --state-dir "$state" "$mnt"
   mountpoint -q "$work/pullroot" && umount "$work/pullroot"
   kill "${proxy_pid:-}" "${reg_pid:-}" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
+stop_page_reporting
+reported0=$(reported)
 
 # The root file system, built once and kept in BENCH_CACHE.
 pkgs=python3,python3-numpy
@@ -175,6 +178,7 @@ EOF
 cat >"$out_dir/coldstart.json" <<EOF
 {
   "image": {"filesystemBytes": $image_size, "weightsBytes": $weights, "packages": "${pkgs}"},
+  "hostReportedMiB": $(( ($(reported) - reported0) / 1024 )), "pageReportingStopped": $(page_reporting_stopped),
   "shaper": {"delay": "$delay", "connRate": "$conn_rate", "rate": "$rate"}, "fillBelow": "${FILL_BELOW:-default}", "chunkSize": "${CHUNK_SIZE:-default}",
   "ms": {
     "sparse": {"pull": ${t[pull_sparse]}, "lazy": ${t[lazy_sparse]}, "lazyTrace": ${t[trace_sparse]}, "warm": ${t[warm_sparse]}},

@@ -36,3 +36,26 @@ debian_root() {
   fi
   echo "$rootfs"
 }
+
+# Free page reporting. A VM whose guest reports freed memory to its host
+# (virtio-balloon; /sys/module/page_reporting) runs a read several times
+# slower while it reports, lazily or from a local disk alike: a process
+# that exits frees its memory, the guest reports it, and the host faults
+# it back in under the next reader (docs/bench/ai-weights-reporting.txt).
+# reported prints the KiB reported so far (0 without reporting);
+# NO_PAGE_REPORTING=1 makes stop_page_reporting stop it for the run
+# (page_reporting_order past the largest order), and
+# restore_page_reporting, which the script's cleanup calls, restores it.
+reporting=/sys/module/page_reporting/parameters
+reported() { cat "$reporting/reported_kib" 2>/dev/null || echo 0; }
+stop_page_reporting() {
+  if [ -n "${NO_PAGE_REPORTING:-}" ] && [ -w "$reporting/page_reporting_order" ]; then
+    saved_order=$(cat "$reporting/page_reporting_order")
+    echo 11 >"$reporting/page_reporting_order"
+    echo "free page reporting stopped for the run (page_reporting_order $saved_order -> 11)"
+  fi
+}
+restore_page_reporting() {
+  if [ -n "${saved_order:-}" ]; then echo "$saved_order" >"$reporting/page_reporting_order"; fi
+}
+page_reporting_stopped() { if [ -n "${saved_order:-}" ]; then echo true; else echo false; fi; }
