@@ -21,7 +21,8 @@ var ErrNoCache = errors.New("fetcher: prefetch and fill need a cache")
 // a trace, predicted demand. It runs below demand reads: it uses only
 // background connection slots, so a demand miss never queues behind it.
 // Adjacent chunks are coalesced into large ranges; the fill rate cap
-// applies.
+// applies. It returns once every listed chunk is cached, those another
+// fetch had in flight included, or its fetch failed.
 func (im *Image) Prefetch(ctx context.Context, chunks []int) error {
 	im.prefetching.Add(1) // no guessing at neighbours meanwhile (fetchNear)
 	defer im.prefetching.Add(-1)
