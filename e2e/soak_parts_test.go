@@ -105,11 +105,28 @@ func soakReader(s *soak, m *soakMount, seed uint64, stop chan struct{}) {
 			sleepOrStop(10*time.Millisecond, stop) // no spinning on a dead mount
 		case !bytes.Equal(got, want[off:off+n]):
 			s.wrong.Add(1)
+			s.countWrong(m, name, off, got, want[off:off+len(got)])
 		default:
 			s.verified.Add(1)
 			s.verifiedBytes.Add(int64(n))
 		}
 	}
+}
+
+// countWrong records a read that returned wrong bytes: which mount and
+// file, whether its server was killed, the event last started, and where
+// in the file the first wrong byte was (to the 4 KiB page).
+func (s *soak) countWrong(m *soakMount, name string, off int, got, want []byte) {
+	i := 0
+	for i < len(got) && got[i] == want[i] {
+		i++
+	}
+	state := ""
+	if m.killed.Load() {
+		state = " (server killed)"
+	}
+	ev, _ := s.lastEvent.Load().(string)
+	s.count(&s.wrongs, fmt.Sprintf("%s%s %s page %d, during %q", m.name, state, name, (off+i)/4096, ev))
 }
 
 func preadFile(path string, p []byte, off int64) ([]byte, error) {
@@ -198,20 +215,38 @@ func soakChunkFile(dir string, roll func(int) int, corrupt bool) {
 		os.Remove(p)
 		return
 	}
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	corruptAtRest(p, roll)
+}
+
+// corruptAtRest flips one byte of the file at p on its disk, as a failing
+// disk would: an O_DIRECT write of the 4 KiB block around it, which drops
+// the block's page from the page cache instead of changing it in place
+// (and changes the file's ctime, so the cache checks it again). A write
+// through the page cache would also change bytes a block server is
+// sending at that moment: it splices the cache's pages to its socket
+// without copying them, so a read already checked and on its way carries
+// whatever lands in them (README, "What a chunk check covers").
+func corruptAtRest(p string, roll func(int) int) {
+	f, err := os.OpenFile(p, os.O_RDWR|syscall.O_DIRECT, 0)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	fi, _ := f.Stat()
-	if fi.Size() == 0 {
+	fi, err := f.Stat()
+	if err != nil || fi.Size() < 4096 {
 		return
 	}
-	off := int64(roll(int(min(fi.Size(), 1<<30))))
-	b := make([]byte, 1)
-	f.ReadAt(b, off)
-	b[0] ^= 0xff
-	f.WriteAt(b, off)
+	block := int64(roll(int(fi.Size()/4096))) * 4096
+	buf, err := syscall.Mmap(-1, 0, 4096, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE) // aligned for O_DIRECT
+	if err != nil {
+		return
+	}
+	defer syscall.Munmap(buf)
+	if n, err := f.ReadAt(buf, block); n != len(buf) || err != nil {
+		return
+	}
+	buf[roll(len(buf))] ^= 0xff
+	f.WriteAt(buf, block)
 }
 
 func soakDaemonUnmount(t *testing.T, sock, dir string) {

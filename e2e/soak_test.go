@@ -51,9 +51,11 @@ type soak struct {
 	verified, verifiedBytes, failed, hangs, wrong atomic.Int64
 	failedKilled                                  atomic.Int64 // of failed: ENOTCONN, ECONNABORTED or EINVAL while the server was killed
 	notEIO                                        atomic.Int64
-	otherErrs                                     sync.Map // failed reads that were not EIO, by error
-	faults                                        sync.Map // kind -> *atomic.Int64
-	events                                        sync.Map // kind -> *atomic.Int64
+	otherErrs                                     sync.Map     // failed reads that were not EIO, by error
+	wrongs                                        sync.Map     // reads with wrong bytes, by mount, file and the event under way
+	lastEvent                                     atomic.Value // string: the event last started, for wrongs
+	faults                                        sync.Map     // kind -> *atomic.Int64
+	events                                        sync.Map     // kind -> *atomic.Int64
 	faulting, stalling                            atomic.Bool
 	proxied                                       atomic.Int64 // range requests through the fault proxy
 	requests, retries, verifyFailures             atomic.Int64 // summed over serving processes, each before it ended
@@ -222,6 +224,7 @@ func TestSoak(t *testing.T) {
 	for time.Now().Before(deadline) && !t.Failed() {
 		ev := events[roll(len(events))]
 		s.count(&s.events, ev.name)
+		s.lastEvent.Store(ev.name)
 		ev.do()
 		sleepOrStop(time.Duration(500+roll(2500))*time.Millisecond, stop)
 	}
@@ -300,8 +303,9 @@ func TestSoak(t *testing.T) {
 	}
 	if s.hangs.Load() > 0 || s.wrong.Load() > 0 || s.notEIO.Load() > 0 {
 		_, other := s.total(&s.otherErrs)
-		t.Errorf("hangs %d, wrong bytes %d, failed reads that were neither EIO nor the errors of a killed server %d (%s)",
-			s.hangs.Load(), s.wrong.Load(), s.notEIO.Load(), other)
+		_, wrongs := s.total(&s.wrongs)
+		t.Errorf("hangs %d, wrong bytes %d (%s), failed reads that were neither EIO nor the errors of a killed server %d (%s)",
+			s.hangs.Load(), s.wrong.Load(), wrongs, s.notEIO.Load(), other)
 	}
 	fmt.Printf("soak: reads verified %d, faults injected %d, reads failed %d, hangs %d, wrong bytes %d, leaks %d\n",
 		s.verified.Load(), faults+nEvents, s.failed.Load(), s.hangs.Load(), s.wrong.Load(), leaks)
