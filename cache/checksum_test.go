@@ -149,3 +149,51 @@ func TestChangedUnderLiveStore(t *testing.T) {
 		}
 	}
 }
+
+// TestWrittenDuringCheck: a chunk file written to while a new store
+// checks it (here, right after its bytes were found intact) is not
+// recorded as checked with the write in it: the check sees the ctime move,
+// checks again, finds the flipped byte and drops the chunk.
+func TestWrittenDuringCheck(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open([]string{dir}, 16<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 256 << 10
+	data, d := chunk(3, size)
+	if err := s.Put(context.Background(), d, data); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open([]string{dir}, 16<<20) // a new process: its first read checks
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := false
+	testHookChecked = func(*os.File) {
+		if flipped {
+			return
+		}
+		flipped = true
+		w, err := os.OpenFile(s2.path(s2.stripeOf(d), d), os.O_RDWR, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer w.Close()
+		if _, err := w.WriteAt([]byte{data[5000] ^ 0xff}, 5000); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookChecked = nil }()
+	got, ok := mustGet(t, s2, d, size)
+	if !flipped {
+		t.Fatal("the read did not check the chunk")
+	}
+	if ok {
+		t.Errorf("a chunk written to during its check was served (bytes exact: %v)", bytes.Equal(got, data))
+	}
+	if s2.Stats().Corrupt != 1 || s2.Has(d) {
+		t.Errorf("corrupt %d, still cached %v; want 1 and dropped", s2.Stats().Corrupt, s2.Has(d))
+	}
+}

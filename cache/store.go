@@ -320,17 +320,38 @@ func (s *Store) check(e *entry, f *os.File) bool {
 		}
 		buf := s.bufs.Get(checkPiece)
 		defer s.bufs.Put(buf)
-		if ok, err := intact(f, e.size, e.d, *buf); !ok {
-			s.corrupt.Add(1)
-			s.log.Warn("corrupt cached chunk removed", "digest", e.d.String(), "err", err)
-			s.drop(e)
-			return false, nil
+		// The ctime is taken before the bytes are checked and compared
+		// after: a write that lands during the check would otherwise be
+		// recorded as checked. A file written to that often is treated
+		// as corrupt.
+		for range 3 {
+			before, cerr := ctime(f)
+			ok, err := intact(f, e.size, e.d, *buf)
+			if !ok {
+				s.corrupt.Add(1)
+				s.log.Warn("corrupt cached chunk removed", "digest", e.d.String(), "err", err)
+				s.drop(e)
+				return false, nil
+			}
+			if testHookChecked != nil {
+				testHookChecked(f)
+			}
+			if after, err := ctime(f); cerr == nil && err == nil && after == before {
+				s.verified.Store(e.d, before)
+				return true, nil
+			}
 		}
-		s.markChecked(e.d, f)
-		return true, nil
+		s.corrupt.Add(1)
+		s.log.Warn("cached chunk removed: written to while it was checked", "digest", e.d.String())
+		s.drop(e)
+		return false, nil
 	})
 	return v.(bool)
 }
+
+// testHookChecked, set by a test, runs after a check found a chunk file
+// intact and before its ctime is compared.
+var testHookChecked func(f *os.File)
 
 // unchanged reports whether chunk d was checked since Open and its file,
 // open as f, has not changed since: a write to a chunk file under a live
@@ -344,13 +365,6 @@ func (s *Store) unchanged(d Digest, f *os.File) bool {
 	}
 	now, err := ctime(f)
 	return err == nil && now == c.(int64)
-}
-
-// markChecked records chunk d, open as f, as checked as its file is now.
-func (s *Store) markChecked(d Digest, f *os.File) {
-	if c, err := ctime(f); err == nil {
-		s.verified.Store(d, c)
-	}
 }
 
 func ctime(f *os.File) (int64, error) {
