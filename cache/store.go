@@ -324,30 +324,30 @@ func (s *Store) check(e *entry, f *os.File) bool {
 		// after: a write that lands during the check would otherwise be
 		// recorded as checked. A file written to that often is treated
 		// as corrupt.
+		why := errWrittenDuringCheck
 		for range 3 {
 			before, cerr := ctime(f)
-			ok, err := intact(f, e.size, e.d, *buf)
-			if !ok {
-				s.corrupt.Add(1)
-				s.log.Warn("corrupt cached chunk removed", "digest", e.d.String(), "err", err)
-				s.drop(e)
-				return false, nil
+			if ok, err := intact(f, e.size, e.d, *buf); !ok {
+				why = err
+				break
 			}
 			if testHookChecked != nil {
 				testHookChecked(f)
 			}
-			if after, err := ctime(f); cerr == nil && err == nil && after == before {
+			if after, aerr := ctime(f); cerr == nil && aerr == nil && after == before {
 				s.verified.Store(e.d, before)
 				return true, nil
 			}
 		}
 		s.corrupt.Add(1)
-		s.log.Warn("cached chunk removed: written to while it was checked", "digest", e.d.String())
+		s.log.Warn("corrupt cached chunk removed", "digest", e.d.String(), "err", why)
 		s.drop(e)
 		return false, nil
 	})
 	return v.(bool)
 }
+
+var errWrittenDuringCheck = errors.New("written to while it was checked")
 
 // testHookChecked, set by a test, runs after a check found a chunk file
 // intact and before its ctime is compared.
