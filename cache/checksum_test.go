@@ -45,10 +45,7 @@ func TestFirstReadChecksByCRC(t *testing.T) {
 		t.Skipf("the temp directory's filesystem keeps no user xattrs: %v", err)
 	}
 	const size = checkPiece + 8192 // checked in two pieces, the second short
-	s, err := Open([]string{dir}, 16<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, 16<<20)
 	var data [][]byte
 	var ds []Digest
 	for i := range 5 {
@@ -84,10 +81,7 @@ func TestFirstReadChecksByCRC(t *testing.T) {
 	}
 	writeCRC(t, path(4), crc32.Checksum(other, castagnoli))
 
-	s2, err := Open([]string{dir}, 16<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2 := openStore(t, []string{dir}, 16<<20)
 	for i, want := range [][]byte{data[0], data[1], data[2], nil, other} {
 		got, ok := mustGet(t, s2, ds[i], size)
 		if want == nil {
@@ -116,10 +110,7 @@ func TestFirstReadChecksByCRC(t *testing.T) {
 // never served. The chunk's bytes otherwise keep being served.
 func TestChangedUnderLiveStore(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open([]string{dir}, 16<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, 16<<20)
 	const size = 256 << 10
 	for _, viaFile := range []bool{false, true} {
 		data, d := chunk(map[bool]int{false: 1, true: 2}[viaFile], size)
@@ -156,10 +147,7 @@ func TestChangedUnderLiveStore(t *testing.T) {
 // checks again, finds the flipped byte and drops the chunk.
 func TestWrittenDuringCheck(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open([]string{dir}, 16<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, 16<<20)
 	const size = 256 << 10
 	data, d := chunk(3, size)
 	if err := s.Put(context.Background(), d, data); err != nil {

@@ -38,10 +38,7 @@ func openChunkFiles(t *testing.T, dir string) (open, deleted int) {
 func TestOpenFilesBounded(t *testing.T) {
 	dir := t.TempDir()
 	const size, n = 1024, maxOpenFiles + 20
-	s, err := Open([]string{dir}, n*size)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, n*size)
 	var ds []Digest
 	for i := range n {
 		b, d := chunk(i, size)
@@ -135,10 +132,7 @@ func readBytes(t *testing.T) int64 {
 // /proc/self/io); for a chunk not cached it does nothing.
 func TestWillNeed(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open([]string{dir}, 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, 1<<30)
 	const size = 1 << 20
 	b, d := chunk(1, size)
 	if err := s.Put(context.Background(), d, b); err != nil {
@@ -200,10 +194,7 @@ func hintReads(t *testing.T, what string, hint func(Digest), d Digest, size int)
 func restartedWithCorrupt(t *testing.T, size int, before func(s *Store, gd Digest)) (s2 *Store, good []byte, gd, bd Digest) {
 	t.Helper()
 	dir := t.TempDir()
-	s, err := Open([]string{dir}, 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, 1<<30)
 	good, gd = chunk(1, size)
 	bad, bd := chunk(2, size)
 	for _, c := range []struct {
@@ -220,10 +211,7 @@ func restartedWithCorrupt(t *testing.T, size int, before func(s *Store, gd Diges
 	if before != nil {
 		before(s, gd)
 	}
-	if s2, err = Open([]string{dir}, 1<<30); err != nil {
-		t.Fatal(err)
-	}
-	return s2, good, gd, bd
+	return openStore(t, []string{dir}, 1<<30), good, gd, bd
 }
 
 // TestPreload: after a restart, Preload has the kernel read a cached
@@ -288,10 +276,7 @@ func TestDirectWrites(t *testing.T) {
 		t.Skipf("the test directory's filesystem refuses O_DIRECT: %v", err)
 	}
 	probe.Close()
-	s, err := Open([]string{dir}, 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, 1<<30)
 	aligned := func(i int) ([]byte, Digest) {
 		buf := make([]byte, 1<<20+4096)
 		start := (4096 - int(uintptr(unsafe.Pointer(&buf[0]))%4096)) % 4096

@@ -17,6 +17,16 @@ func chunk(i, size int) ([]byte, Digest) {
 	return b, sha256.Sum256(b)
 }
 
+// openStore opens a store over dirs, failing the test if it cannot.
+func openStore(t testing.TB, dirs []string, capacity int64) *Store {
+	t.Helper()
+	s, err := Open(dirs, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func mustGet(t *testing.T, s *Store, d Digest, size int) ([]byte, bool) {
 	t.Helper()
 	buf := make([]byte, size)
@@ -28,10 +38,7 @@ func mustGet(t *testing.T, s *Store, d Digest, size int) ([]byte, bool) {
 }
 
 func TestPutGet(t *testing.T) {
-	s, err := Open([]string{t.TempDir()}, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{t.TempDir()}, 1<<20)
 	b, d := chunk(1, 4096)
 	if _, ok := mustGet(t, s, d, 4096); ok {
 		t.Fatal("hit on an empty store")
@@ -220,10 +227,7 @@ func TestPinnedNeverEvicted(t *testing.T) {
 }
 
 func TestConcurrent(t *testing.T) {
-	s, err := Open([]string{t.TempDir(), t.TempDir()}, 32*4096)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{t.TempDir(), t.TempDir()}, 32*4096)
 	var wg sync.WaitGroup
 	for g := range 64 {
 		wg.Add(1)
@@ -255,10 +259,7 @@ func TestConcurrent(t *testing.T) {
 // once, a good one serves every slice.
 func TestFirstReadsShareOneCheck(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open([]string{dir}, 1<<24)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, []string{dir}, 1<<24)
 	const size = 1 << 20
 	good, dg := chunk(1, size)
 	bad, db := chunk(2, size)
@@ -275,10 +276,7 @@ func TestFirstReadsShareOneCheck(t *testing.T) {
 	if err := os.WriteFile(s.path(s.stripeOf(db), db), corrupt, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s2, err := Open([]string{dir}, 1<<24)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2 := openStore(t, []string{dir}, 1<<24)
 	const readers = 32
 	slice := size / readers
 	var wg sync.WaitGroup
@@ -313,14 +311,8 @@ func TestFirstReadsShareOneCheck(t *testing.T) {
 func TestRescanSharedDirs(t *testing.T) {
 	dir := t.TempDir()
 	const size, capacity = 4096, 10 * 4096
-	a, err := Open([]string{dir}, capacity)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Open([]string{dir}, capacity)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openStore(t, []string{dir}, capacity)
+	b := openStore(t, []string{dir}, capacity)
 	for i := range 20 {
 		s := a
 		if i >= 10 {
