@@ -56,7 +56,8 @@ stop_page_reporting() {
     # What the guest reported before stays with the host until touched
     # again, and a first touch is as slow: write most free memory once.
     local gib t0
-    gib=$(awk '/MemAvailable/ {g = int($2 / 1048576) - 4; print (g > 16 ? 16 : (g < 0 ? 0 : g))}' /proc/meminfo)
+    local shm; shm=$(df --output=avail -B1G /dev/shm | tail -1)
+    gib=$(awk -v shm="$shm" '/MemAvailable/ {g = int($2 / 1048576) - 4; if (g > shm - 1) g = shm - 1; print (g > 16 ? 16 : (g < 0 ? 0 : g))}' /proc/meminfo)
     t0=$(date +%s)
     dd if=/dev/zero of=/dev/shm/lazyblk-bench-touch bs=1M count=$((gib * 1024)) status=none || true
     rm -f /dev/shm/lazyblk-bench-touch
