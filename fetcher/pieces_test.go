@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/lazyblk/lazyblk/fetcher"
 	"github.com/lazyblk/lazyblk/imagefmt"
@@ -43,7 +44,7 @@ func TestEarlyPieces(t *testing.T) {
 	}
 	for enc, i := range chunks {
 		t.Run(enc.String(), func(t *testing.T) {
-			im := openImage(t, loc, fast)
+			im := openImage(t, loc, patient)
 			off := int64(i)*cs + 3*piece + 100
 			p := make([]byte, 4096)
 			if n, err := im.ReadAt(context.Background(), p, off); n != len(p) || err != nil || !bytes.Equal(p, want[off:off+4096]) {
@@ -69,7 +70,7 @@ func TestEarlyPieces(t *testing.T) {
 				return testutil.Pass
 			})
 			// One connection: the chunk comes in one request, not in parts.
-			im = openImage(t, viaProxy(t, loc, proxy), fast, fetcher.WithConnections(1, 1))
+			im = openImage(t, viaProxy(t, loc, proxy), patient, fetcher.WithConnections(1, 1))
 			// The proxy flips the body's middle byte: piece k stores it.
 			var stored int64
 			k := 0
@@ -112,7 +113,7 @@ func TestEarlyPiecesJoined(t *testing.T) {
 		}
 		return testutil.Pass
 	})
-	im := openImage(t, viaProxy(t, loc, proxy), fast, fetcher.WithConnections(1, 1))
+	im := openImage(t, viaProxy(t, loc, proxy), patient, fetcher.WithConnections(1, 1))
 	cs := int64(x.ChunkSize)
 	read := func(off int64, done chan error) {
 		p := make([]byte, 8192)
@@ -142,3 +143,10 @@ func TestEarlyPiecesJoined(t *testing.T) {
 		t.Errorf("early reads %d, want 1 (the first reader's)", st.EarlyReads)
 	}
 }
+
+// patient gives each attempt time to fetch, decode and verify a 4 MiB
+// chunk under the race detector: with fast's 300 ms an attempt that got
+// the flipped body could time out before its verification failed, and
+// the retry's clean body was then served early (a flake of
+// TestEarlyPieces: 3 in 30 runs with -race before, 0 in 30 with this).
+var patient = fetcher.WithTimeouts(10*time.Second, 4, 30*time.Second)
