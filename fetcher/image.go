@@ -217,35 +217,32 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 		clear(p)
 		return nil
 	}
-	size := int64(im.index.ChunkLen(i))
 	if reader {
 		im.touch(i)
 	}
 	start := time.Now()
-	if im.o.cache != nil {
-		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), size, p, within)
-		switch {
-		case err != nil && ctx.Err() != nil: // the reader is gone: start no fetch for it
-			return err
-		case err != nil:
-			im.cacheFailed(false, i, err) // fetched instead
-		case hit:
-			im.stats.hits.Add(1)
-			im.stats.fromCache.observe(time.Since(start))
-			return nil
-		}
-	}
-	if im.recent != nil {
-		if b, ok := im.recent.get(i); ok {
-			copy(p, b[within:])
-			im.stats.hits.Add(1)
-			im.stats.fromCache.observe(time.Since(start))
-			return nil
-		}
-	}
-	im.stats.misses.Add(1)
+	missed, recheck := false, true
 	for {
-		cl, started := im.join(i, last, within, len(p))
+		hit, err := im.readHeld(ctx, i, p, within)
+		if err != nil || hit {
+			if hit && !missed {
+				im.stats.hits.Add(1)
+				im.stats.fromCache.observe(time.Since(start))
+			}
+			return err
+		}
+		if !missed {
+			im.stats.misses.Add(1)
+			missed = true
+		}
+		if im.o.testHookMissed != nil {
+			im.o.testHookMissed(i)
+		}
+		cl, started := im.join(i, last, within, len(p), recheck)
+		if cl == nil { // cached between the look and the join: read it there, once
+			recheck = false
+			continue
+		}
 		if started && reader {
 			im.fetchNear(i)
 		}
@@ -255,15 +252,46 @@ func (im *Image) readChunk(ctx context.Context, i, last int, p []byte, within in
 	}
 }
 
+// readHeld fills p from chunk i at within if the chunk is at hand without
+// a fetch (held): in the cache, or among the recent chunks of an image
+// without one. A cache that fails to read is a miss (fetched instead),
+// unless the reader is gone.
+func (im *Image) readHeld(ctx context.Context, i int, p []byte, within int64) (bool, error) {
+	if im.o.cache != nil {
+		c := im.index.Chunks[i]
+		hit, err := im.o.cache.ReadAt(ctx, cache.Digest(c.Digest), int64(im.index.ChunkLen(i)), p, within)
+		switch {
+		case err != nil && ctx.Err() != nil: // the reader is gone: start no fetch for it
+			return false, err
+		case err != nil:
+			im.cacheFailed(false, i, err)
+			return false, nil
+		}
+		return hit, nil
+	}
+	b, ok := im.recent.get(i)
+	if ok {
+		copy(p, b[within:])
+	}
+	return ok, nil
+}
+
 // join returns the fetch that will deliver chunk i, starting one for i..last
 // when none is in flight (a sequential reader finds readahead's); started
-// says it did. The caller holds the call until it lets it go (await).
-func (im *Image) join(i, last int, within int64, n int) (cl *call, started bool) {
+// says it did. With recheck, nil: the chunk is held by now, no fetch
+// needed. The caller holds the call until it lets it go (await).
+func (im *Image) join(i, last int, within int64, n int, recheck bool) (cl *call, started bool) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if cl, ok := im.inflight[i]; ok {
 		cl.hold()
 		return cl, false
+	}
+	// A fetch leaves inflight only once its chunks are cached (fetch), so
+	// a chunk the caller missed may be held by now: fetching it again
+	// would send its range request twice (16 readers of one export did).
+	if recheck && im.held(i) {
+		return nil, false
 	}
 	run := im.runLocked(i, last)
 	cl = im.startLocked(run, false)

@@ -69,6 +69,8 @@ type options struct {
 	hostsDir       string
 	memory         int64
 	log            *slog.Logger
+
+	testHookMissed func(chunk int) // after a reader missed, before it joins or starts a fetch
 }
 
 // Option configures Open.
