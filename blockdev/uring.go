@@ -178,26 +178,33 @@ func (u *uring) timeout(ts []byte, userData uint64) error {
 
 // submit publishes the queued entries and, with wait > 0, blocks until
 // that many completions are ready. An interrupted wait (Go's runtime
-// signals its threads) is repeated; entries the kernel took count as
-// submitted either way, since the count comes from the ring's head.
+// signals its threads) is repeated. io_uring_enter(2) does not report one
+// when it also submitted entries: it returns their count, so success
+// alone does not mean the completions are there (a control command seen
+// as done before the driver ran it: START_DEV "succeeded" before its
+// disk existed, and the mount found no /dev/ublkb0). The ring itself is
+// the judge.
 func (u *uring) submit(wait uint32) error {
 	atomic.StoreUint32(u.sqTail, u.tail)
 	for {
 		pending := u.tail - atomic.LoadUint32(u.sqHead)
+		if pending == 0 && u.ready() >= wait {
+			return nil
+		}
 		flags := uintptr(0)
 		if wait > 0 {
 			flags = ioringEnterGetEvents
 		}
 		_, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(u.fd), uintptr(pending), uintptr(wait), flags, 0, 0)
-		switch errno {
-		case 0:
-			return nil
-		case unix.EINTR:
-			continue
-		default:
+		if errno != 0 && errno != unix.EINTR {
 			return fmt.Errorf("blockdev: io_uring_enter: %w", errno)
 		}
 	}
+}
+
+// ready is the number of completions not yet reaped.
+func (u *uring) ready() uint32 {
+	return atomic.LoadUint32(u.cqTail) - atomic.LoadUint32(u.cqHead)
 }
 
 // reap calls fn for each completion ready, and frees their slots.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -74,6 +75,73 @@ func TestURingRead(t *testing.T) {
 	}
 	if _, err := u.next(); !errors.Is(err, errRingFull) {
 		t.Errorf("one entry more than the ring holds: %v, want errRingFull", err)
+	}
+}
+
+// TestURingWaitThroughSignals: a submit that waits for a completion
+// returns only once it is there, however often the waiting thread is
+// signalled (Go's runtime preempts with SIGURG). io_uring_enter(2) hides
+// an interrupted wait when the same call submitted entries, which once
+// let START_DEV look done before the driver had added the disk (CI:
+// TestUblkMount, "mount /dev/ublkb0: no such file or directory").
+func TestURingWaitThroughSignals(t *testing.T) {
+	u, err := newURing(4)
+	if err != nil {
+		if testutil.InCI() {
+			t.Fatalf("CI must run this test: %v", err)
+		}
+		t.Skipf("io_uring unavailable here: %v (kernel.io_uring_disabled?)", err)
+	}
+	defer u.close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	if err := u.read(int(r.Fd()), buf[:16], 9); err != nil {
+		t.Fatal(err)
+	}
+	tid := make(chan int)
+	returned := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		returned <- u.submit(1)
+	}()
+	waiter := <-tid
+	// The read cannot complete before the pipe has bytes: a return now,
+	// whatever it says, is a wait cut short by a signal. Absence cannot
+	// be awaited: signal the thread 200 times over 200 ms.
+	for range 200 {
+		select {
+		case err := <-returned:
+			t.Fatalf("submit(1) returned (%v) with %d completions ready while the read it waits for could not complete", err, u.ready())
+		case <-time.After(time.Millisecond):
+			unix.Tgkill(os.Getpid(), waiter, unix.SIGURG)
+		}
+	}
+	if _, err := w.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-returned:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("submit(1) did not return within 10 s of the read's bytes")
+	}
+	var got []cqe
+	u.reap(func(c cqe) { got = append(got, c) })
+	if len(got) != 1 || got[0].UserData != 9 || got[0].Res != 4 {
+		t.Fatalf("completions %+v, want the read (user data 9) of 4 bytes", got)
 	}
 }
 
