@@ -13,11 +13,11 @@ import (
 	"github.com/lazyblk/lazyblk/internal/testutil"
 )
 
-// TestURingRead runs the ring on this host's kernel (no ublk here: the
-// ublk commands run in the QEMU guest, e2e TestUblk*): a read queued on a
-// pipe completes with its bytes in mapped memory and its user data; a
-// ring refuses more entries than it holds.
-func TestURingRead(t *testing.T) {
+// pipeRing is a ring of 4 entries on this host's kernel, a pipe to read
+// from and a page of mapped memory to read into, all closed when the
+// test ends. Without io_uring here the test skips, except in CI.
+func pipeRing(t *testing.T) (u *uring, r, w *os.File, buf []byte) {
+	t.Helper()
 	u, err := newURing(4)
 	if err != nil {
 		if testutil.InCI() {
@@ -25,18 +25,24 @@ func TestURingRead(t *testing.T) {
 		}
 		t.Skipf("io_uring unavailable here: %v (kernel.io_uring_disabled?)", err)
 	}
-	defer u.close()
-	r, w, err := os.Pipe()
-	if err != nil {
+	t.Cleanup(func() { u.close() })
+	if r, w, err = os.Pipe(); err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	defer w.Close()
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
+	t.Cleanup(func() { r.Close(); w.Close() })
+	if buf, err = unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Munmap(buf)
+	t.Cleanup(func() { unix.Munmap(buf) })
+	return u, r, w, buf
+}
+
+// TestURingRead runs the ring on this host's kernel (no ublk here: the
+// ublk commands run in the QEMU guest, e2e TestUblk*): a read queued on a
+// pipe completes with its bytes in mapped memory and its user data; a
+// ring refuses more entries than it holds.
+func TestURingRead(t *testing.T) {
+	u, r, w, buf := pipeRing(t)
 	if err := u.read(int(r.Fd()), buf[:16], 42); err != nil {
 		t.Fatal(err)
 	}
@@ -85,25 +91,7 @@ func TestURingRead(t *testing.T) {
 // let START_DEV look done before the driver had added the disk (CI:
 // TestUblkMount, "mount /dev/ublkb0: no such file or directory").
 func TestURingWaitThroughSignals(t *testing.T) {
-	u, err := newURing(4)
-	if err != nil {
-		if testutil.InCI() {
-			t.Fatalf("CI must run this test: %v", err)
-		}
-		t.Skipf("io_uring unavailable here: %v (kernel.io_uring_disabled?)", err)
-	}
-	defer u.close()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(buf)
+	u, r, w, buf := pipeRing(t)
 	if err := u.read(int(r.Fd()), buf[:16], 9); err != nil {
 		t.Fatal(err)
 	}

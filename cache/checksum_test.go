@@ -153,10 +153,7 @@ func TestWrittenDuringCheck(t *testing.T) {
 	if err := s.Put(context.Background(), d, data); err != nil {
 		t.Fatal(err)
 	}
-	s2, err := Open([]string{dir}, 16<<20) // a new process: its first read checks
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2 := openStore(t, []string{dir}, 16<<20) // a new process: its first read checks
 	flipped := false
 	testHookChecked = func(*os.File) {
 		if flipped {
